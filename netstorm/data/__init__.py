@@ -1,0 +1,1 @@
+"""Package data: the reference network measurements (see ``../shared/data/README.md``)."""
