@@ -1,0 +1,54 @@
+"""Benchmarks behind ``netstorm bench``: figures to report, never pass/fail."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .bound import bound
+from .builtin_topologies import builtin
+from .job import Job
+
+__all__ = ["format_table", "run"]
+
+
+def _bound_times(quick: bool) -> dict[str, Any]:
+    job = Job.from_model("resnet50")
+    rows = []
+    for n in (9, 16) if quick else (9, 16, 32, 64):
+        view = builtin(f"random:{n}:1")
+        for method in ("flow-lp", "tree-packing") if n <= 16 else ("tree-packing",):
+            started = time.perf_counter()
+            result = bound(view, job, method=method)
+            rows.append({"sites": n, "method": method, "bound_time_s": result.time_s,
+                         "gap": result.gap, "solve_s": time.perf_counter() - started})
+    return {"benchmark": "bound", "topology": "random:N:1 (full mesh)", "model": "resnet50",
+            "results": rows}
+
+
+def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
+    """Run one benchmark and return its JSON-serialisable figures."""
+    if what == "bound":
+        return _bound_times(quick)
+    if what == "kernels":
+        from .kernels import bench as kernel_bench  # type: ignore[attr-defined]
+
+        return kernel_bench.run(n=2**20 if quick else 2**24)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown benchmark {what!r} (bound, kernels)")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table of a benchmark's ``results`` rows."""
+    rows = result.get("results", [])
+    if not rows:
+        return str(result)
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(_cell(r.get(k))) for r in rows)) for k in keys]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(_cell(r.get(k)).rjust(w) for k, w in zip(keys, widths, strict=True))
+              for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)

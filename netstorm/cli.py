@@ -1,0 +1,245 @@
+"""The ``netstorm`` command line (DESIGN 11).
+
+Every command takes ``--json`` and then prints exactly one JSON object on stdout; without it,
+a readable table. Bad input exits 2 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .bound import bound
+from .errors import NetstormError
+from .job import Job
+from .registry import plan, planner_names
+from .topology import load_topology
+from .units import SIZE_UNITS, parse_quantity
+
+__all__ = ["main"]
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/nan: map them to null, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(_finite(obj), indent=None))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return "-" if not math.isfinite(x) else f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
+        return str(x)
+
+    body = [[cell(x) for x in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                        enumerate(zip(r, widths, strict=True))) for r in body]
+    return "\n".join(lines)
+
+
+def _options(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _job(args: argparse.Namespace) -> Job:
+    job = Job.from_model(args.model)
+    if args.chunk:
+        chunk = int(parse_quantity(args.chunk, SIZE_UNITS, "b", "--chunk"))
+        job = Job(job.buckets, job.element_size, chunk, job.compute_s, job.model)
+    return job
+
+
+def _add_common(p: argparse.ArgumentParser, model: bool = True) -> None:
+    p.add_argument("--topology", "-t", required=True,
+                   help="built-in name (netstorm9, cloud:aws:8, cities, random:N:seed, "
+                        "waxman:N:seed) or a .yaml/.json/.csv file")
+    if model:
+        p.add_argument("--model", "-m", default="resnet50",
+                       help="named model (resnet50, vgg16, ...) or a size such as 100MB")
+        p.add_argument("--chunk", default=None, help="chunk size, e.g. 4MB (default 4 MB)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    view, job = load_topology(args.topology), _job(args)
+    started = time.perf_counter()
+    result = plan(view, job, args.planner, seed=args.seed, **_options(args.option))
+    elapsed = time.perf_counter() - started
+    low = bound(view, job)
+    if args.draw:
+        from .draw import draw_plan
+
+        draw_plan(result, view, job, args.draw)
+    if args.json:
+        _emit({**result.to_dict(), "bound_time_s": low.time_s, "planning_s": elapsed})
+        return
+    rows = [[i, view.sites[s.root], f"{s.fraction:.4f}", len(s.reduce_tree),
+             len(s.routes), sum(len(r.paths) > 1 for r in s.routes)]
+            for i, s in enumerate(result.shards)]
+    print(_table(["shard", "root", "fraction", "tree sites", "routed edges", "multipath"],
+                 rows))
+    t = result.predicted_time_s or 0.0
+    print(f"\n{result.planner} on {view.name}, {job.label()}: predicted {t:.3f} s, "
+          f"bound {low.time_s:.3f} s ({t / low.time_s:.2f}x), planned in {elapsed:.3f} s")
+
+
+def _cmd_bound(args: argparse.Namespace) -> None:
+    view, job = load_topology(args.topology), _job(args)
+    low = bound(view, job, method=args.method)
+    if args.json:
+        _emit(low.to_dict())
+        return
+    rows = [["bound (" + low.method + ")", low.time_s], ["bandwidth term", low.bandwidth_s],
+            ["latency term", low.latency_s], ["volume bound", low.volume_time_s],
+            ["cut bound", low.cut_time_s], ["per-site bound", low.site_time_s]]
+    print(_table(["", "seconds"], rows))
+    print(f"\nrate {low.rate_Bps * 8 / 1e9:.3f} Gbit/s of gradient, "
+          f"solved in {low.solve_s:.3f} s on {view.name} ({view.n} sites)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    view, job = load_topology(args.topology), _job(args)
+    names = args.planners.split(",") if args.planners else planner_names()
+    low = bound(view, job)
+    results = []
+    for name in names:
+        started = time.perf_counter()
+        p = plan(view, job, name, seed=args.seed)
+        elapsed = time.perf_counter() - started
+        t = p.predicted_time_s or math.inf
+        results.append({"planner": name, "predicted_time_s": t, "vs_bound": t / low.time_s,
+                        "shards": len(p.shards), "planning_s": elapsed})
+    if args.json:
+        _emit({"topology": view.name, "model": job.label(), "bound_time_s": low.time_s,
+               "results": results})
+        return
+    rows = [[r["planner"], r["predicted_time_s"], f"{r['vs_bound']:.2f}x", r["shards"],
+             r["planning_s"]] for r in sorted(results, key=lambda r: r["predicted_time_s"])]
+    rows.append([f"bound ({low.method})", low.time_s, "1.00x", "", low.solve_s])
+    print(f"all-reduce of {job.label()} ({job.gradient_bytes / 1e6:.1f} MB) on {view.name}\n")
+    print(_table(["planner", "predicted s", "vs bound", "shards", "plan s"], rows))
+
+
+def _cmd_topo(args: argparse.Namespace) -> None:
+    view = load_topology(args.topology)
+    if args.draw:
+        from .draw import draw_topology
+
+        draw_topology(view, args.draw)
+    if args.json:
+        _emit(view.to_dict())
+        return
+    workers = set(view.workers)
+    sites = [[name, "yes" if i in workers else "relay", view.egress[i] * 8 / 1e6,
+              view.ingress[i] * 8 / 1e6] for i, name in enumerate(view.sites)]
+    print(f"{view.name}: {view.n} sites, {len(view.links)} directed links\n")
+    print(_table(["site", "worker", "egress Mbit/s", "ingress Mbit/s"], sites))
+    links = [[view.sites[u], view.sites[v], view.capacity[u, v] * 8 / 1e6,
+              view.latency[u, v] * 1e3] for u, v in view.links]
+    print()
+    print(_table(["src", "dst", "Mbit/s", "latency ms"], links))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from . import bench
+
+    result = bench.run(args.what, quick=args.quick)
+    if args.json:
+        _emit(result)
+    else:
+        print(bench.format_table(result))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="netstorm", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("plan", help="plan one all-reduce and print the plan")
+    _add_common(p)
+    p.add_argument("--planner", "-p", default="treepack")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="planner option (value parsed as JSON when it can be)")
+    p.add_argument("--draw", metavar="FILE.png", help="draw the plan on the topology")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("bound", help="lower bound on the all-reduce time")
+    _add_common(p)
+    p.add_argument("--method", default="auto",
+                   choices=["auto", "flow-lp", "tree-packing", "simple"])
+    p.set_defaults(func=_cmd_bound)
+
+    p = sub.add_parser("compare", help="predicted time of every planner against the bound")
+    _add_common(p)
+    p.add_argument("--planners", default=None, help="comma-separated (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_compare)
+
+    topo = sub.add_parser("topo", help="inspect topologies")
+    tsub = topo.add_subparsers(dest="topo_command", required=True, parser_class=_Parser)
+    p = tsub.add_parser("show", help="list sites and links")
+    p.add_argument("topology")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--draw", metavar="FILE.png")
+    p.set_defaults(func=_cmd_topo)
+
+    p = sub.add_parser("bench", help="benchmark figures (not pass/fail)")
+    p.add_argument("what", nargs="?", default="bound", choices=["bound", "kernels"])
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 2 bad input)."""
+    try:
+        args = _parser().parse_args(argv)
+        args.func(args)
+    except (_UsageError, NetstormError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"netstorm: error: {message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The netstorm exception hierarchy.
+
+Every error netstorm raises on purpose derives from :class:`NetstormError`, so a caller can
+catch one type. Messages are one line that names the input, the field and the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NetstormError", "PeerError", "PlanError", "ProtocolError", "TopologyError"]
+
+
+class NetstormError(Exception):
+    """Base class of all netstorm errors."""
+
+
+class TopologyError(NetstormError, ValueError):
+    """A topology file, built-in topology name or network view is malformed."""
+
+
+class PlanError(NetstormError, ValueError):
+    """A planner is unknown, misbehaves, or returned a plan that breaks an invariant."""
+
+
+class ProtocolError(NetstormError):
+    """A peer sent a frame that breaks the wire protocol (bad magic, checksum, size)."""
+
+
+class PeerError(NetstormError):
+    """A peer died, went silent, or failed to authenticate."""

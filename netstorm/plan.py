@@ -1,0 +1,185 @@
+"""`Plan`, `Shard` and `Route`: how one iteration's gradient travels, as plain values.
+
+The JSON shape (DESIGN 3) is the contract between planners, the simulator, the runtime and
+other tools::
+
+    {"version": 3, "planner": "treepack", "sites": ["a", "b"],
+     "shards": [{"fraction": 0.25, "root": 2, "reduce_tree": {"0": 2, "1": 0},
+                 "broadcast_tree": {"0": 2, "1": 0},
+                 "routes": [{"edge": [1, 0], "paths": [[1, 0], [1, 3, 0]],
+                             "weights": [0.7, 0.3]}]}],
+     "predicted_time_s": 1.9}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["Plan", "Route", "Shard"]
+
+Edge = tuple[int, int]
+Path = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the traffic of one tree edge ``u -> v`` crosses the physical network.
+
+    ``paths[0]`` is the primary path, the others are auxiliary; a chunk goes whole over one
+    path, chosen in proportion to ``weights``. Every path starts at u and ends at v.
+    """
+
+    edge: Edge
+    paths: tuple[Path, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        edge = tuple(int(x) for x in self.edge)
+        paths = tuple(tuple(int(x) for x in p) for p in self.paths)
+        weights = tuple(float(w) for w in self.weights)
+        if len(edge) != 2:
+            raise ValueError(f"route edge must be a pair, got {self.edge!r}")
+        if not paths or len(paths) != len(weights):
+            raise ValueError(f"route {edge}: needs one weight per path "
+                             f"({len(paths)} paths, {len(weights)} weights)")
+        object.__setattr__(self, "edge", edge)
+        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "weights", weights)
+
+    @classmethod
+    def direct(cls, u: int, v: int) -> Route:
+        """The default route of a tree edge: the direct link."""
+        return cls((u, v), ((u, v),), (1.0,))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edge": list(self.edge), "paths": [list(p) for p in self.paths],
+                "weights": list(self.weights)}
+
+
+def _tree(mapping: Mapping[Any, Any], what: str) -> Mapping[int, int]:
+    try:
+        items = sorted((int(k), int(v)) for k, v in mapping.items())
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must map site indices to parent indices") from None
+    return MappingProxyType(dict(items))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One slice of the gradient and the trees that reduce and broadcast it.
+
+    Parameters
+    ----------
+    fraction
+        Share of the gradient bytes (all shards of a plan sum to 1).
+    root
+        The site that holds the full sum and divides it by the number of workers.
+    reduce_tree
+        ``{site: parent}`` toward the root; every worker except the root appears once.
+    broadcast_tree
+        ``{site: parent}`` from the root; every worker except the root appears once.
+    routes
+        Physical routes of tree edges that do not use their direct link.
+    """
+
+    fraction: float
+    root: int
+    reduce_tree: Mapping[int, int]
+    broadcast_tree: Mapping[int, int]
+    routes: tuple[Route, ...] = ()
+    _route_index: dict[Edge, Route] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fraction", float(self.fraction))
+        object.__setattr__(self, "root", int(self.root))
+        object.__setattr__(self, "reduce_tree", _tree(self.reduce_tree, "reduce_tree"))
+        object.__setattr__(self, "broadcast_tree", _tree(self.broadcast_tree, "broadcast_tree"))
+        routes = tuple(sorted(self.routes, key=lambda r: r.edge))
+        object.__setattr__(self, "routes", routes)
+        self._route_index.update({r.edge: r for r in routes})
+
+    def route(self, u: int, v: int) -> Route:
+        """The route of tree edge ``u -> v`` (the direct link when none is given)."""
+        return self._route_index.get((u, v)) or Route.direct(u, v)
+
+    def reduce_edges(self) -> Iterator[Edge]:
+        """Tree edges ``child -> parent`` of the reduce tree, in child order."""
+        return iter(self.reduce_tree.items())
+
+    def broadcast_edges(self) -> Iterator[Edge]:
+        """Tree edges ``parent -> child`` of the broadcast tree, in child order."""
+        return ((p, c) for c, p in self.broadcast_tree.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fraction": self.fraction, "root": self.root,
+            "reduce_tree": {str(k): v for k, v in self.reduce_tree.items()},
+            "broadcast_tree": {str(k): v for k, v in self.broadcast_tree.items()},
+            "routes": [r.to_dict() for r in self.routes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Shard:
+        unknown = set(data) - {"fraction", "root", "reduce_tree", "broadcast_tree", "routes"}
+        if unknown:
+            raise ValueError(f"shard has unknown keys: {', '.join(sorted(unknown))}")
+        routes = tuple(Route(tuple(r["edge"]), tuple(map(tuple, r["paths"])),
+                             tuple(r["weights"])) for r in data.get("routes", ()))
+        return cls(fraction=data["fraction"], root=data["root"],
+                   reduce_tree=data["reduce_tree"], broadcast_tree=data["broadcast_tree"],
+                   routes=routes)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A complete all-reduce plan: the shards, who made it, and its predicted time.
+
+    ``version`` increases with every re-plan so all sites switch plans together;
+    ``predicted_time_s`` is filled by :func:`netstorm.plan` from the cost model.
+    """
+
+    version: int
+    planner: str
+    sites: tuple[str, ...]
+    shards: tuple[Shard, ...]
+    predicted_time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", tuple(self.sites))
+        object.__setattr__(self, "shards", tuple(self.shards))
+        if int(self.version) != self.version or self.version < 0:
+            raise ValueError(f"plan version must be a whole number >= 0, got {self.version!r}")
+        if self.predicted_time_s is not None and not math.isfinite(self.predicted_time_s):
+            raise ValueError("predicted_time_s must be finite")
+
+    def with_prediction(self, seconds: float) -> Plan:
+        return replace(self, predicted_time_s=float(seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "planner": self.planner, "sites": list(self.sites),
+                "shards": [s.to_dict() for s in self.shards],
+                "predicted_time_s": self.predicted_time_s}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """Inverse of :meth:`to_dict`; extra top-level keys (e.g. ``bound_time_s``) are
+        ignored so the CLI's output loads back."""
+        try:
+            return cls(version=data["version"], planner=data["planner"],
+                       sites=tuple(data["sites"]),
+                       shards=tuple(Shard.from_dict(s) for s in data["shards"]),
+                       predicted_time_s=data.get("predicted_time_s"))
+        except KeyError as exc:
+            raise ValueError(f"plan JSON lacks key {exc.args[0]!r}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))

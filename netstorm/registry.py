@@ -1,0 +1,156 @@
+"""The planner registry and `plan()`, the one entry point to every planner.
+
+Planner contract
+----------------
+A planner is a callable ``planner(view, job, *, seed=None, state=None, **options) -> Plan``:
+
+- it is a pure function of its arguments (no sockets, clocks or globals); ``seed`` makes any
+  randomness reproducible; a stateful planner keeps what it learns in ``state``, an object the
+  caller owns and passes back on the next call;
+- ties are broken by site index, so every site computes the same plan;
+- the returned plan satisfies :func:`netstorm.check_plan`; ``plan()`` checks that, and fills
+  ``predicted_time_s`` from the cost model.
+
+Planners are found by name among the built-ins, those registered with
+:func:`register_planner`, and those advertised by installed packages under the entry-point
+group ``netstorm.planners`` (``name = package.module:function``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from .check import check_plan
+from .cost import predict
+from .errors import PlanError
+from .job import Job
+from .plan import Plan
+from .view import NetworkView
+
+__all__ = ["ENTRY_POINT_GROUP", "Planner", "get_planner", "plan", "planner_names",
+           "register_planner"]
+
+Planner = Callable[..., Plan]
+ENTRY_POINT_GROUP = "netstorm.planners"
+
+_registry: dict[str, Planner] = {}
+_loaded = False
+
+
+def _validate(name: str, func: object) -> Planner:
+    if not callable(func):
+        raise PlanError(f"planner {name!r} is not callable: {func!r}")
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return func  # builtins and C callables: trust them
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(positional) < 2 and not var_pos:
+        raise PlanError(f"planner {name!r} must take (view, job, *, seed, state, **options)")
+    for keyword in ("seed", "state"):
+        if keyword not in sig.parameters and not var_kw:
+            raise PlanError(f"planner {name!r} must accept the keyword argument {keyword!r}")
+    return func
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from .planners import BUILTIN
+
+    for name, func in BUILTIN.items():
+        _registry.setdefault(name, func)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registry:
+            continue
+        try:
+            _registry[ep.name] = _validate(ep.name, ep.load())
+        except Exception as exc:  # a broken plug-in must not break the built-ins
+            _registry[ep.name] = _broken(ep.name, ep.value, exc)
+
+
+def _broken(name: str, target: str, exc: Exception) -> Planner:
+    def planner(view: NetworkView, job: Job, *, seed: Any = None, state: Any = None,
+                **options: Any) -> Plan:
+        raise PlanError(f"planner {name!r} ({target}) failed to load: {exc}")
+
+    return planner
+
+
+def register_planner(name: str, func: Planner | None = None, *,
+                     replace: bool = False) -> Any:
+    """Register ``func`` under ``name``; usable as a decorator (``@register_planner("x")``).
+
+    Raises
+    ------
+    PlanError
+        If the name is taken (and ``replace`` is false) or ``func`` breaks the contract.
+    """
+    def add(f: Planner) -> Planner:
+        _load()
+        if not name or not isinstance(name, str):
+            raise PlanError(f"planner name must be a non-empty string, got {name!r}")
+        if name in _registry and not replace:
+            raise PlanError(f"planner {name!r} is already registered (pass replace=True)")
+        _registry[name] = _validate(name, f)
+        return f
+
+    return add if func is None else add(func)
+
+
+def planner_names() -> list[str]:
+    """Names of every available planner, sorted."""
+    _load()
+    return sorted(_registry)
+
+
+def get_planner(planner: str | Planner) -> tuple[str, Planner]:
+    """Resolve a name or a callable to ``(name, function)``."""
+    _load()
+    if callable(planner):
+        name = getattr(planner, "__name__", "custom")
+        return name, _validate(name, planner)
+    try:
+        return planner, _registry[planner]
+    except KeyError:
+        raise PlanError(f"unknown planner {planner!r} (available: "
+                        f"{', '.join(sorted(_registry))})") from None
+
+
+def plan(view: NetworkView, job: Job, planner: str | Planner = "treepack", *,
+         seed: int | None = None, state: Any = None, **options: Any) -> Plan:
+    """Plan one all-reduce on ``view`` for ``job`` with the named (or given) planner.
+
+    Returns
+    -------
+    Plan
+        A plan that passed :func:`check_plan`, with ``predicted_time_s`` filled in.
+
+    Raises
+    ------
+    PlanError
+        Unknown planner, unknown option, or a plan that breaks an invariant.
+    """
+    name, func = get_planner(planner)
+    try:
+        inspect.signature(func).bind(view, job, seed=seed, state=state, **options)
+    except TypeError as exc:
+        raise PlanError(f"planner {name!r}: {exc}") from None
+    except ValueError:
+        pass  # no signature to check against
+    result = func(view, job, seed=seed, state=state, **options)
+    if not isinstance(result, Plan):
+        raise PlanError(f"planner {name!r} returned {type(result).__name__}, not a Plan")
+    try:
+        check_plan(result, view, job)
+    except PlanError as exc:
+        raise PlanError(f"planner {name!r} returned an invalid plan: {exc}") from None
+    return result.with_prediction(predict(result, view, job).time_s)
