@@ -104,7 +104,8 @@ def half_bits_to_f32_soft(h):
     sign = (h32 & np.uint32(0x8000)) << np.uint32(16)
     em = h32 & np.uint32(0x7FFF)
     if em >= np.uint32(0x7C00):  # inf or nan: keep the payload
-        return bits_to_f32(sign | np.uint32(0x7F800000) | ((em & np.uint32(0x3FF)) << np.uint32(13)))
+        payload = (em & np.uint32(0x3FF)) << np.uint32(13)
+        return bits_to_f32(sign | np.uint32(0x7F800000) | payload)
     if em >= np.uint32(0x0400):  # normal: rebias the exponent from 15 to 127
         return bits_to_f32(sign | ((em << np.uint32(13)) + np.uint32(112 << 23)))
     v = np.float32(em) * _HALF_SUBNORMAL_ULP  # subnormal or zero: exact in float32

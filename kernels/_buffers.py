@@ -94,6 +94,8 @@ def _numpy_buffer(x: np.ndarray, name: str, allowed: tuple[str, ...], writable: 
         raise _bad_dtype(name, x.dtype, allowed)
     if not x.flags.c_contiguous:
         raise ValueError(f"{name}: array is not C-contiguous; pass np.ascontiguousarray({name})")
+    if not x.flags.aligned:
+        raise ValueError(f"{name}: array data is not aligned to its dtype; pass a copy")
     if writable and not x.flags.writeable:
         raise ValueError(f"{name}: array is read-only but is written to")
     flat = x.reshape(-1)

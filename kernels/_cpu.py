@@ -5,7 +5,7 @@ validation (the host wrappers in :mod:`netstorm.kernels.api` do that). fp16 buff
 as uint16 bit patterns (numba's CPU target has no float16 arrays); bf16 buffers are uint16.
 
 Kernels are built per element kind (``"f32"``, ``"fp16"``, ``"bf16"``) by small factories
-cached with :func:`functools.lru_cache`; numba then caches one compiled specialisation per
+cached with :func:`functools.cache`; numba then caches one compiled specialisation per
 argument types (for :func:`reduce_kernel`, per number of inputs).
 """
 

@@ -20,6 +20,7 @@ __all__ = [
     "bf16_encode",
     "codec_error",
     "decode",
+    "error_stats",
     "fused_reduce",
     "pack",
     "unpack_accumulate",
@@ -170,15 +171,33 @@ def codec_error(
     if x is None:
         x = np.random.default_rng(seed).standard_normal(n, dtype=np.float32)
     x = np.asarray(x, dtype=np.float32)
-    y = decode(pack(x, 1.0, dtype), dtype)
-    abs_err = np.abs(y.astype(np.float64) - x.astype(np.float64))
-    mag = np.abs(x.astype(np.float64))
+    return error_stats(x, decode(pack(x, 1.0, dtype), dtype), dtype)
+
+
+def error_stats(x: np.ndarray, y: np.ndarray, dtype: str) -> dict[str, float]:
+    """Error figures of ``y``, a decoded round trip of ``x`` through ``dtype``.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Original and round-tripped float32 values, same shape.
+    dtype : {"fp16", "bf16"}
+        Wire encoding (sets the normal range and the unit roundoff).
+
+    Returns
+    -------
+    dict
+        See :func:`codec_error`.
+    """
+    x64 = np.asarray(x, dtype=np.float64).ravel()
+    abs_err = np.abs(np.asarray(y, dtype=np.float64).ravel() - x64)
+    mag = np.abs(x64)
     nz = mag > 0
     rel = abs_err[nz] / mag[nz]
     tiny = 2.0**-14 if dtype == "fp16" else 2.0**-126
     normal = mag[nz] >= tiny
     return {
-        "n": int(x.size),
+        "n": int(x64.size),
         "max_rel_err": float(rel.max(initial=0.0)),
         "max_rel_err_normal": float(rel[normal].max(initial=0.0)),
         "rms_rel_err": float(np.sqrt(np.mean(rel**2))) if rel.size else 0.0,
