@@ -18,7 +18,7 @@ from .view import NetworkView
 
 __all__ = ["Bound", "bound", "simple_bounds"]
 
-#: Above this many LP variables ``method="auto"`` switches from the flow LP to tree packing.
+#: Above this many variables ``method="auto"`` gives up the flow LP for the simple bounds.
 FLOW_LP_MAX_VARS = 150_000
 PHASES = ("reduce", "broadcast")
 
@@ -184,6 +184,15 @@ def _flow_lp(view: NetworkView, roots: Sequence[int],
     return float(y.sum()), {int(r): float(y[i]) for i, r in enumerate(roots) if y[i] > 0}
 
 
+def _auto_method(view: NetworkView, roots: Sequence[int], phases: tuple[str, ...]) -> str:
+    """Tree packing when it is certified (every site a worker, both phases): it is exact and
+    much faster than the flow LP; otherwise the flow LP while it stays small enough."""
+    if not view.relays and phases == PHASES:
+        return "tree-packing"
+    nvars = view.n + len(view.links) * len(phases) * len(roots) * len(view.workers)
+    return "flow-lp" if nvars <= FLOW_LP_MAX_VARS else "simple"
+
+
 def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
           phases: Sequence[str] = PHASES, method: str = "auto",
           time_limit_s: float = 60.0) -> Bound:
@@ -197,9 +206,9 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
         ``("reduce", "broadcast")``, or one of them to bound a single phase (e.g. a
         single-root broadcast is min over workers of max-flow from the root).
     method
-        ``"flow-lp"``, ``"tree-packing"``, ``"simple"`` or ``"auto"`` (flow LP while it has at
-        most ``FLOW_LP_MAX_VARS`` variables, then tree packing; simple bounds when relay-only
-        sites make tree packing uncertified).
+        ``"flow-lp"``, ``"tree-packing"``, ``"simple"`` or ``"auto"``: tree packing when every
+        site is a worker (exact to its reported gap, and fast); with relay-only sites the
+        flow LP while it has at most ``FLOW_LP_MAX_VARS`` variables, else the simple bounds.
 
     Notes
     -----
@@ -227,12 +236,7 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
         return Bound(latency, np.inf, 0.0, latency, "trivial", True, 0.0, latency, 0.0, 0.0,
                      0.0, time.perf_counter() - started)
     if method == "auto":
-        nvars = view.n + len(view.links) * len(phases) * len(roots) * w
-        certified_packing = not view.relays and phases == PHASES
-        method = ("flow-lp" if nvars <= FLOW_LP_MAX_VARS or not certified_packing
-                  else "tree-packing")
-        if method == "flow-lp" and nvars > 4 * FLOW_LP_MAX_VARS:
-            method = "simple"
+        method = _auto_method(view, roots, phases)
     per_root: dict[int, float] = {}
     gap, exact = 0.0, True
     simple_rate = min(simple.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 
@@ -61,7 +62,7 @@ def _check_routes(shard: Shard, view: NetworkView, what: str) -> None:
                 raise PlanError(f"{what}: path {list(path)} does not lead from {u} to {v}")
             if len(set(path)) != len(path):
                 raise PlanError(f"{what}: path {list(path)} visits a site twice")
-            for a, b in zip(path, path[1:], strict=False):
+            for a, b in itertools.pairwise(path):
                 if not (0 <= a < view.n and 0 <= b < view.n) or view.capacity[a, b] <= 0:
                     raise PlanError(f"{what}: path {list(path)} uses {a}->{b}, "
                                     f"which is not a link")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +74,7 @@ def _edge_chain(view: NetworkView, route: Route, chunk: float) -> tuple[float, f
     """(latency, store-and-forward time, largest hop time) of one chunk over the slowest path."""
     best = (0.0, 0.0, 0.0)
     for path in route.paths:
-        hops = list(zip(path, path[1:], strict=False))
+        hops = list(itertools.pairwise(path))
         lat = sum(float(view.latency[a, b]) for a, b in hops)
         times = [chunk / _hop_rate(view, a, b) for a, b in hops]
         cand = (lat, sum(times), max(times))

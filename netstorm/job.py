@@ -115,7 +115,7 @@ class Job:
                 raise ValueError(f"unknown model {model!r}: give one of {known} "
                                  f"or a size such as 100MB") from None
             element = int(overrides.get("element_size", 4))  # type: ignore[call-overload]
-            nbytes = max(element, int(round(size / element)) * element)
+            nbytes = max(element, round(size / element) * element)
             job = cls(buckets=nbytes, model=None, element_size=element)
         return replace(job, **overrides) if overrides else job
 

@@ -6,12 +6,14 @@ networks too large for the flow LP, and the trees that ``treepack`` turns into s
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import csc_array
 
 from .arborescence import min_arborescence, prune_leaves, tree_cost
 from .view import NetworkView
@@ -60,8 +62,8 @@ class Packing:
 
     @property
     def gap(self) -> float:
-        """Relative gap ``1 - rate / upper_bound`` (0 when optimal)."""
-        return 0.0 if self.upper_bound <= 0 else max(0.0, 1 - self.rate / self.upper_bound)
+        """Relative gap ``1 - rate / upper_bound`` (0 when optimal, 1 when unbounded)."""
+        return max(0.0, 1 - self.rate / self.upper_bound) if self.upper_bound > 0 else 0.0
 
 
 class _Resources:
@@ -126,7 +128,8 @@ def _trees(cost: np.ndarray, root: int, keep: np.ndarray,
 
 
 def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float = 1e-4,
-               max_rounds: int = 2000, time_limit_s: float = 60.0) -> Packing:
+               max_rounds: int = 5000, time_limit_s: float = 60.0,
+               smoothing: float = 0.8) -> Packing:
     """Maximise the all-reduce rate over fractional packings of tree pairs.
 
     Parameters
@@ -139,6 +142,8 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         Stop when ``rate >= (1 - tol) * upper_bound``.
     max_rounds, time_limit_s
         Safety limits; the result reports its gap either way.
+    smoothing
+        Wentges dual smoothing factor in [0, 1) (0 turns it off).
 
     Notes
     -----
@@ -146,15 +151,19 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
 
         max sum_T x_T   s.t.  sum_T load_T(e) x_T <= c_e  for every link and site cap e
 
-    where ``load_T(e)`` counts how many of T's tree edges use resource e. With duals
-    ``p_e`` a column's price is ``sum_e load_T(e) p_e``; the cheapest column for root r is
-    a minimum in-arborescence plus a minimum out-arborescence under edge costs
-    ``p_link + p_egress(tail) + p_ingress(head)`` (Edmonds, exact for spanning trees). Any
-    column cheaper than 1 enters; if the cheapest costs ``c_min``, scaling the duals by
-    ``1/c_min`` is dual-feasible, so ``rate / c_min`` bounds the optimum. By Edmonds'
-    arborescence-packing theorem, the optimum equals the flow LP of :func:`netstorm.bound`
-    when every site is a worker. Relay-only sites make pricing a Steiner problem: spanning
-    trees are pruned of relay-only leaves, and the dual bound is not certified.
+    where ``load_T(e)`` counts how many of T's tree edges use resource e. With prices
+    ``p_e >= 0`` a column costs ``sum_e load_T(e) p_e``; the cheapest column for root r is a
+    minimum in-arborescence plus a minimum out-arborescence under edge costs
+    ``p_link + p_egress(tail) + p_ingress(head)`` (Edmonds, exact for spanning trees). For
+    *any* prices, if the cheapest column costs ``c_min``, then ``p / c_min`` is feasible for
+    the dual, so ``(c . p) / c_min`` bounds the optimum from above; columns cheaper than 1
+    under the master's duals enter. Pricing at a convex combination of the best prices so
+    far and the master's duals (Wentges smoothing) damps the duals' oscillation, the usual
+    cause of column generation's slow tail. The master is re-solved warm (HiGHS dual
+    simplex from the previous basis). By Edmonds' arborescence-packing theorem the optimum
+    equals the flow LP of :func:`netstorm.bound` when every site is a worker. Relay-only
+    sites make pricing a Steiner problem: spanning trees are pruned of relay-only leaves, and
+    the upper bound is not certified.
     """
     started = time.perf_counter()
     scale = float(view.capacity.max())
@@ -166,33 +175,43 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     with np.errstate(divide="ignore"):
         start_cost = np.where(view.capacity > 0, scale / np.where(view.capacity > 0,
                                                                    view.capacity, 1), np.inf)
+    master = _Master(res.capacity)
     columns: list[tuple[int, np.ndarray, np.ndarray]] = []
-    usage: list[np.ndarray] = []
-    for r in roots:
-        up, down, _ = _trees(start_cost, r, keep, steiner)
+
+    def add(r: int, up: np.ndarray, down: np.ndarray) -> None:
         columns.append((r, up, down))
-        usage.append(res.usage(_edges(up, True) + _edges(down, False)))
-    upper, rate, x, rounds = np.inf, 0.0, np.zeros(0), 0
-    while True:
+        master.add(res.usage(_edges(up, True) + _edges(down, False)))
+
+    for r in roots:
+        add(r, *_trees(start_cost, r, keep, steiner)[:2])
+    upper, center, rate, rounds = np.inf, None, 0.0, 0
+    while rounds < max_rounds and time.perf_counter() - started < time_limit_s:
         rounds += 1
-        x, rate, price = _master(usage, res.capacity)
-        cost = res.edge_cost(price)
-        best, found = np.inf, []
-        for r in roots:
-            up, down, c = _trees(cost, r, keep, steiner)
-            best = min(best, c)
-            if c < 1 - 1e-9:
-                found.append((c, r, up, down))
-        if best > 0:
-            upper = min(upper, rate / best)
-        done = not found or rate >= (1 - tol) * upper
-        if done or rounds >= max_rounds or time.perf_counter() - started > time_limit_s:
+        rate, duals = master.solve()
+        if rate >= (1 - tol) * upper:
             break
-        for _, r, up, down in sorted(found, key=lambda f: f[0]):
-            columns.append((r, up, down))
-            usage.append(res.usage(_edges(up, True) + _edges(down, False)))
-    if not np.isfinite(upper):
-        upper = rate
+        entered = False
+        for prices in ([duals] if center is None else
+                       [smoothing * center + (1 - smoothing) * duals, duals]):
+            cost = res.edge_cost(prices)
+            priced = [(r, *_trees(cost, r, keep, steiner)) for r in roots]
+            cheapest = min(c for *_, c in priced)
+            if cheapest > 0:
+                bound_here = float(res.capacity @ prices) / cheapest
+                if bound_here < upper:
+                    upper, center = bound_here, prices
+            dual_cost = res.edge_cost(duals)
+            for r, up, down, _ in priced:  # every root's cheapest column that improves
+                if tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down) < 1 - 1e-9:
+                    add(r, up, down)
+                    entered = True
+            if entered:
+                break
+        if not entered:  # no column improves the master: it is optimal
+            upper = min(upper, rate)
+            break
+    x = master.values()
+    upper = max(upper, rate)  # inf when no prices ever certified a bound
     chosen = sorted((i for i in range(len(x)) if x[i] > 1e-12), key=lambda i: -x[i])
     trees = tuple(TreePair(columns[i][0], columns[i][1], columns[i][2], float(x[i] * scale))
                   for i in chosen)
@@ -200,15 +219,56 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
                    columns=trees, rounds=rounds)
 
 
-def _master(usage: list[np.ndarray], capacity: np.ndarray) -> tuple[np.ndarray, float,
-                                                                      np.ndarray]:
-    """Solve the restricted master; return (x, objective, duals of the resource rows)."""
-    cols = np.concatenate([np.full(len(u), j) for j, u in enumerate(usage)])
-    rows = np.concatenate(usage)
-    a = csc_array((np.ones(len(rows)), (rows, cols)), shape=(len(capacity), len(usage)))
-    a.sum_duplicates()
-    sol = linprog(-np.ones(len(usage)), A_ub=a, b_ub=capacity, bounds=(0, None),
-                  method="highs")
-    if sol.status != 0:
-        raise RuntimeError(f"tree-packing master LP failed: {sol.message}")
-    return sol.x, float(-sol.fun), np.maximum(-sol.ineqlin.marginals, 0.0)
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence C-level stdout (HiGHS prints a banner when its first instance is made)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_MASTER_OPTIONS: dict[str, object] = {"solver": "simplex", "simplex_strategy": 4}
+
+
+class _Master:
+    """The restricted master LP, kept in one HiGHS instance and re-solved warm."""
+
+    def __init__(self, capacity: np.ndarray) -> None:
+        with _quiet_stdout():
+            import highspy
+
+            self._h = highspy.Highs()
+        self._h.setOptionValue("output_flag", False)
+        self._h.setOptionValue("presolve", "off")
+        for key, value in _MASTER_OPTIONS.items():
+            self._h.setOptionValue(key, value)
+        m = len(capacity)
+        self._h.addRows(m, np.full(m, -highspy.kHighsInf), capacity, 0,
+                        np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        self._n = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add one column with objective 1 (we minimise -sum x) and these row loads."""
+        idx, counts = np.unique(rows, return_counts=True)
+        self._h.addCols(1, np.array([-1.0]), np.zeros(1), np.array([np.inf]), len(idx),
+                        np.zeros(1, np.int32), idx.astype(np.int32), counts.astype(float))
+        self._n += 1
+
+    def solve(self) -> tuple[float, np.ndarray]:
+        """Return (objective, row duals as non-negative prices)."""
+        self._h.run()
+        status = self._h.getModelStatus()
+        if self._h.modelStatusToString(status) != "Optimal":
+            raise RuntimeError(f"tree-packing master LP: {self._h.modelStatusToString(status)}")
+        sol = self._h.getSolution()
+        return -self._h.getInfo().objective_function_value, np.maximum(
+            -np.asarray(sol.row_dual), 0.0)
+
+    def values(self) -> np.ndarray:
+        return np.asarray(self._h.getSolution().col_value)

@@ -14,8 +14,9 @@ YAML/JSON shape (DESIGN 5.1)::
 
 CSV pair lists: ``src,dst,bandwidth_bps[,latency_s]`` (directed), the cloud throughput grid's
 ``src_region,dst_region,throughput_sent_bps,throughput_received_bps`` (received goodput is
-used, and repeated measurements of a pair are averaged), and the city list's ``site_a,site_b,delay_ms,bandwidth_gbps`` (undirected; the
-published delay is a round trip, so one-way latency is half of it). Sites are numbered in
+used, and repeated measurements of a pair are averaged), and the city list's
+``site_a,site_b,delay_ms,bandwidth_gbps`` (undirected; the published delay is a round trip,
+so one-way latency is half of it). Sites are numbered in
 order of first appearance. A pair missing from a file is treated as "no direct link".
 """
 

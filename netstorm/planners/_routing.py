@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import dijkstra
@@ -56,4 +58,4 @@ def route_capacity(view: NetworkView, u: int, v: int) -> float:
     if view.capacity[u, v] > 0:
         return float(view.capacity[u, v])
     path = cheapest_path(view, u, v)
-    return float(min(view.capacity[a, b] for a, b in zip(path, path[1:], strict=False)))
+    return float(min(view.capacity[a, b] for a, b in itertools.pairwise(path)))

@@ -1,0 +1,67 @@
+"""Conformance checks for planner authors (and our own tests).
+
+>>> from netstorm.testing import check_planner
+>>> check_planner("ring")          # a registered name, or your own callable
+
+``check_planner`` runs the planner over a fixed set of views that exercise the hard cases
+(sparse meshes that need relays, relay-only sites, per-site caps, asymmetric links, a single
+worker) and checks that every plan is valid, that planning is deterministic for a fixed
+seed, and that no predicted time beats the LP bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .bound import bound
+from .builtin_topologies import builtin
+from .check import check_plan
+from .errors import PlanError
+from .job import Job
+from .registry import Planner, get_planner, plan
+from .view import NetworkView
+
+__all__ = ["check_plan", "check_planner", "conformance_views"]
+
+
+def conformance_views() -> list[NetworkView]:
+    """The views :func:`check_planner` uses (small, so the check runs in seconds)."""
+    mbs = 1e6
+    # a 5-site line with a relay-only middle site and asymmetric capacities
+    line = np.zeros((5, 5))
+    for u, (fwd, back) in enumerate([(40, 20), (90, 90), (10, 60), (55, 35)]):
+        line[u, u + 1], line[u + 1, u] = fwd * mbs, back * mbs
+    relay_line = NetworkView(sites=("a", "b", "relay", "c", "d"), capacity=line,
+                             workers=(0, 1, 3, 4), name="relay-line")
+    capped = builtin("random:5:7")
+    capped = NetworkView(sites=capped.sites, capacity=capped.capacity,
+                         latency=capped.latency, egress=np.full(5, 80 * mbs),
+                         ingress=np.array([np.inf, 60 * mbs, np.inf, np.inf, 90 * mbs]),
+                         name="capped-mesh")
+    solo = NetworkView(sites=("only", "relay"), capacity=np.array([[0, 1e6], [1e6, 0]]),
+                       workers=(0,), name="one-worker")
+    return [builtin("netstorm9"), builtin("random:6:3"), builtin("waxman:8:2"),
+            relay_line, capped, solo]
+
+
+def check_planner(planner: str | Planner, views: Iterable[NetworkView] | None = None,
+                  job: Job | None = None, **options: object) -> None:
+    """Raise :class:`PlanError` if ``planner`` breaks the planner contract on any view.
+
+    Checks, per view: the plan passes :func:`check_plan`; two calls with the same seed give
+    the same plan (JSON-identical); the predicted time is not below :func:`netstorm.bound`.
+    """
+    name, func = get_planner(planner)
+    job = job or Job(buckets=40_000_000, chunk_bytes=1_000_000)
+    for view in conformance_views() if views is None else views:
+        first = plan(view, job, func, seed=1, **options)
+        second = plan(view, job, func, seed=1, **options)
+        if first.to_json() != second.to_json():
+            raise PlanError(f"planner {name!r} is not deterministic on {view.name}")
+        check_plan(first, view, job)
+        low = bound(view, job).time_s
+        if first.predicted_time_s is None or first.predicted_time_s < low * (1 - 1e-6):
+            raise PlanError(f"planner {name!r} on {view.name}: predicted "
+                            f"{first.predicted_time_s} s beats the bound {low} s")

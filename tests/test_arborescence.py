@@ -1,0 +1,65 @@
+"""Dense Chu-Liu/Edmonds against networkx's implementation."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netstorm.arborescence import min_arborescence, prune_leaves, tree_cost
+
+
+@st.composite
+def cost_matrices(draw: st.DrawFn) -> tuple[np.ndarray, int]:
+    n = draw(st.integers(2, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    integer = draw(st.booleans())  # integer costs force many ties
+    cost = rng.integers(1, 5, (n, n)).astype(float) if integer else rng.random((n, n))
+    cost[rng.random((n, n)) < draw(st.floats(0, 0.7))] = np.inf
+    root = draw(st.integers(0, n - 1))
+    order = rng.permutation(n)
+    for a, b in zip(order, order[1:], strict=False):  # a spanning path keeps it feasible
+        cost[a, b] = min(cost[a, b], 10.0)
+    for v in range(n):
+        if v != root:
+            cost[root, v] = min(cost[root, v], 50.0) if v == order[0] else cost[root, v]
+    cost[order[-1], order[0]] = min(cost[order[-1], order[0]], 10.0)  # cycle: all reachable
+    return cost, root
+
+
+@settings(max_examples=200)
+@given(cost_matrices())
+def test_matches_networkx(case: tuple[np.ndarray, int]) -> None:
+    cost, root = case
+    n = len(cost)
+    parent = min_arborescence(cost, root)
+    assert parent[root] == -1
+    for v in range(n):  # a spanning arborescence: every site reaches the root
+        seen, node = set(), v
+        while node != root:
+            assert node not in seen and np.isfinite(cost[parent[node], node])
+            seen.add(node)
+            node = parent[node]
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(n))
+    graph.add_weighted_edges_from((u, v, cost[u, v]) for u in range(n) for v in range(n)
+                                  if u != v and v != root and np.isfinite(cost[u, v]))
+    best = nx.minimum_spanning_arborescence(graph, preserve_attrs=True)
+    expected = sum(d["weight"] for *_, d in best.edges(data=True))
+    assert tree_cost(cost, parent) == pytest.approx(expected)
+
+
+def test_unreachable_site_is_an_error() -> None:
+    cost = np.full((3, 3), np.inf)
+    cost[0, 1] = 1.0
+    with pytest.raises(ValueError, match="site 2 cannot be reached from root 0"):
+        min_arborescence(cost, 0)
+
+
+def test_prune_leaves_drops_only_unneeded_relays() -> None:
+    parent = np.array([-1, 0, 1, 1, 3])  # 0 <- 1 <- {2, 3}, 3 <- 4
+    keep = np.array([True, False, True, False, False])
+    pruned = prune_leaves(parent, keep)
+    assert pruned.tolist() == [-1, 0, 1, -2, -2]  # 4 then 3 go; relay 1 still leads to 2

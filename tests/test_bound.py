@@ -1,0 +1,153 @@
+"""The LP bound against closed forms, max-flow, an independent formulation, and plans."""
+
+from __future__ import annotations
+
+import itertools
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netstorm import Job, NetworkView, bound, planner_names, plan, simple_bounds
+from netstorm.packing import pack_trees
+from tests.strategies import views
+
+MB = 1e6
+JOB = Job(buckets=100_000_000, chunk_bytes=4_000_000)
+M = JOB.gradient_bytes
+
+
+def mesh(n: int, c: float) -> NetworkView:
+    cap = np.full((n, n), c)
+    np.fill_diagonal(cap, 0)
+    return NetworkView(sites=tuple(map(str, range(n))), capacity=cap)
+
+
+def test_two_sites_closed_form() -> None:
+    view = NetworkView(sites=("a", "b"), capacity=np.array([[0, 30 * MB], [12 * MB, 0]]))
+    assert bound(view, JOB).rate_Bps == pytest.approx(12 * MB)
+
+
+def test_two_sites_with_an_egress_cap() -> None:
+    view = NetworkView(sites=("a", "b"), capacity=np.array([[0, 30 * MB], [40 * MB, 0]]),
+                       egress=np.array([20 * MB, np.inf]))
+    assert bound(view, JOB).rate_Bps == pytest.approx(20 * MB)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_uniform_mesh_closed_form(n: int) -> None:
+    # every link u->v carries y_u (broadcast) + y_v (reduce): y = c/2 per root, N c / 2 in all
+    result = bound(mesh(n, 10 * MB), JOB)
+    assert result.rate_Bps == pytest.approx(n * 10 * MB / 2)
+    assert result.time_s == pytest.approx(M / (n * 5 * MB))
+
+
+def test_chain_closed_form() -> None:
+    cap = np.zeros((3, 3))
+    cap[0, 1], cap[1, 0], cap[1, 2], cap[2, 1] = 50 * MB, 40 * MB, 30 * MB, 45 * MB
+    view = NetworkView(sites=("a", "b", "c"), capacity=cap)
+    assert bound(view, JOB).rate_Bps == pytest.approx(30 * MB)  # every root crosses each cut
+
+
+def test_latency_term_is_the_worst_worker_pair() -> None:
+    cap = np.zeros((3, 3))
+    cap[0, 1] = cap[1, 0] = cap[1, 2] = cap[2, 1] = 10 * MB
+    lat = np.where(cap > 0, 0.02, 0.0)
+    lat[0, 1] = 0.05
+    view = NetworkView(sites=("a", "b", "c"), capacity=cap, latency=lat)
+    assert bound(view, JOB).latency_s == pytest.approx(0.07)
+
+
+def test_single_worker_needs_no_time() -> None:
+    view = NetworkView(sites=("a", "b"), capacity=np.array([[0, 1.0], [1.0, 0]]),
+                       workers=(0,))
+    assert bound(view, JOB).time_s == 0.0
+
+
+@settings(max_examples=30)
+@given(views(max_sites=6, relays=False, caps=False), st.data())
+def test_single_root_phase_is_min_max_flow(view: NetworkView, data: st.DataObject) -> None:
+    root = data.draw(st.sampled_from(view.workers))
+    graph = view.to_networkx()
+    others = [v for v in view.workers if v != root]
+    out = min(nx.maximum_flow_value(graph, root, v) for v in others)
+    into = min(nx.maximum_flow_value(graph, v, root) for v in others)
+    got_out = bound(view, JOB, roots=[root], phases=["broadcast"]).rate_Bps
+    got_in = bound(view, JOB, roots=[root], phases=["reduce"]).rate_Bps
+    assert got_out == pytest.approx(out, rel=1e-6)
+    assert got_in == pytest.approx(into, rel=1e-6)
+
+
+@settings(max_examples=25)
+@given(views(max_sites=6, relays=False))
+def test_tree_packing_reaches_the_flow_lp(view: NetworkView) -> None:
+    """Edmonds: with every site a worker, tree packing reaches the flow LP optimum."""
+    lp = bound(view, JOB, method="flow-lp", roots=view.workers).rate_Bps
+    packing = pack_trees(view, tol=1e-7)
+    assert packing.certified
+    assert packing.rate == pytest.approx(lp, rel=1e-4)
+    assert packing.rate <= lp * (1 + 1e-6) and packing.upper_bound >= lp * (1 - 1e-6)
+
+
+@settings(max_examples=40)
+@given(views(max_sites=6))
+def test_simple_bounds_are_never_below_the_lp(view: NetworkView) -> None:
+    lp = bound(view, JOB, method="flow-lp")
+    for name, rate in simple_bounds(view).items():
+        assert lp.rate_Bps <= rate * (1 + 1e-6), name
+
+
+def _brute_star_rate(view: NetworkView) -> float:
+    """Best rate of any plan that is a set of star shards over direct links (tiny views):
+    an LP over root shares y_r with link u->v carrying y_v (reduce) + y_u (broadcast)."""
+    from scipy.optimize import linprog
+
+    n = view.n
+    rows, rhs = [], []
+    for u, v in itertools.permutations(range(n), 2):
+        row = np.zeros(n)
+        row[u] += 1
+        row[v] += 1
+        if view.capacity[u, v] == 0:
+            rows.append(row)
+            rhs.append(0.0)
+        else:
+            rows.append(row)
+            rhs.append(view.capacity[u, v])
+    sol = linprog(-np.ones(n), A_ub=np.array(rows), b_ub=np.array(rhs), bounds=(0, None),
+                  method="highs")
+    return -sol.fun
+
+
+@settings(max_examples=20)
+@given(views(min_sites=3, max_sites=4, relays=False, caps=False))
+def test_bound_is_at_least_the_best_direct_star_packing(view: NetworkView) -> None:
+    assert bound(view, JOB).rate_Bps >= _brute_star_rate(view) * (1 - 1e-6)
+
+
+@settings(max_examples=40)
+@given(views(max_sites=6))
+def test_no_planner_beats_the_bound(view: NetworkView) -> None:
+    low = bound(view, JOB).time_s
+    for name in planner_names():
+        p = plan(view, JOB, name, seed=0)
+        assert p.predicted_time_s is not None
+        assert p.predicted_time_s >= low * (1 - 1e-6), name
+
+
+def test_tree_packing_at_scale_reports_a_small_gap() -> None:
+    from netstorm.builtin_topologies import builtin
+
+    view = builtin("random:20:4")
+    result = bound(view, JOB, method="tree-packing")
+    assert result.exact and result.gap < 1e-3
+    assert result.rate_Bps <= min(simple_bounds(view).values()) * (1 + 1e-9)
+
+
+def test_bound_rejects_bad_phases_and_methods() -> None:
+    with pytest.raises(ValueError, match="phases"):
+        bound(mesh(3, MB), JOB, phases=["sideways"])
+    with pytest.raises(ValueError, match="unknown method"):
+        bound(mesh(3, MB), JOB, method="magic")

@@ -1,0 +1,93 @@
+"""The command line: JSON contracts (DESIGN 11), tables, drawings and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netstorm import Plan, check_plan, load_topology
+from netstorm.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_json_has_the_design_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "plan", "--topology", "netstorm9", "--model", "resnet50",
+                         "--planner", "ps", "--json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)  # exactly one JSON object on stdout
+    assert {"version", "planner", "sites", "shards", "predicted_time_s",
+            "bound_time_s"} <= set(doc)
+    assert doc["planner"] == "ps" and len(doc["shards"]) == 9
+    assert doc["bound_time_s"] <= doc["predicted_time_s"]
+    check_plan(Plan.from_dict(doc), load_topology("netstorm9"))  # loads back, still valid
+
+
+def test_plan_table_and_drawing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    png = tmp_path / "plan.png"
+    code, out, _ = run(capsys, "plan", "-t", "netstorm9", "-p", "ring", "--draw", str(png))
+    assert code == 0 and "predicted" in out and "bound" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_passes_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "-t", "netstorm9", "-p", "ps", "-o", "servers=1",
+                       "--json")
+    assert code == 0 and len(json.loads(out)["shards"]) == 1
+
+
+def test_bound_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "bound", "--topology", "netstorm9", "--model", "resnet50",
+                       "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["exact"] is True
+    assert doc["bound_time_s"] == pytest.approx(102_228_128 / 36.5e6, rel=1e-6)
+    assert doc["cut_time_s"] <= doc["bound_time_s"] * (1 + 1e-6)
+
+
+def test_compare_lists_every_planner(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "compare", "-t", "netstorm9", "--planners", "ps,ring",
+                       "--json")
+    doc = json.loads(out)
+    assert code == 0 and [r["planner"] for r in doc["results"]] == ["ps", "ring"]
+    assert all(r["vs_bound"] >= 1 for r in doc["results"])
+
+
+def test_topo_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "topo", "show", "cities", "--json")
+    assert code == 0 and len(json.loads(out)["sites"]) == 10
+    png = tmp_path / "t.png"
+    code, out, _ = run(capsys, "topo", "show", "netstorm9", "--draw", str(png))
+    assert code == 0 and "s3" in out and png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "-t", "netstorm9", "-p", "nope"], "unknown planner 'nope'"),
+    (["plan", "-t", "nowhere.yaml", "-p", "ps"], "nowhere.yaml: cannot read"),
+    (["plan", "-t", "netstorm9", "-m", "resnet51", "-p", "ps"], "unknown model 'resnet51'"),
+    (["plan", "-t", "netstorm9", "-p", "ps", "-o", "servers=99"], "servers must be in"),
+    (["plan", "-t", "netstorm9", "-p", "ps", "-o", "nokey"], "expected KEY=VALUE"),
+    (["bound", "-t", "cloud:ibm"], "unknown built-in topology"),
+    (["plan"], "required: --topology"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                         message: str) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err and err.startswith("netstorm")
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("netstorm")
+    result = subprocess.run([str(exe), "bound", "-t", "netstorm9", "--json"],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0 and json.loads(result.stdout)["method"]

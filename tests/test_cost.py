@@ -1,0 +1,95 @@
+"""The cost model against figures computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netstorm import Job, NetworkView, Plan, Route, Shard, link_loads, predict
+
+MB = 1e6
+M = 40 * MB  # gradient bytes
+K = 4 * MB  # chunk bytes
+JOB = Job(buckets=int(M), chunk_bytes=int(K))
+
+
+def one_shard(view: NetworkView, root: int, up: dict, down: dict,
+              routes: tuple[Route, ...] = ()) -> Plan:
+    return Plan(1, "hand", view.sites, (Shard(1.0, root, up, down, routes),))
+
+
+def star(c: float = 10 * MB, latency: float = 0.0, egress: float = np.inf) -> NetworkView:
+    cap = np.zeros((4, 4))
+    cap[0, 1:] = cap[1:, 0] = c
+    lat = np.where(cap > 0, latency, 0.0)
+    eg = np.array([egress, np.inf, np.inf, np.inf])
+    return NetworkView(sites=("a", "b", "c", "d"), capacity=cap, latency=lat, egress=eg)
+
+
+def test_star() -> None:
+    view = star()
+    p = one_shard(view, 0, {1: 0, 2: 0, 3: 0}, {1: 0, 2: 0, 3: 0})
+    pred = predict(p, view, JOB)
+    # every spoke carries M each way; one chunk of fill (reduce and broadcast overlap)
+    assert pred.bandwidth_s == pytest.approx(M / (10 * MB))
+    assert pred.fill_s == pytest.approx(K / (10 * MB))
+    assert pred.time_s == pytest.approx(4.4)
+    assert pred.egress_bytes[0] == pytest.approx(3 * M)
+
+
+def test_star_with_latency_and_a_site_cap() -> None:
+    view = star(latency=0.010, egress=15 * MB)
+    p = one_shard(view, 0, {1: 0, 2: 0, 3: 0}, {1: 0, 2: 0, 3: 0})
+    pred = predict(p, view, JOB)
+    assert pred.bottleneck == "egress of a"
+    assert pred.bandwidth_s == pytest.approx(3 * M / (15 * MB))  # 8 s
+    # down hops run at min(link 10, egress 15) = 10 MB/s: fill = 0.4 s + 2 x 10 ms
+    assert pred.time_s == pytest.approx(8 + 0.4 + 0.020)
+
+
+def test_chain_is_a_store_and_forward_pipeline() -> None:
+    cap = np.zeros((3, 3))
+    for u, v in ((0, 1), (1, 2)):
+        cap[u, v] = cap[v, u] = 10 * MB
+    view = NetworkView(sites=("a", "b", "c"), capacity=cap)
+    p = one_shard(view, 2, {0: 1, 1: 2}, {1: 2, 0: 1})
+    pred = predict(p, view, JOB)
+    chunks, hops = M / K, 4  # 2 hops up, 2 hops down
+    assert pred.time_s == pytest.approx((chunks + hops - 1) * K / (10 * MB))
+
+
+def test_relayed_path_counts_every_hop() -> None:
+    cap = np.zeros((3, 3))
+    cap[0, 1], cap[1, 2], cap[2, 1], cap[1, 0] = 10 * MB, 20 * MB, 20 * MB, 5 * MB
+    view = NetworkView(sites=("a", "relay", "c"), capacity=cap, workers=(0, 2))
+    routes = (Route((0, 2), ((0, 1, 2),), (1.0,)), Route((2, 0), ((2, 1, 0),), (1.0,)))
+    p = one_shard(view, 2, {0: 2}, {0: 2}, routes)
+    pred = predict(p, view, JOB)
+    assert pred.bottleneck == "link relay->a"
+    assert pred.bandwidth_s == pytest.approx(M / (5 * MB))
+    # hops: K/10 + K/20 up, K/20 + K/5 down, less the slowest hop K/5
+    assert pred.fill_s == pytest.approx(K / (10 * MB) + K / (20 * MB) + K / (20 * MB))
+    assert pred.egress_bytes[1] == pytest.approx(2 * M)  # the relay forwards both ways
+
+
+def test_multipath_splits_load_by_weight() -> None:
+    cap = np.full((3, 3), 10 * MB)
+    np.fill_diagonal(cap, 0)
+    view = NetworkView(sites=("a", "b", "c"), capacity=cap, workers=(0, 2))
+    routes = (Route((0, 2), ((0, 2), (0, 1, 2)), (0.7, 0.3)),)
+    p = one_shard(view, 2, {0: 2}, {0: 2}, routes)
+    links, egress, ingress = link_loads(p, view, JOB)
+    assert links[0, 2] == pytest.approx(0.7 * M + 0)
+    assert links[0, 1] == links[1, 2] == pytest.approx(0.3 * M)
+    assert links[2, 0] == pytest.approx(M)  # broadcast takes the direct link
+    assert egress.sum() == pytest.approx(ingress.sum()) == pytest.approx(links.sum())
+    assert predict(p, view, JOB).bandwidth_s == pytest.approx(M / (10 * MB))
+
+
+def test_two_shards_add_their_loads() -> None:
+    cap = np.array([[0, 10 * MB], [10 * MB, 0]])
+    view = NetworkView(sites=("a", "b"), capacity=cap)
+    halves = (Shard(0.5, 0, {1: 0}, {1: 0}), Shard(0.5, 1, {0: 1}, {0: 1}))
+    pred = predict(Plan(1, "hand", view.sites, halves), view, JOB)
+    assert pred.link_bytes[0, 1] == pytest.approx(M)  # half up for shard 1, half down for 0
+    assert pred.bandwidth_s == pytest.approx(M / (10 * MB))
