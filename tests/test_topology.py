@@ -107,10 +107,10 @@ def test_csv_pair_list_loads_and_checks(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match=r"dup.csv: line 4: duplicate link a->b"):
         load_topology(dup)
     bad = write(tmp_path, "src,dst,bandwidth_bps\na,b,0\nb,a,8\n", "zero.csv")
-    with pytest.raises(TopologyError, match="zero.csv: line 2: bandwidth_bps must be > 0"):
+    with pytest.raises(TopologyError, match=r"zero\.csv: line 2: bandwidth_bps must be > 0"):
         load_topology(bad)
     cols = write(tmp_path, "from,to,speed\na,b,1\n", "cols.csv")
-    with pytest.raises(TopologyError, match="cols.csv: line 1: unknown columns"):
+    with pytest.raises(TopologyError, match=r"cols\.csv: line 1: unknown columns"):
         load_topology(cols)
 
 

@@ -11,7 +11,6 @@ from hypothesis import given
 
 from netstorm import MODELS, Job, NetworkView, Plan, PlanError, Route, Shard, check_plan, plan
 from netstorm.builtin_topologies import builtin
-
 from tests.strategies import views
 
 
