@@ -34,7 +34,11 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
         from .kernels import bench as kernel_bench  # type: ignore[attr-defined]
 
         return kernel_bench.run(n=2**20 if quick else 2**24)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown benchmark {what!r} (bound, kernels)")
+    if what == "sim":
+        from .sim import bench as sim_bench  # type: ignore[attr-defined]
+
+        return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown benchmark {what!r} (bound, kernels, sim)")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -176,6 +176,20 @@ def _cmd_topo(args: argparse.Namespace) -> None:
     print(_table(["src", "dst", "Mbit/s", "latency ms"], links))
 
 
+def _cmd_sim(args: argparse.Namespace) -> None:
+    from . import sim_cli
+
+    view, job = load_topology(args.topology), _job(args)
+    doc = sim_cli.run(args, view, job)
+    if args.json:
+        _emit(doc)
+        return
+    print(f"simulated {doc['iterations']} iterations of {job.label()} on {view.name} "
+          f"(dynamics: {doc['dynamics'] or 'static'})\n")
+    print(_table(["planner", "iter mean s", "iter median s", "comm mean s", "total s",
+                  "replans", "predicted s"], sim_cli.table(doc)))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from . import bench
 
@@ -219,8 +233,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", metavar="FILE.png")
     p.set_defaults(func=_cmd_topo)
 
+    p = sub.add_parser("sim", help="simulate planners on the (dynamic) WAN")
+    _add_common(p)
+    from .sim_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_sim)
+
     p = sub.add_parser("bench", help="benchmark figures (not pass/fail)")
-    p.add_argument("what", nargs="?", default="bound", choices=["bound", "kernels"])
+    p.add_argument("what", nargs="?", default="bound", choices=["bound", "kernels", "sim"])
     p.add_argument("--quick", action="store_true", help="smaller sizes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)

@@ -11,7 +11,7 @@ from .job import Job
 from .plan import Plan, Route, Shard
 from .view import NetworkView
 
-__all__ = ["Prediction", "link_loads", "predict"]
+__all__ = ["Prediction", "link_loads", "predict", "shard_fill"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,12 +99,108 @@ def _deepest(tree: dict[int, int], root: int, cost: dict[tuple[int, int], tuple[
     return max((chain(s) for s in tree), key=lambda c: c[0] + c[1], default=(0.0, 0.0, 0.0))
 
 
-def _fill(shard: Shard, view: NetworkView, job: Job) -> float:
+def shard_fill(shard: Shard, view: NetworkView, job: Job) -> float:
+    """Latency and pipeline fill of one shard (the ``fill_s`` term of :func:`predict`)."""
     chunk = min(float(job.chunk_bytes), shard.fraction * job.gradient_bytes)
     cost = {e: _edge_chain(view, shard.route(*e), chunk) for e in _tree_edges(shard)}
     up = _deepest(dict(shard.reduce_tree), shard.root, cost, upward=True)
     down = _deepest(dict(shard.broadcast_tree), shard.root, cost, upward=False)
     return up[0] + down[0] + up[1] + down[1] - max(up[2], down[2])
+
+
+def _edge_hops(view: NetworkView, route: Route, chunk: float) -> tuple[list, float]:
+    """Per path: [(a, b, transfer s, latency s, weight)]; and the one-chunk time over the
+    path the first chunk takes (the heaviest)."""
+    paths = []
+    for path, weight in zip(route.paths, route.weights, strict=True):
+        hops = [(a, b, chunk / _hop_rate(view, a, b), float(view.latency[a, b]), weight)
+                for a, b in itertools.pairwise(path)]
+        paths.append(hops)
+    first = max(range(len(paths)), key=lambda i: (route.weights[i], -i))  # chunk 0's path
+    return paths, sum(x + lat for _, _, x, lat, _ in paths[first])
+
+
+def _shard_windows(shard: Shard, view: NetworkView, job: Job,
+                   head: dict, tail: dict) -> float:
+    """Record, for every resource a shard's chunk crosses, the earliest time its first chunk
+    can get there (head) and the least time from leaving it to the end (tail); return the
+    shard's own pipeline time (one chunk's critical path plus the rest of the shard through
+    its slowest hop, a multipath hop carrying its weight's share)."""
+    size = shard.fraction * job.gradient_bytes
+    chunk = min(float(job.chunk_bytes), size)
+    hops = {e: _edge_hops(view, shard.route(*e), chunk) for e in _tree_edges(shard)}
+    up_kids: dict[int, list[int]] = {}
+    for c, p in shard.reduce_tree.items():
+        up_kids.setdefault(p, []).append(c)
+    down_kids: dict[int, list[int]] = {}
+    for c, p in shard.broadcast_tree.items():
+        down_kids.setdefault(p, []).append(c)
+
+    order = [shard.root]  # root first, then breadth first: parents before children
+    for site in order:
+        order.extend(up_kids.get(site, ()))
+    ready = {}  # when a site's partial sum of the first chunk can leave it
+    for site in reversed(order):
+        ready[site] = max((ready[c] + hops[(c, site)][1] for c in up_kids.get(site, ())),
+                          default=0.0)
+    to_root = {shard.root: 0.0}  # time from leaving a site to reaching the root
+    for site in order[1:]:
+        to_root[site] = hops[(site, shard.reduce_tree[site])][1] + to_root[shard.reduce_tree[site]]
+    border = [shard.root]
+    for site in border:
+        border.extend(down_kids.get(site, ()))
+    depth = {}  # time from a site holding the mean to the deepest leaf below it
+    for site in reversed(border):
+        depth[site] = max((hops[(site, c)][1] + depth[c] for c in down_kids.get(site, ())),
+                          default=0.0)
+    got = {shard.root: ready[shard.root]}  # when a site gets the first chunk's mean
+    for site in border[1:]:
+        parent = shard.broadcast_tree[site]
+        got[site] = got[parent] + hops[(parent, site)][1]
+
+    slowest_hop = 0.0
+
+    def mark(paths: list, start: float, after: float) -> None:
+        nonlocal slowest_hop
+        for path in paths:
+            elapsed = 0.0
+            rest = sum(x + lat for _, _, x, lat, _ in path)
+            for a, b, x, lat, weight in path:
+                rest -= x + lat
+                slowest_hop = max(slowest_hop, x * weight)
+                keys = [("link", a, b)]
+                if np.isfinite(view.egress[a]):
+                    keys.append(("egress", a))
+                if np.isfinite(view.ingress[b]):
+                    keys.append(("ingress", b))
+                for key in keys:
+                    head[key] = min(head.get(key, np.inf), start + elapsed)
+                    tail[key] = min(tail.get(key, np.inf), lat + rest + after)
+                elapsed += x + lat
+
+    for c, p in shard.reduce_tree.items():
+        mark(hops[(c, p)][0], ready[c], to_root[p] + depth[shard.root])
+    for c, p in shard.broadcast_tree.items():
+        mark(hops[(p, c)][0], got[p], depth[c])
+    critical = ready[shard.root] + depth[shard.root]
+    return critical + (size - chunk) / chunk * slowest_hop if chunk > 0 else critical
+
+
+def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
+                   egress: np.ndarray, ingress: np.ndarray) -> float:
+    head: dict = {}
+    tail: dict = {}
+    longest = max((_shard_windows(s, view, job, head, tail) for s in plan.shards),
+                  default=0.0)
+    for key, start in head.items():
+        if key[0] == "link":
+            busy = links[key[1], key[2]] / view.capacity[key[1], key[2]]
+        elif key[0] == "egress":
+            busy = egress[key[1]] / view.egress[key[1]]
+        else:
+            busy = ingress[key[1]] / view.ingress[key[1]]
+        longest = max(longest, start + busy + tail[key])
+    return float(longest)
 
 
 def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
@@ -140,7 +236,8 @@ def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
     else:
         arr = out_t if kind == "egress" else in_t
         where = f"{kind} of {view.sites[int(np.argmax(arr))]}"
-    fill = max((_fill(s, view, job) for s in plan.shards), default=0.0)
-    return Prediction(time_s=bandwidth + fill, bandwidth_s=bandwidth, fill_s=fill,
+    total = max(bandwidth, _pipeline_time(plan, view, job, links, egress, ingress))
+    fill = total - bandwidth
+    return Prediction(time_s=total, bandwidth_s=bandwidth, fill_s=fill,
                       bottleneck=where if bandwidth > 0 else "none", link_bytes=links,
                       egress_bytes=egress, ingress_bytes=ingress)

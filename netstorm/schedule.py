@@ -94,6 +94,14 @@ class Step:
         Keep the result as this site's final averaged chunk.
     sends
         Messages to send once the step has fired, in order.
+    priority
+        Send-queue order of this step's messages on every link they cross (smaller first):
+        the chunk's progress through its shard, ``(chunk + 0.5) / chunks`` for partial sums
+        and ``(chunk + 1) / chunks`` for means (a chunk's mean goes after its partial sums,
+        before the next chunk's). Serving a link's
+        queue in this order keeps every shard moving at its share of the link, as the fluid
+        cost model assumes; first-come-first-served would let one tree edge's whole shard
+        go ahead of another edge's first chunk and stall the aggregation above it.
     """
 
     kind: str
@@ -103,6 +111,7 @@ class Step:
     scale: float
     store: bool
     sends: tuple[Send, ...]
+    priority: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,8 @@ class _Builder:
         self.steps: list[list[Step]] = [[] for _ in range(n)]
         self.expects: list[set[Message]] = [set() for _ in range(n)]
 
-    def send(self, route: Route, choice: int, message: Message, ref: ChunkRef) -> Send:
+    def send(self, route: Route, choice: int, message: Message, ref: ChunkRef,
+             priority: float) -> Send:
         """The originating send of ``message``; adds forward steps at its relays."""
         path = route.paths[choice]
         for i in range(1, len(path)):
@@ -195,7 +205,7 @@ class _Builder:
         for i in range(1, len(path) - 1):
             relay = path[i]
             self.steps[relay].append(Step("forward", ref, (message,), False, 1.0, False,
-                                          (Send(message, path[i:]),)))
+                                          (Send(message, path[i:]),), priority))
         return Send(message, path)
 
 
@@ -262,6 +272,8 @@ def compile(plan: Plan, job: Job,
             start = offset + k * chunk_elems
             size = min(chunk_elems, offset + elems - start)
             ref = ChunkRef(s_idx, k, start, size, size * job.element_size)
+            up = (k + 0.5) / count
+            down = up + 0.5 / count
             for site in members:
                 waits = tuple(Message(s_idx, k, REDUCE, c, site)
                               for c in sorted(up_kids.get(site, ())))
@@ -269,25 +281,25 @@ def compile(plan: Plan, job: Job,
                 if site == shard.root:
                     sends = tuple(
                         b.send(shard.route(site, c), down_paths[(site, c)][k],
-                               Message(s_idx, k, BROADCAST, site, c), ref)
+                               Message(s_idx, k, BROADCAST, site, c), ref, down)
                         for c in sorted(down_kids.get(site, ())))
                     b.steps[site].append(Step("root", ref, waits, local, scale, local,
-                                              sends))
+                                              sends, down))
                 else:
                     parent = shard.reduce_tree[site]
                     send = b.send(shard.route(site, parent), up_paths[(site, parent)][k],
-                                  Message(s_idx, k, REDUCE, site, parent), ref)
+                                  Message(s_idx, k, REDUCE, site, parent), ref, up)
                     b.steps[site].append(Step("reduce", ref, waits, local, 1.0, False,
-                                              (send,)))
+                                              (send,), up))
             for site in down_members:
                 parent = shard.broadcast_tree[site]
                 sends = tuple(
                     b.send(shard.route(site, c), down_paths[(site, c)][k],
-                           Message(s_idx, k, BROADCAST, site, c), ref)
+                           Message(s_idx, k, BROADCAST, site, c), ref, down)
                     for c in sorted(down_kids.get(site, ())))
                 b.steps[site].append(Step("broadcast", ref,
                                           (Message(s_idx, k, BROADCAST, parent, site),),
-                                          False, 1.0, site in worker_set, sends))
+                                          False, 1.0, site in worker_set, sends, down))
     programs = {}
     for site in range(n):
         steps = tuple(b.steps[site])

@@ -1,3 +1,32 @@
-"""SimPy discrete-event WAN simulator (``netstorm.sim``); see DESIGN section 8."""
+"""SimPy discrete-event WAN simulator (``netstorm.sim``); see DESIGN section 8.
 
-__all__: list[str] = []
+- :func:`simulate` -- synchronous iterations of a planner's plans on a (dynamic) network,
+  with the bandwidth estimator and re-plan policy in the loop; returns a :class:`SimResult`.
+- :func:`allreduce` -- one static all-reduce of a given plan, optionally carrying real
+  numpy gradients (payload mode).
+- :class:`Network`, :func:`maxmin_rates` -- the link model and its max-min fair solver.
+- :func:`chrome_trace`, :func:`plot_iterations`, :func:`plot_accuracy`,
+  :func:`train_digits` -- outputs and the hybrid accuracy-vs-time loop (torch, lazily).
+"""
+
+from .engine import SimResult, Switch, allreduce, planner_state, simulate
+from .network import Network
+from .rates import maxmin_rates, maxmin_rates_reference
+from .trace import chrome_trace, write_trace
+
+
+def __getattr__(name: str) -> object:
+    if name in ("plot_iterations", "plot_accuracy"):
+        from . import plots
+
+        return getattr(plots, name)
+    if name == "train_digits":
+        from .training import train_digits
+
+        return train_digits
+    raise AttributeError(f"module 'netstorm.sim' has no attribute {name!r}")
+
+
+__all__ = ["Network", "SimResult", "Switch", "allreduce", "chrome_trace", "maxmin_rates",
+           "maxmin_rates_reference", "planner_state", "plot_accuracy", "plot_iterations",
+           "simulate", "train_digits", "write_trace"]

@@ -1,0 +1,121 @@
+"""``netstorm sim``: simulate planners on a topology (DESIGN 11).
+
+Kept apart from :mod:`netstorm.cli` so the core CLI does not import the simulator (SimPy,
+numba) until this command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import PlanError
+from .job import Job
+from .registry import planner_names
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``sim`` options (the common --topology/--model/--chunk/--json come from cli)."""
+    p.add_argument("--planner", "-p", default="treepack",
+                   help="comma-separated planners, e.g. ps,netstorm,treepack")
+    p.add_argument("--iterations", "-n", type=int, default=20)
+    p.add_argument("--dynamics", "-d", default=None,
+                   help="redraw:PERIOD:LOW:HIGH[:SEED], scale:AT:SITE|A->B:FACTOR[:DUR], "
+                        "trace:FILE.csv, a YAML/JSON file or {kind: ...}; default: the "
+                        "topology file's dynamics, else static")
+    p.add_argument("--policy", default=None,
+                   choices=["hysteresis", "any-change", "every-iteration", "static"],
+                   help="re-plan policy (default: each planner's faithful one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", default=None, help="TCP window cap per transfer, e.g. 4MB")
+    p.add_argument("--trace", metavar="FILE.json", help="Chrome trace of the first planner")
+    p.add_argument("--plot", metavar="FILE.png", help="iteration time per planner")
+    p.add_argument("--train", metavar="FILE.png",
+                   help="also train a small torch model on sklearn digits, charged the "
+                        "simulated time, and plot accuracy against time")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _dynamics(args: argparse.Namespace) -> Any:
+    from .dynamics import parse_dynamics
+
+    if args.dynamics is not None:
+        return parse_dynamics(args.dynamics)
+    path = Path(args.topology)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.exists():
+        from .topology import read_document
+
+        doc = read_document(path)
+        if isinstance(doc, dict) and doc.get("dynamics") is not None:
+            return parse_dynamics(doc["dynamics"])
+    return None
+
+
+def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
+    """Run the simulations; return the JSON document (and draw the requested files)."""
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    names = [p.strip() for p in args.planner.split(",") if p.strip()]
+    if not names:
+        raise PlanError("--planner: give at least one planner")
+    known = planner_names()
+    for name in names:
+        if name not in known:
+            raise PlanError(f"unknown planner {name!r} (available: {', '.join(known)})")
+    dynamics = _dynamics(args)
+    if dynamics is not None:
+        dynamics.validate(view)
+    window = None
+    if args.window:
+        from .units import SIZE_UNITS, parse_quantity
+
+        window = parse_quantity(args.window, SIZE_UNITS, "b", "--window")
+    from tqdm import tqdm
+
+    from netstorm.sim import simulate
+
+    results = []
+    bar = tqdm(total=len(names) * args.iterations, file=sys.stderr, unit="it",
+               disable=args.no_progress, dynamic_ncols=True)
+    try:
+        for i, name in enumerate(names):
+            bar.set_description(name)
+            results.append(simulate(
+                view, job, name, iterations=args.iterations, dynamics=dynamics,
+                policy=args.policy, seed=args.seed, window_bytes=window,
+                record=bool(args.trace) and i == 0,
+                progress=lambda _it, _t: bar.update(1)))
+    finally:
+        bar.close()
+    doc: dict[str, Any] = {"topology": view.name, "model": job.label(),
+                           "iterations": args.iterations,
+                           "dynamics": None if dynamics is None else dynamics.kind,
+                           "results": [r.summary() for r in results]}
+    if args.trace:
+        from netstorm.sim import write_trace
+
+        write_trace(results[0], args.trace)
+    if args.plot:
+        from netstorm.sim.plots import plot_iterations
+
+        plot_iterations(results, args.plot)
+    if args.train:
+        from netstorm.sim.plots import plot_accuracy
+        from netstorm.sim.training import train_digits
+
+        curves = [train_digits(r, seed=args.seed) for r in results]
+        plot_accuracy(curves, args.train, model=job.label(), topology=view.name)
+        doc["training"] = [{"planner": c["planner"], "final_accuracy": c["accuracy"][-1],
+                            "time_s": c["time_s"][-1]} for c in curves]
+    return doc
+
+
+def table(doc: dict[str, Any]) -> list[list[Any]]:
+    """Rows for the readable table."""
+    return [[r["planner"], r["iteration_time_s"]["mean"], r["iteration_time_s"]["median"],
+             r["comm_time_s"]["mean"], r["total_time_s"], r["replans"],
+             r["predicted_time_s"]] for r in doc["results"]]

@@ -1,0 +1,342 @@
+"""`simulate`: synchronous training iterations on the simulated WAN, with awareness in the loop.
+
+Each iteration: every worker computes, then the current plan's programs run on the
+:class:`~netstorm.sim.network.Network`; every transfer is reported to a
+:class:`~netstorm.awareness.BandwidthEstimator`; at each iteration boundary the re-plan
+policy may switch to a new plan (new version, every site at once). Dynamics change the
+true capacities mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from netstorm.awareness import BandwidthEstimator, Policy, StaticPolicy, policy_for
+from netstorm.cost import link_loads, predict
+from netstorm.dynamics import Dynamics
+from netstorm.job import Job
+from netstorm.plan import Plan
+from netstorm.registry import get_planner, plan
+from netstorm.schedule import compile
+from netstorm.view import NetworkView
+
+from .interpreter import Programs, run_iteration
+from .network import Network
+
+__all__ = ["SimResult", "Switch", "allreduce", "planner_state", "simulate"]
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One plan switch: before ``iteration`` started, at simulated ``time_s``, the planner
+    took ``planning_s`` of wall time and the plan went to ``version``."""
+
+    iteration: int
+    time_s: float
+    version: int
+    planning_s: float
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class SimResult:
+    """What one simulated run measured.
+
+    Attributes
+    ----------
+    iteration_s, comm_s
+        Per-iteration wall (simulated) time, and the part after the slowest compute.
+    start_s
+        Simulated start time of each iteration.
+    versions
+        Plan version used by each iteration.
+    switches
+        Every plan switch (the initial plan is not one).
+    link_bytes, link_busy_s
+        Bytes sent and seconds busy per directed link over the whole run.
+    transfers
+        Hop transfers simulated (chunks times hops, probes included).
+    estimate_error
+        ``(mean, max)`` relative error of the estimator on the links the plan uses, at the
+        end of each iteration (NaN when the estimator is off).
+    changes_s
+        Times of dynamic capacity changes that happened during the run.
+    predicted_s
+        The cost model's prediction for the first plan on the starting view.
+    wall_s
+        Wall-clock seconds the simulation took.
+    log
+        Transfers ``(src, dst, start, end, tag)`` and compute spans when recorded
+        (``record=True``), for traces.
+    """
+
+    planner: str
+    topology: str
+    model: str
+    sites: tuple[str, ...]
+    iteration_s: np.ndarray
+    comm_s: np.ndarray
+    start_s: np.ndarray
+    versions: tuple[int, ...]
+    switches: tuple[Switch, ...]
+    link_bytes: np.ndarray
+    link_busy_s: np.ndarray
+    transfers: int
+    estimate_error: np.ndarray
+    changes_s: tuple[float, ...]
+    predicted_s: float
+    wall_s: float
+    log: tuple = ()
+    computes: tuple = ()
+
+    @property
+    def total_s(self) -> float:
+        """Simulated time of the whole run."""
+        return float(self.start_s[-1] + self.iteration_s[-1]) if len(self.start_s) else 0.0
+
+    @property
+    def utilisation(self) -> np.ndarray:
+        """Busy fraction of every directed link over the run."""
+        return self.link_busy_s / self.total_s if self.total_s > 0 else self.link_busy_s * 0
+
+    def error_after_changes(self, k: int = 3) -> np.ndarray:
+        """Max estimator error on in-use links at the end of the 1st..k-th iteration that
+        ends after each capacity change (and before the next): shape ``(changes, k)``, NaN
+        where the run ended or the next change came first."""
+        ends = self.start_s + self.iteration_s
+        rows = []
+        changes = [t for t in self.changes_s if t > 0]
+        for i, t in enumerate(changes):
+            until = changes[i + 1] if i + 1 < len(changes) else np.inf
+            after = np.nonzero((ends > t) & (ends <= until))[0][:k]
+            row = np.full(k, np.nan)
+            row[:len(after)] = self.estimate_error[after, 1]
+            rows.append(row)
+        return np.array(rows).reshape(-1, k)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON row of ``netstorm sim`` (DESIGN 11) plus extra figures."""
+        util = self.utilisation
+        used = self.link_bytes > 0
+        after = self.error_after_changes()
+        return {
+            "planner": self.planner, "topology": self.topology, "model": self.model,
+            "iterations": len(self.iteration_s),
+            "iteration_time_s": {"mean": float(np.mean(self.iteration_s)),
+                                 "median": float(np.median(self.iteration_s))},
+            "comm_time_s": {"mean": float(np.mean(self.comm_s)),
+                            "median": float(np.median(self.comm_s))},
+            "total_time_s": self.total_s,
+            "replans": len(self.switches),
+            "replan_times_s": [s.time_s for s in self.switches],
+            "planning_s": float(sum(s.planning_s for s in self.switches)),
+            "predicted_time_s": self.predicted_s,
+            "transfers": self.transfers,
+            "wall_s": self.wall_s,
+            "link_utilisation": {f"{self.sites[u]}->{self.sites[v]}": float(util[u, v])
+                                 for u, v in zip(*np.nonzero(used), strict=True)},
+            "estimate_error_after_change": (
+                [None if np.isnan(x) else float(x) for x in _nanmax(after)]
+                if len(after) else None),
+        }
+
+
+def _nanmax(rows: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        out = np.full(rows.shape[1], np.nan)
+        for j in range(rows.shape[1]):
+            col = rows[:, j][~np.isnan(rows[:, j])]
+            if col.size:
+                out[j] = col.max()
+    return out
+
+
+def planner_state(name: str, seed: int | None) -> Any:
+    """A fresh state object for a stateful planner (``tsengine``), else ``None``."""
+    if name == "tsengine":
+        from netstorm.planners import TSEngineState
+
+        return TSEngineState(np.random.default_rng(seed))
+    return None
+
+
+def allreduce(plan_: Plan, view: NetworkView, job: Job, *,
+              payload: Mapping[int, np.ndarray] | None = None,
+              window_bytes: float | None = None) -> tuple[float, dict[int, np.ndarray]]:
+    """Simulate one all-reduce of ``plan_`` on a static ``view`` (no compute time).
+
+    Returns the simulated time and, in payload mode (``payload[w]``: worker w's flat
+    float32 gradient of ``gradient_bytes / element_size`` elements), every worker's result.
+    """
+    env = simpy.Environment()
+    net = Network(env, view, window_bytes=window_bytes)
+    progs = Programs(compile(plan_, job, view.workers))
+    job0 = dataclasses.replace(job, compute_s=0.0)
+    result = None
+    if payload is not None:
+        elems = job.gradient_bytes // job.element_size
+        result = {w: np.full(elems, np.nan, dtype=np.float32) for w in view.workers}
+    done = run_iteration(env, net, progs, job0, list(view.workers), payload=payload,
+                         result=result)
+    env.run(until=done)
+    return float(env.now), result or {}
+
+
+def _in_use(p: Plan, view: NetworkView, job: Job) -> np.ndarray:
+    return link_loads(p, view, job)[0] > 0
+
+
+def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
+             iterations: int = 10, dynamics: Dynamics | None = None,
+             policy: Policy | str | None = None, seed: int | None = 0,
+             window_bytes: float | None = None, aware: bool = True,
+             probe_bytes: float = 65_536, probe_age_s: float = 60.0, record: bool = False,
+             progress: Callable[[int, float], None] | None = None,
+             planner_options: Mapping[str, Any] | None = None,
+             planner_view: NetworkView | None = None) -> SimResult:
+    """Simulate ``iterations`` synchronous iterations of ``job`` on ``view``.
+
+    Parameters
+    ----------
+    view
+        The true network at time 0 (and the planner's first view).
+    planner
+        Registered planner name.
+    dynamics
+        How capacities change (``None``: static).
+    policy
+        A re-plan policy or its name; default the planner's faithful one
+        (:func:`netstorm.awareness.policy_for`).
+    aware
+        Feed transfers to a :class:`~netstorm.awareness.BandwidthEstimator` and let the
+        policy re-plan from its view. With ``False`` the first plan is kept.
+    probe_bytes, probe_age_s
+        With dynamics, links not observed for ``probe_age_s`` get a probe of
+        ``probe_bytes`` at the start of an iteration (if idle).
+    record
+        Keep every transfer and compute span (for Chrome traces).
+    progress
+        Called ``(iteration, simulated time)`` after each iteration.
+    planner_view
+        The view the first plan is made from (default ``view``).
+
+    Notes
+    -----
+    Iterations are synchronous: iteration i+1 starts when every worker holds the mean of
+    iteration i. Re-planning happens only between iterations, so one iteration never mixes
+    two plan versions. Planning takes wall time, not simulated time.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    name, _ = get_planner(planner)
+    options = dict(planner_options or {})
+    if isinstance(policy, str) or policy is None:
+        policy = policy_for(name, policy)
+    if not aware:
+        policy = StaticPolicy()
+    started = time.perf_counter()
+    env = simpy.Environment()
+    estimator = BandwidthEstimator(view, clock=lambda: env.now) if aware else None
+    net = Network(env, view, window_bytes=window_bytes,
+                  observe=estimator.observe if estimator else None, record=record)
+    state = planner_state(name, seed)
+    current = plan(planner_view or view, job, name, seed=seed, state=state, **options)
+    current = dataclasses.replace(current, version=1)
+    predicted = predict(current, view, job).time_s
+    workers = list(view.workers)
+    reference = planner_view or view
+    out: dict[str, list] = {"it": [], "comm": [], "start": [], "ver": [], "err": []}
+    switches: list[Switch] = []
+    changes: list[float] = []
+    computes: list[tuple[int, float, float]] = []
+    max_compute = max((job.compute_time(w) for w in workers), default=0.0)
+    probing = dynamics is not None and aware and probe_bytes > 0
+
+    def driver() -> Any:
+        nonlocal current, reference
+        progs = Programs(compile(current, job, view.workers))
+        last_switch = -np.inf
+        for it in range(iterations):
+            if it and estimator is not None:
+                estimate = estimator.view()
+                t0 = time.perf_counter()
+                made: list[float] = []
+
+                def candidate(estimate: NetworkView = estimate,
+                              made: list[float] = made) -> Plan:
+                    tp = time.perf_counter()
+                    p = plan(estimate, job, name, seed=seed, state=state, **options)
+                    made.append(time.perf_counter() - tp)
+                    return p
+
+                decision = policy.decide(now=env.now, last_switch_s=last_switch,
+                                         current=current, reference=reference,
+                                         estimate=estimate, job=job, candidate=candidate)
+                if decision.considered:
+                    reference = estimate
+                if decision.plan is not None:
+                    current = dataclasses.replace(decision.plan, version=current.version + 1)
+                    progs = Programs(compile(current, job, view.workers))
+                    last_switch = env.now
+                    switches.append(Switch(it, env.now, current.version,
+                                           sum(made) or time.perf_counter() - t0,
+                                           decision.reason))
+            if probing:
+                for u, v in estimator.stale_links(probe_age_s):  # type: ignore[union-attr]
+                    if not net.busy(u, v):
+                        net.send(u, v, probe_bytes, None, ("probe",))
+            t_start = env.now
+            done = run_iteration(env, net, progs, job, workers,
+                                 on_compute=(lambda s, a, b: computes.append((s, a, b)))
+                                 if record else None, tag=it)
+            yield done
+            elapsed = env.now - t_start
+            out["it"].append(elapsed)
+            out["comm"].append(max(0.0, elapsed - max_compute))
+            out["start"].append(t_start)
+            out["ver"].append(current.version)
+            if estimator is not None:
+                use = _in_use(current, view, job)
+                truth = net.capacity[use]
+                err = np.abs(estimator.estimate()[use] - truth) / truth
+                out["err"].append((float(err.mean()), float(err.max())) if err.size
+                                  else (0.0, 0.0))
+            else:
+                out["err"].append((np.nan, np.nan))
+            if progress is not None:
+                progress(it, env.now)
+
+    def changer(stream: Any) -> Any:
+        for snap in stream:
+            if snap.time_s > env.now:
+                yield env.timeout(snap.time_s - env.now)
+            net.set_capacity(snap.capacity, snap.egress, snap.ingress)
+            changes.append(env.now)
+
+    proc = env.process(driver())
+    if dynamics is not None:
+        dynamics.validate(view)
+        env.process(changer(dynamics.timeline(view)))
+    env.run(until=proc)
+    return SimResult(
+        planner=name, topology=view.name, model=job.label(), sites=view.sites,
+        iteration_s=np.array(out["it"]), comm_s=np.array(out["comm"]),
+        start_s=np.array(out["start"]), versions=tuple(out["ver"]),
+        switches=tuple(switches), link_bytes=net.link_bytes.copy(),
+        link_busy_s=net.link_busy.copy(), transfers=net.transfers,
+        estimate_error=np.array(out["err"], dtype=float).reshape(-1, 2),
+        changes_s=tuple(changes), predicted_s=predicted,
+        wall_s=time.perf_counter() - started, log=tuple(net.log), computes=tuple(computes))
+
+
+def simulate_many(view: NetworkView, job: Job, planners: Sequence[str],
+                  **kwargs: Any) -> list[SimResult]:
+    """:func:`simulate` for each planner in turn, same arguments."""
+    return [simulate(view, job, p, **kwargs) for p in planners]

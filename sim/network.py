@@ -1,0 +1,218 @@
+"""The simulated WAN: directed links with FIFO send queues, shared site caps, latency.
+
+Transfers are hop transfers of whole chunks over one directed link. Each link sends one
+transfer at a time (one connection per overlay link, as the runtime has), serving its
+queue in the senders' priority order (:attr:`netstorm.schedule.Step.priority`); the
+links active at the same moment share their sites' egress and ingress caps
+max-min fairly (:mod:`netstorm.sim.rates`), recomputed whenever a transfer starts or ends
+or a capacity changes. A transfer may be capped by a TCP window over the round-trip time.
+After its last byte leaves, a chunk arrives one link latency later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import simpy
+
+from netstorm.view import NetworkView
+
+from .rates import maxmin_rates
+
+__all__ = ["Network"]
+
+Observer = Callable[[int, int, float, float, float], None]
+
+
+class _Transfer:
+    __slots__ = ("deliver", "link", "nbytes", "rate", "remaining", "since", "start", "tag",
+                 "token")
+
+    def __init__(self, link: int, nbytes: float, deliver: Callable[[], None] | None,
+                 tag: Any) -> None:
+        self.link = link
+        self.nbytes = nbytes
+        self.remaining = nbytes
+        self.deliver = deliver
+        self.tag = tag
+        self.rate = 0.0
+        self.since = 0.0
+        self.start = 0.0
+        self.token = 0
+
+
+class Network:
+    """Links, site caps and the transfers crossing them, inside a SimPy environment.
+
+    Parameters
+    ----------
+    env
+        The SimPy environment (its clock is the simulated time).
+    view
+        Gives sites, link capacities, latencies and site caps (the *true* network).
+    window_bytes
+        Optional TCP window: a transfer on ``u -> v`` runs at most at
+        ``window_bytes / (latency[u, v] + latency[v, u])``.
+    observe
+        Called ``observe(src, dst, nbytes, seconds, end_time)`` after every transfer's last
+        byte leaves (what a sender measures); e.g. a bandwidth estimator.
+    record
+        If true, keep ``(src, dst, start, end, tag)`` of every transfer in :attr:`log`.
+
+    Notes
+    -----
+    Without finite site caps the links are independent, so a transfer's rate is simply
+    ``min(capacity, window / RTT)`` and is set when it starts (and when a capacity
+    changes). With caps, every start, end or capacity change re-solves the max-min
+    allocation over the active transfers (batched per instant); solutions are cached by the
+    set of active links until a capacity changes.
+    """
+
+    def __init__(self, env: simpy.Environment, view: NetworkView, *,
+                 window_bytes: float | None = None, observe: Observer | None = None,
+                 record: bool = False) -> None:
+        self.env = env
+        self.n = n = view.n
+        self.latency = np.array(view.latency, dtype=float)
+        self.window_bytes = window_bytes
+        self.observe = observe
+        self.record = record
+        self.log: list[tuple[int, int, float, float, Any]] = []
+        self._queues: list[list[tuple[float, int, _Transfer]]] = [[] for _ in range(n * n)]
+        self._seq = itertools.count()
+        self._active: dict[int, _Transfer] = {}
+        self.link_bytes = np.zeros((n, n))
+        self.link_busy = np.zeros((n, n))
+        self.transfers = 0
+        self._dirty = False
+        self._cache: dict[bytes, np.ndarray] = {}
+        rtt = self.latency + self.latency.T
+        with np.errstate(divide="ignore"):
+            self._wcap = (np.where(rtt > 0, window_bytes / np.where(rtt > 0, rtt, 1), np.inf)
+                          if window_bytes else np.full((n, n), np.inf))
+        self.set_capacity(view.capacity, view.egress, view.ingress)
+
+    # -- capacities -------------------------------------------------------------------------
+    def set_capacity(self, capacity: np.ndarray, egress: np.ndarray | None = None,
+                     ingress: np.ndarray | None = None) -> None:
+        """Change the true capacities now; transfers in flight continue at the new rates."""
+        n = self.n
+        self.capacity = np.array(capacity, dtype=float)
+        self.egress = np.full(n, np.inf) if egress is None else np.array(egress, dtype=float)
+        self.ingress = np.full(n, np.inf) if ingress is None else np.array(ingress,
+                                                                            dtype=float)
+        self._shared = bool(np.isfinite(self.egress).any() or np.isfinite(self.ingress).any())
+        self._link_rate = np.minimum(self.capacity, self._wcap).ravel()
+        self._res_cap = np.concatenate([self.capacity.ravel(), self.egress, self.ingress])
+        self._cache.clear()
+        if self._active:
+            self._resolve()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, src: int, dst: int, nbytes: float, deliver: Callable[[], None] | None,
+             tag: Any = None, priority: float = 0.0) -> None:
+        """Queue ``nbytes`` on link ``src -> dst``; ``deliver()`` runs when it has arrived.
+
+        A busy link serves its queue smallest ``priority`` first, ties first come first
+        served.
+        """
+        link = src * self.n + dst
+        transfer = _Transfer(link, float(nbytes), deliver, tag)
+        if link in self._active:
+            heapq.heappush(self._queues[link], (priority, next(self._seq), transfer))
+        else:
+            self._begin(transfer)
+
+    def busy(self, src: int, dst: int) -> bool:
+        """True while the link sends or has a queue."""
+        link = src * self.n + dst
+        return link in self._active or bool(self._queues[link])
+
+    def _begin(self, t: _Transfer) -> None:
+        now = self.env.now
+        t.start = t.since = now
+        self._active[t.link] = t
+        if self._shared:
+            self._mark()
+        else:
+            self._set_rate(t, float(self._link_rate[t.link]))
+
+    def _set_rate(self, t: _Transfer, rate: float) -> None:
+        t.rate = rate
+        t.token += 1
+        if rate <= 0:
+            return  # stalled until the capacity changes
+        token = t.token
+        event = self.env.timeout(t.remaining / rate)
+        event.callbacks.append(lambda _e, t=t, token=token: self._finish(t, token))
+
+    def _advance(self) -> None:
+        now = self.env.now
+        for t in self._active.values():
+            t.remaining -= t.rate * (now - t.since)
+            t.since = now
+
+    def _resolve(self) -> None:
+        """Recompute the rates of every active transfer (after a change)."""
+        self._advance()
+        if not self._shared:
+            for t in list(self._active.values()):
+                self._set_rate(t, float(self._link_rate[t.link]))
+            return
+        links = np.fromiter(self._active.keys(), dtype=np.int64, count=len(self._active))
+        key = links.tobytes()
+        rates = self._cache.get(key)
+        if rates is None:
+            n2 = self.n * self.n
+            res = np.stack([links, n2 + links // self.n, n2 + self.n + links % self.n], axis=1)
+            rates = maxmin_rates(res, self._res_cap, self._link_rate[links])
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = rates
+        for t, rate in zip(list(self._active.values()), rates.tolist(), strict=True):
+            if rate != t.rate or t.token == 0:
+                self._set_rate(t, rate)
+
+    def _mark(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            event = self.env.event()
+            event.callbacks.append(self._flush)
+            event.succeed()
+
+    def _flush(self, _event: Any) -> None:
+        self._dirty = False
+        if self._active:
+            self._resolve()
+
+    def _finish(self, t: _Transfer, token: int) -> None:
+        if token != t.token:
+            return  # superseded by a rate change
+        now = self.env.now
+        del self._active[t.link]
+        src, dst = divmod(t.link, self.n)
+        seconds = now - t.start
+        self.transfers += 1
+        self.link_bytes[src, dst] += t.nbytes
+        self.link_busy[src, dst] += seconds
+        if self.record:
+            self.log.append((src, dst, t.start, now, t.tag))
+        if self.observe is not None:
+            self.observe(src, dst, t.nbytes, seconds, now)
+        queue = self._queues[t.link]
+        if queue:
+            self._begin(heapq.heappop(queue)[2])
+        elif self._shared:
+            self._mark()
+        if t.deliver is not None:
+            lat = self.latency[src, dst]
+            if lat > 0:
+                event = self.env.timeout(lat)
+                deliver = t.deliver
+                event.callbacks.append(lambda _e: deliver())
+            else:
+                t.deliver()
