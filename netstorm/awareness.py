@@ -46,6 +46,9 @@ class BandwidthEstimator:
         Confidence from samples is ``1 - exp(-n / samples_for_confidence)``.
     half_life_s
         Confidence halves every ``half_life_s`` seconds without a sample.
+    jump
+        A sample that differs from the estimate by more than this fraction is taken as a
+        level shift (a capacity change) and replaces the estimate.
     clock
         Returns the current time in seconds; used when an observation or query gives no
         time. Tests pass times explicitly instead.
@@ -55,20 +58,23 @@ class BandwidthEstimator:
     An observation of ``b`` bytes in ``s`` seconds on ``u -> v`` is a sample ``b / s`` of
     the rate the link delivers to one transfer; with one transfer per link at a time (one
     connection per overlay link, as in the simulator and the runtime) and no shared site
-    cap, that is the link's capacity. The estimate is ``e <- (1 - alpha) e + alpha b / s``;
+    cap, that is the link's capacity. The estimate is ``e <- (1 - alpha) e + alpha b / s``,
+    or ``e <- b / s`` when ``|b / s - e| > jump * e`` (WAN capacity changes in steps, and a
+    step should not take several samples to be believed);
     ``confidence = (1 - exp(-n / k)) * 2 ** (-age / half_life_s)``. Links that carry no
     traffic go stale (:meth:`stale_links`) and should be probed with small transfers.
     """
 
     def __init__(self, prior: NetworkView, *, alpha: float = 0.5,
                  samples_for_confidence: float = 3.0, half_life_s: float = 600.0,
-                 clock: Callable[[], float] | None = None) -> None:
+                 jump: float = 0.3, clock: Callable[[], float] | None = None) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         if samples_for_confidence <= 0 or half_life_s <= 0:
             raise ValueError("samples_for_confidence and half_life_s must be > 0")
         self.prior = prior
         self.alpha = float(alpha)
+        self.jump = float(jump)
         self.samples_for_confidence = float(samples_for_confidence)
         self.half_life_s = float(half_life_s)
         self.clock = clock
@@ -95,8 +101,9 @@ class BandwidthEstimator:
             return
         now = self._now(when)
         sample = nbytes / seconds
-        if self._samples[src, dst] == 0:
-            self._rate[src, dst] = sample
+        old = self._rate[src, dst]
+        if self._samples[src, dst] == 0 or abs(sample - old) > self.jump * old:
+            self._rate[src, dst] = sample  # first sample, or a level shift: start over
         else:
             self._rate[src, dst] += self.alpha * (sample - self._rate[src, dst])
         self._samples[src, dst] += 1

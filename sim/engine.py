@@ -197,7 +197,7 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
              iterations: int = 10, dynamics: Dynamics | None = None,
              policy: Policy | str | None = None, seed: int | None = 0,
              window_bytes: float | None = None, aware: bool = True,
-             probe_bytes: float = 65_536, probe_age_s: float = 60.0, record: bool = False,
+             probe_bytes: float = 65_536, probe_age_s: float = 10.0, record: bool = False,
              progress: Callable[[int, float], None] | None = None,
              planner_options: Mapping[str, Any] | None = None,
              planner_view: NetworkView | None = None) -> SimResult:
