@@ -30,13 +30,14 @@ class Bound:
     Attributes
     ----------
     time_s
-        ``bandwidth_s + latency_s``: no tree scheme finishes sooner.
+        ``max(bandwidth_s, latency_s)``: no tree scheme finishes sooner. (Transfers can
+        overlap propagation, so only the larger of the two terms is certain.)
     rate_Bps
         The largest all-reduce rate (gradient bytes per second) the network admits.
     bandwidth_s
         ``M / rate_Bps``.
     latency_s
-        The largest shortest-latency path between two workers (data must cross it).
+        The least worker -> root -> worker latency of any root (see ``_worker_latency``).
     method
         ``"flow-lp"`` (exact), ``"tree-packing"`` (exact to ``gap`` when ``exact``),
         or ``"simple"`` (volume, cut and per-site bounds only).
@@ -79,13 +80,18 @@ class Bound:
 
 
 def _worker_latency(view: NetworkView) -> float:
-    """Largest over worker pairs of the lowest-latency path (Floyd-Warshall, O(N^3))."""
+    """Least latency any tree scheme pays: every shard's data goes from every worker to the
+    shard's root and from there to every worker, so it is at least
+    ``min over roots r of (max_u d(u, r) + max_v d(r, v))`` with d the lowest-latency path
+    (Floyd-Warshall, O(N^3))."""
     dist = np.where(view.capacity > 0, view.latency, np.inf)
     np.fill_diagonal(dist, 0.0)
     for k in range(view.n):
         np.minimum(dist, dist[:, k, None] + dist[None, k, :], out=dist)
     workers = list(view.workers)
-    return float(dist[np.ix_(workers, workers)].max())
+    into = dist[workers, :].max(axis=0)  # max_u d(u, r) for every candidate root r
+    out_of = dist[:, workers].max(axis=1)  # max_v d(r, v)
+    return float((into + out_of).min())
 
 
 def simple_bounds(view: NetworkView) -> dict[str, float]:
@@ -215,9 +221,10 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     Flow LP (M = gradient bytes): maximise ``sum_r y_r`` subject to, for every root r and
     worker v, a flow of value ``y_r`` from r to v inside allocation ``g_r`` and one from v to
     r inside ``h_r``, with ``sum_r g_r(e) + h_r(e) <= c_e`` per link and the same sums over a
-    site's out (in) links within its egress (ingress) cap. Time = ``M / sum_r y_r`` plus the
-    largest worker-to-worker latency. Tight for tree schemes by Edmonds' arborescence
-    packing theorem (with relay-only sites it stays a valid, maybe loose, bound).
+    site's out (in) links within its egress (ingress) cap. Time = ``M / sum_r y_r``, or the
+    least latency from every worker through one root to every worker if that is larger. Tight for tree
+    schemes by Edmonds' arborescence packing theorem (with relay-only sites it stays a
+    valid, maybe loose, bound).
     """
     started = time.perf_counter()
     phases = tuple(phases)
@@ -258,7 +265,7 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     if phases == PHASES:
         rate = min(rate, simple_rate)  # both are valid upper bounds on the rate
     times = {k: m_bytes / v for k, v in simple.items()}
-    return Bound(time_s=m_bytes / rate + latency, rate_Bps=rate, bandwidth_s=m_bytes / rate,
+    return Bound(time_s=max(m_bytes / rate, latency), rate_Bps=rate, bandwidth_s=m_bytes / rate,
                  latency_s=latency, method=method, exact=exact, gap=gap,
                  simple_time_s=float(max(times.values())), volume_time_s=times["volume"],
                  cut_time_s=times["cut"], site_time_s=times["site"],

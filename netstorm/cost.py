@@ -100,7 +100,9 @@ def _deepest(tree: dict[int, int], root: int, cost: dict[tuple[int, int], tuple[
 
 
 def shard_fill(shard: Shard, view: NetworkView, job: Job) -> float:
-    """Latency and pipeline fill of one shard (the ``fill_s`` term of :func:`predict`)."""
+    """One shard's chain time alone: latency plus one chunk's store-and-forward time along its
+    deepest reduce and broadcast chains, less the slowest hop. Cheap; planners use it to
+    rank trees by depth (``predict`` accounts for fill across shards)."""
     chunk = min(float(job.chunk_bytes), shard.fraction * job.gradient_bytes)
     cost = {e: _edge_chain(view, shard.route(*e), chunk) for e in _tree_edges(shard)}
     up = _deepest(dict(shard.reduce_tree), shard.root, cost, upward=True)
@@ -213,14 +215,18 @@ def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
 
     ``T_bw = max(max_e L_e / c_e, max_u E_u / egress_u, max_u I_u / ingress_u)``.
 
-    Chunks pipeline, so the slowest hop sets the pace and every other hop of the deepest
-    chain adds one chunk's store-and-forward time; latencies add along the chain. For shard s
-    with chunk ``k_s = min(chunk_bytes, f_s M)`` and its deepest leaf-to-root reduce chain
-    plus root-to-leaf broadcast chain (every hop of every relay path counted, slowest path of
-    a multipath edge), ``fill_s = sum latency + sum k_s / rate_hop - max_hop k_s / rate_hop``,
-    where ``rate_hop = min(c_e, egress_a, ingress_b)``. The prediction is
-    ``T = T_bw + max_s fill_s``. On a chain of equal links this is exactly
-    ``(K + hops - 1) * k / c`` for K chunks.
+    Chunks pipeline, and a resource cannot work before data reaches it nor finish before
+    its last byte has gone on to the end. For every resource e (link, or capped site
+    egress/ingress) let ``head_e`` be the earliest time the first chunk of any shard can
+    reach it (latency plus one chunk's store-and-forward time per hop, children waited for
+    at aggregation points) and ``tail_e`` the least time from leaving it to the end of the
+    all-reduce; each shard also has its own pipeline time (its first chunk's critical path
+    plus the rest of the shard through its slowest hop). The prediction is
+
+    ``T = max(T_bw, max_e (head_e + busy_e + tail_e), max_s pipeline_s)``
+
+    with ``busy_e`` the load/capacity of e; ``fill_s = T - T_bw``. On a chain of equal links
+    this is exactly ``(K + hops - 1) * k / c`` for K chunks of k bytes.
     """
     links, egress, ingress = link_loads(plan, view, job)
     with np.errstate(divide="ignore", invalid="ignore"):

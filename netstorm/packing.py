@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from .arborescence import min_arborescence, prune_leaves, tree_cost
 from .view import NetworkView
 
-__all__ = ["Packing", "TreePair", "pack_trees"]
+__all__ = ["Masks", "Packing", "TreePair", "pack_trees", "solve_master"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +52,9 @@ class Packing:
         The trees with rate > 0, largest first.
     rounds
         Column-generation rounds run.
+    pool
+        Every column generated (rate 0 when unused), for callers that re-solve the master
+        under extra conditions (:func:`solve_master`).
     """
 
     rate: float
@@ -59,6 +62,7 @@ class Packing:
     certified: bool
     columns: tuple[TreePair, ...]
     rounds: int
+    pool: tuple[TreePair, ...] = ()
 
     @property
     def gap(self) -> float:
@@ -115,11 +119,21 @@ def _edges(parent: np.ndarray, upward: bool) -> list[tuple[int, int]]:
     return list(zip(parent[kids].tolist(), kids.tolist(), strict=True))
 
 
-def _trees(cost: np.ndarray, root: int, keep: np.ndarray,
-           steiner: bool) -> tuple[np.ndarray, np.ndarray, float]:
+#: ``masks(root) -> (allowed_up, allowed_down)``: which links the root's in-tree and
+#: out-tree may use (boolean N x N, ``[u, v]`` for link u -> v).
+Masks = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+def _trees(cost: np.ndarray, root: int, keep: np.ndarray, steiner: bool,
+           masks: Masks | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Cheapest (in-tree, out-tree) at ``root`` under edge costs ``cost``."""
-    up = min_arborescence(cost.T, root)
-    down = min_arborescence(cost, root)
+    up_cost = down_cost = cost
+    if masks is not None:
+        allowed_up, allowed_down = masks(root)
+        up_cost = np.where(allowed_up, cost, np.inf)
+        down_cost = np.where(allowed_down, cost, np.inf)
+    up = min_arborescence(up_cost.T, root)
+    down = min_arborescence(down_cost, root)
     if steiner:
         keep_r = keep.copy()
         keep_r[root] = True
@@ -127,9 +141,22 @@ def _trees(cost: np.ndarray, root: int, keep: np.ndarray,
     return up, down, tree_cost(cost.T, up) + tree_cost(cost, down)
 
 
+def _star(view: NetworkView, root: int, keep: np.ndarray, masks: Masks | None) -> bool:
+    """Whether the direct star (every worker a child of the root) is allowed both ways."""
+    others = np.flatnonzero(keep & (np.arange(view.n) != root))
+    up_ok = view.capacity[others, root] > 0
+    down_ok = view.capacity[root, others] > 0
+    if masks is not None:
+        allowed_up, allowed_down = masks(root)
+        up_ok &= allowed_up[others, root]
+        down_ok &= allowed_down[root, others]
+    return bool(up_ok.all() and down_ok.all())
+
+
 def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float = 1e-4,
                max_rounds: int = 5000, time_limit_s: float = 60.0,
-               smoothing: float = 0.8) -> Packing:
+               smoothing: float = 0.8, variants: Sequence[Masks | None] = (None,),
+               solver: str = "ipm") -> Packing:
     """Maximise the all-reduce rate over fractional packings of tree pairs.
 
     Parameters
@@ -144,6 +171,15 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         Safety limits; the result reports its gap either way.
     smoothing
         Wentges dual smoothing factor in [0, 1) (0 turns it off).
+    variants
+        Link restrictions to price under, each round: ``None`` is the unrestricted problem;
+        a :data:`Masks` restricts each root's trees to some links (e.g. links that make
+        progress toward the root, which bounds tree depth). Columns of every variant enter
+        one master; the upper bound comes from the unrestricted pricing, and ``certified``
+        is False unless that is the only variant.
+    solver
+        ``"ipm"`` (interior point, no crossover: central duals, fewest rounds to the optimum)
+        or ``"simplex"`` (warm-started primal simplex: cheapest rounds, for round budgets).
 
     Notes
     -----
@@ -176,20 +212,26 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     with np.errstate(divide="ignore"):
         start_cost = np.where(view.capacity > 0, scale / np.where(view.capacity > 0,
                                                                    view.capacity, 1), np.inf)
-    master = _Master(res.capacity)
+    master = _Master(res.capacity, solver)
     columns: list[tuple[int, np.ndarray, np.ndarray]] = []
+    seen: set[bytes] = set()
 
-    def add(r: int, up: np.ndarray, down: np.ndarray) -> None:
+    def add(r: int, up: np.ndarray, down: np.ndarray) -> bool:
+        key = up.tobytes() + down.tobytes()
+        if key in seen:
+            return False
+        seen.add(key)
         columns.append((r, up, down))
         master.add(res.usage(_edges(up, True) + _edges(down, False)))
+        return True
 
-    for r in roots:
-        add(r, *_trees(start_cost, r, keep, steiner)[:2])
-        star = np.where(keep, r, -2)
-        star[r] = -1
-        others = np.flatnonzero(keep & (np.arange(view.n) != r))
-        if (view.capacity[r, others] > 0).all() and (view.capacity[others, r] > 0).all():
-            add(r, star, star)  # direct stars: often in the optimum of dense meshes
+    for masks in variants:
+        for r in roots:
+            add(r, *_trees(start_cost, r, keep, steiner, masks)[:2])
+            if _star(view, r, keep, masks):  # direct stars: often optimal on dense meshes
+                star = np.where(keep, r, -2)
+                star[r] = -1
+                add(r, star, star)
     upper, center, rate, rounds = np.inf, None, 0.0, 0
     while rounds < max_rounds and time.perf_counter() - started < time_limit_s:
         rounds += 1
@@ -197,20 +239,25 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         if rate >= (1 - tol) * upper:
             break
         entered = False
+        dual_cost = res.edge_cost(duals)
         for prices in ([duals] if center is None else
                        [smoothing * center + (1 - smoothing) * duals, duals]):
             cost = res.edge_cost(prices)
-            priced = [(r, *_trees(cost, r, keep, steiner)) for r in roots]
-            cheapest = min(c for *_, c in priced)
-            if cheapest > 0:
-                bound_here = float(res.capacity @ prices) / cheapest
-                if bound_here < upper:
-                    upper, center = bound_here, prices
-            dual_cost = res.edge_cost(duals)
-            for r, up, down, _ in priced:  # every root's cheapest column that improves
-                if tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down) < 1 - 1e-9:
-                    add(r, up, down)
-                    entered = True
+            improving = []
+            for masks in variants:
+                priced = [(r, *_trees(cost, r, keep, steiner, masks)) for r in roots]
+                cheapest = min(c for *_, c in priced)
+                if masks is None and cheapest > 0:  # only unrestricted prices bound the LP
+                    bound_here = float(res.capacity @ prices) / cheapest
+                    if bound_here < upper:
+                        upper, center = bound_here, prices
+                for r, up, down, _ in priced:
+                    reduced = tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down)
+                    if reduced < 1 - 1e-9:
+                        improving.append((reduced, len(improving), r, up, down))
+            # the most improving columns, at most one per root's worth: keeps the master small
+            for *_, r, up, down in sorted(improving, key=lambda c: c[:2])[:len(roots)]:
+                entered |= add(r, up, down)
             if entered:
                 break
         if not entered:  # no column improves the master: it is optimal
@@ -218,11 +265,44 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
             break
     rate, x = master.vertex()
     upper = max(upper, rate)  # inf when no prices ever certified a bound
-    chosen = sorted((i for i in range(len(x)) if x[i] > 1e-12), key=lambda i: -x[i])
-    trees = tuple(TreePair(columns[i][0], columns[i][1], columns[i][2], float(x[i] * scale))
-                  for i in chosen)
-    return Packing(rate=rate * scale, upper_bound=upper * scale, certified=not steiner,
-                   columns=trees, rounds=rounds)
+    pool = tuple(TreePair(r, up, down, float(x[i] * scale))
+                 for i, (r, up, down) in enumerate(columns))
+    return Packing(rate=rate * scale, upper_bound=upper * scale,
+                   certified=not steiner and tuple(variants) == (None,),
+                   columns=_used(pool), rounds=rounds, pool=pool)
+
+
+def _used(columns: tuple[TreePair, ...] | list[TreePair]) -> tuple[TreePair, ...]:
+    return tuple(sorted((c for c in columns if c.rate > 0),
+                        key=lambda c: -c.rate))
+
+
+def solve_master(view: NetworkView, batches: list[list[TreePair]]) -> list[tuple[float,
+                                                                            tuple[TreePair, ...]]]:
+    """Best rates for growing sets of tree pairs: the master LP alone, solved to a vertex.
+
+    ``batches[k]`` adds columns to those of the earlier batches; after each batch the LP is
+    re-solved (primal simplex, warm from the previous basis). Returns, per batch, the total
+    rate (B/s) and the columns with rate > 0, largest first.
+    """
+    scale = float(view.capacity.max())
+    res = _Resources(view, scale)
+    master = _Master(res.capacity, "simplex")
+    columns: list[TreePair] = []
+    out = []
+    for batch in batches:
+        for col in batch:
+            columns.append(col)
+            master.add(res.usage(_edges(col.reduce_parent, True) +
+                                 _edges(col.broadcast_parent, False)))
+        if not columns:
+            out.append((0.0, ()))
+            continue
+        rate, x = master.vertex()
+        out.append((rate * scale, _used([TreePair(c.root, c.reduce_parent, c.broadcast_parent,
+                                                  float(v * scale))
+                                         for c, v in zip(columns, x, strict=True)])))
+    return out
 
 
 @contextlib.contextmanager
@@ -239,22 +319,28 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-# Interior-point without crossover: its duals sit inside the optimal face, which steadies
+# Interior point without crossover: its duals sit inside the optimal face, which steadies
 # column generation (about half the rounds of warm-started simplex on 20-site meshes).
-_MASTER_OPTIONS: dict[str, object] = {"solver": "ipm", "run_crossover": "off"}
+# Primal simplex: new columns keep the basis feasible, so each re-solve starts warm.
+_SOLVERS: dict[str, dict[str, object]] = {
+    "ipm": {"solver": "ipm", "run_crossover": "off"},
+    "simplex": {"solver": "simplex", "simplex_strategy": 4},
+}
 
 
 class _Master:
     """The restricted master LP, kept in one HiGHS instance and re-solved warm."""
 
-    def __init__(self, capacity: np.ndarray) -> None:
+    def __init__(self, capacity: np.ndarray, solver: str = "ipm") -> None:
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(_SOLVERS)}, got {solver!r}")
         with _quiet_stdout():
             import highspy
 
             self._h = highspy.Highs()
         self._h.setOptionValue("output_flag", False)
         self._h.setOptionValue("presolve", "off")
-        for key, value in _MASTER_OPTIONS.items():
+        for key, value in _SOLVERS[solver].items():
             self._h.setOptionValue(key, value)
         m = len(capacity)
         self._h.addRows(m, np.full(m, -highspy.kHighsInf), capacity, 0,

@@ -105,7 +105,10 @@ class Shard:
 
     def route(self, u: int, v: int) -> Route:
         """The route of tree edge ``u -> v`` (the direct link when none is given)."""
-        return self._route_index.get((u, v)) or Route.direct(u, v)
+        found = self._route_index.get((u, v))
+        if found is None:
+            found = self._route_index[(u, v)] = Route.direct(u, v)  # cached, not a field
+        return found
 
     def reduce_edges(self) -> Iterator[Edge]:
         """Tree edges ``child -> parent`` of the reduce tree, in child order."""

@@ -51,12 +51,14 @@ def test_chain_closed_form() -> None:
     assert bound(view, JOB).rate_Bps == pytest.approx(30 * MB)  # every root crosses each cut
 
 
-def test_latency_term_is_the_worst_worker_pair() -> None:
+def test_latency_term_goes_through_the_best_root() -> None:
     cap = np.zeros((3, 3))
     cap[0, 1] = cap[1, 0] = cap[1, 2] = cap[2, 1] = 10 * MB
     lat = np.where(cap > 0, 0.02, 0.0)
     lat[0, 1] = 0.05
     view = NetworkView(sites=("a", "b", "c"), capacity=cap, latency=lat)
+    # d(a->b) 0.05, d(a->c) 0.07, every other hop 0.02 (d(c->a) 0.04).
+    # root a: in 0.04 + out 0.07; root b: in 0.05 + out 0.02; root c: in 0.07 + out 0.04
     assert bound(view, JOB).latency_s == pytest.approx(0.07)
 
 

@@ -12,17 +12,16 @@ from ..errors import PlanError
 from ..plan import Route
 from ..view import NetworkView
 
-__all__ = ["cheapest_path", "relay_route", "route_capacity"]
+__all__ = ["cheapest_path", "fewest_hops_path", "in_tree", "out_tree", "relay_route",
+           "route_capacity"]
 
 
 def _predecessors(view: NetworkView) -> np.ndarray:
     """All-pairs predecessors of the minimum store-and-forward-time paths (cost 1/capacity)."""
     cached = view._graph_cache.get("cheapest_pred")
     if cached is None:
-        with np.errstate(divide="ignore"):
-            cost = np.where(view.capacity > 0, 1.0 / np.where(view.capacity > 0,
-                                                                view.capacity, 1), 0.0)
-        _, cached = dijkstra(csr_array(cost), directed=True, return_predecessors=True)
+        _, cached = dijkstra(csr_array(_cost_matrix(view)), directed=True,
+                             return_predecessors=True)
         view._graph_cache["cheapest_pred"] = cached
     return cached
 
@@ -59,3 +58,49 @@ def route_capacity(view: NetworkView, u: int, v: int) -> float:
         return float(view.capacity[u, v])
     path = cheapest_path(view, u, v)
     return float(min(view.capacity[a, b] for a, b in itertools.pairwise(path)))
+
+
+def _cost_matrix(view: NetworkView) -> np.ndarray:
+    """1/capacity on links, 0 (= no edge for csgraph) elsewhere."""
+    with np.errstate(divide="ignore"):
+        return np.where(view.capacity > 0, 1.0 / np.where(view.capacity > 0, view.capacity, 1),
+                        0.0)
+
+
+def in_tree(view: NetworkView, root: int) -> np.ndarray:
+    """Next hop of every site on its cheapest path *to* ``root`` (``-1`` at the root and
+    at sites that cannot reach it): a consistent shortest-path in-tree."""
+    _, pred = dijkstra(csr_array(_cost_matrix(view).T), directed=True, indices=root,
+                       return_predecessors=True)
+    pred = pred.astype(np.int64)
+    pred[pred < 0] = -1
+    return pred
+
+
+def out_tree(view: NetworkView, root: int) -> np.ndarray:
+    """Predecessor of every site on the cheapest path *from* ``root`` (an out-tree)."""
+    _, pred = dijkstra(csr_array(_cost_matrix(view)), directed=True, indices=root,
+                       return_predecessors=True)
+    pred = pred.astype(np.int64)
+    pred[pred < 0] = -1
+    return pred
+
+
+def fewest_hops_path(view: NetworkView, u: int, v: int) -> tuple[int, ...]:
+    """A path from u to v with the fewest hops (ties: lowest site indices, by BFS order)."""
+    prev = {u: u}
+    frontier = [u]
+    while frontier and v not in prev:
+        nxt = []
+        for a in frontier:
+            for b in np.flatnonzero(view.capacity[a] > 0).tolist():
+                if b not in prev:
+                    prev[b] = a
+                    nxt.append(b)
+        frontier = nxt
+    if v not in prev:
+        raise PlanError(f"no path from {view.sites[u]} to {view.sites[v]}")
+    path = [v]
+    while path[-1] != u:
+        path.append(prev[path[-1]])
+    return tuple(reversed(path))
