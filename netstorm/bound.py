@@ -222,9 +222,9 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     worker v, a flow of value ``y_r`` from r to v inside allocation ``g_r`` and one from v to
     r inside ``h_r``, with ``sum_r g_r(e) + h_r(e) <= c_e`` per link and the same sums over a
     site's out (in) links within its egress (ingress) cap. Time = ``M / sum_r y_r``, or the
-    least latency from every worker through one root to every worker if that is larger. Tight for tree
-    schemes by Edmonds' arborescence packing theorem (with relay-only sites it stays a
-    valid, maybe loose, bound).
+    least latency from every worker through one root to every worker if that is larger.
+    Tight for tree schemes by Edmonds' arborescence packing theorem (with relay-only sites
+    it stays a valid, maybe loose, bound).
     """
     started = time.perf_counter()
     phases = tuple(phases)
