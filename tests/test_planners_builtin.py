@@ -1,0 +1,173 @@
+"""The paper's NetStorm and the MLNET, TSEngine and treepack planners."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netstorm import Job, NetworkView, bound, plan, planner_names, predict
+from netstorm.builtin_topologies import builtin
+from netstorm.planners import TSEngineState
+from netstorm.testing import check_planner
+
+paper = importlib.import_module("netstorm.planners.netstorm")
+MB = 1e6
+JOB = Job(buckets=40_000_000, chunk_bytes=1_000_000)
+
+
+@pytest.mark.parametrize("name", ["mlnet", "tsengine", "netstorm", "treepack"])
+def test_conformance(name: str) -> None:
+    check_planner(name)
+
+
+def test_every_registered_planner_is_covered() -> None:
+    assert {"ps", "ring", "mlnet", "tsengine", "netstorm", "treepack"} <= set(planner_names())
+
+
+def test_root_scores_reproduce_the_paper_scheduler() -> None:
+    scores = paper.root_scores(builtin("netstorm9")) / 1e6  # MB/s, as the scheduler printed
+    expected = [7.47, 8.79, 7.47, 8.00, 10.23, 8.03, 9.34, 7.54, 6.83]
+    assert np.round(scores, 2).tolist() == expected
+
+
+def test_auxiliary_paths_on_netstorm9() -> None:
+    view = builtin("netstorm9")
+    graph = nx.DiGraph()
+    for u, v in view.links:
+        graph.add_edge(u, v, w=1 / view.capacity[u, v])
+    primary = tuple(nx.dijkstra_path(graph, 0, 8, weight="w"))
+    assert paper.auxiliary_paths(view, 0, 8, primary) == []  # the paper's example
+    for u, v in itertools.permutations(range(9), 2):
+        primary = tuple(nx.dijkstra_path(graph, u, v, weight="w"))
+        aux = paper.auxiliary_paths(view, u, v, primary)
+        middles = [set(p[1:-1]) for p in [primary, *aux]]
+        for a, b in itertools.combinations(middles, 2):
+            assert not a & b  # node-disjoint intermediates
+        costs = [nx.path_weight(graph, list(p), "w") for p in aux]
+        assert costs == sorted(costs) and all(c >= nx.path_weight(graph, list(primary), "w")
+                                              for c in costs)
+    assert paper.auxiliary_paths(view, 1, 4, (1, 4))  # the slow 1-4 link has a detour
+
+
+@settings(max_examples=60)
+@given(st.dictionaries(st.integers(0, 8), st.floats(0.1, 10), min_size=1, max_size=6),
+       st.integers(1, 50), st.integers(1, 7))
+def test_chunk_quotas(scores: dict[int, float], chunks: int, chunk_elems: int) -> None:
+    elements = chunks * chunk_elems - (chunk_elems - 1) // 2  # a short last chunk
+    shares = paper.chunk_quotas(scores, elements, chunk_elems)
+    assert sum(shares.values()) == elements
+    count = math.ceil(elements / chunk_elems)
+    total = sum(scores.values())
+    for r, share in shares.items():  # nobody exceeds its quota of whole chunks
+        assert share <= math.ceil(scores[r] / total * count) * chunk_elems
+
+
+def test_netstorm_trees_are_shortest_path_in_trees() -> None:
+    view = builtin("netstorm9")
+    graph = nx.DiGraph()
+    for u, v in view.links:
+        graph.add_edge(u, v, w=1 / view.capacity[u, v])
+    p = plan(view, JOB, "netstorm", multipath=False)
+    assert len(p.shards) == 9 and abs(sum(s.fraction for s in p.shards) - 1) < 1e-12
+    for shard in p.shards:
+        dist = nx.single_source_dijkstra_path_length(graph.reverse(), shard.root, weight="w")
+        for child, parent in shard.reduce_tree.items():
+            assert dist[child] == pytest.approx(graph[child][parent]["w"] + dist[parent])
+        assert dict(shard.broadcast_tree) == dict(shard.reduce_tree)
+
+
+def test_netstorm_roots_option_and_multipath_weights() -> None:
+    view = builtin("netstorm9")
+    p = plan(view, JOB, "netstorm", roots=3)
+    scores = paper.root_scores(view)
+    assert sorted(s.root for s in p.shards) == sorted(np.argsort(-scores)[:3].tolist())
+    multi = [r for s in plan(view, JOB, "netstorm").shards for r in s.routes if len(r.paths) > 1]
+    assert multi and all(r.paths[0] == r.edge for r in multi)  # the direct link stays primary
+
+
+def test_mlnet_builds_fixed_fanout_trees_in_index_order() -> None:
+    cap = np.full((7, 7), 10 * MB)
+    np.fill_diagonal(cap, 0)
+    view = NetworkView(sites=tuple("abcdefg"), capacity=cap)
+    p = plan(view, JOB, "mlnet", fanout=2)
+    assert len(p.shards) == 7
+    assert dict(p.shards[0].reduce_tree) == {1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2}
+    assert dict(p.shards[3].reduce_tree) == {0: 3, 1: 3, 2: 0, 4: 0, 5: 1, 6: 1}
+    assert len(plan(view, JOB, "mlnet", fanout=3).shards[0].reduce_tree) == 6
+
+
+def greedy_broadcast(view: NetworkView, server: int) -> dict[int, int]:
+    """Independent oracle: rounds in which every holder, in the order it got the model,
+    sends to its fastest unserved site (full mesh, everything measured)."""
+    holders, unserved, tree = [server], set(range(view.n)) - {server}, {}
+    while unserved:
+        for holder in list(holders):
+            if not unserved:
+                break
+            pick = max(sorted(unserved), key=lambda v: view.capacity[holder, v])
+            tree[pick] = holder
+            unserved.discard(pick)
+            holders.append(pick)
+    return tree
+
+
+def test_tsengine_is_seeded_and_stateful() -> None:
+    view = builtin("random:7:2")
+    assert plan(view, JOB, "tsengine", seed=3).to_json() == \
+        plan(view, JOB, "tsengine", seed=3).to_json()
+    state = TSEngineState(np.random.default_rng(5))
+    versions = [plan(view, JOB, "tsengine", state=state).version for _ in range(3)]
+    assert versions == [1, 2, 3] and state.plans == 3
+
+
+def test_tsengine_is_greedy_when_it_knows_everything() -> None:
+    view = builtin("random:7:2")
+    for seed in range(4):
+        shard = plan(view, JOB, "tsengine", seed=seed, max_greed=1.0).shards[0]
+        assert dict(shard.broadcast_tree) == greedy_broadcast(view, 0)
+        assert shard.root == 0 and set(shard.reduce_tree) == set(range(1, 7))
+
+
+def test_tsengine_explores_when_it_knows_nothing() -> None:
+    view = builtin("random:7:2")
+    blind = NetworkView(sites=view.sites, capacity=view.capacity, confidence=np.zeros((7, 7)))
+    trees = {tuple(sorted(plan(blind, JOB, "tsengine", seed=s).shards[0]
+                          .broadcast_tree.items())) for s in range(6)}
+    assert len(trees) > 1
+
+
+def test_treepack_reaches_the_bound_bandwidth_on_a_uniform_mesh() -> None:
+    cap = np.full((6, 6), 10 * MB)
+    np.fill_diagonal(cap, 0)
+    view = NetworkView(sites=tuple("abcdef"), capacity=cap)
+    pred = predict(plan(view, JOB, "treepack"), view, JOB)
+    assert pred.bandwidth_s == pytest.approx(bound(view, JOB).bandwidth_s, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["netstorm9", "waxman:12:3", "cloud:aws:6"])
+def test_treepack_bandwidth_term_is_near_the_lp(name: str) -> None:
+    view = builtin(name)
+    pred = predict(plan(view, JOB, "treepack"), view, JOB)
+    assert pred.bandwidth_s <= bound(view, JOB).bandwidth_s * 1.10
+
+
+def test_treepack_beats_the_paper_on_netstorm9() -> None:
+    view, job = builtin("netstorm9"), Job.from_model("resnet50")
+    ours = plan(view, job, "treepack").predicted_time_s
+    theirs = plan(view, job, "netstorm").predicted_time_s
+    assert ours is not None and theirs is not None and ours < theirs
+
+
+def test_treepack_handles_relay_only_sites() -> None:
+    view = builtin("netstorm9")
+    relayed = NetworkView(sites=view.sites, capacity=view.capacity, workers=(0, 2, 5, 8))
+    p = plan(relayed, JOB, "treepack")
+    interior = {s for shard in p.shards for s in shard.reduce_tree} - set(relayed.workers)
+    assert interior <= set(relayed.relays)  # relays appear only inside trees (check_plan)
