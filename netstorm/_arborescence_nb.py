@@ -1,9 +1,10 @@
 """Numba kernel of :func:`netstorm.arborescence.min_arborescence` (private; imported lazily).
 
-Every site takes its cheapest incoming edge
-the cycles this creates are contracted (edge
+Every site takes its cheapest incoming edge; the cycles this creates are contracted (edge
 costs into a cycle reduced by the cycle edge they would replace) and the smaller problem is
-solved recursively, then expanded. O(N^2) per level, at most N levels.
+solved the same way, level by level; the levels are then expanded in reverse. O(N^2) per
+level, at most N levels. Iterative rather than recursive so numba can cache the compiled
+code on disk.
 """
 
 import numba
@@ -12,27 +13,24 @@ import numpy as np
 __all__ = ["edmonds"]
 
 
-@numba.njit(cache=False)  # caching breaks recursive functions ("unresolved symbol")
-def edmonds(w, root):  # pragma: no cover - compiled
-    """Chu-Liu/Edmonds on a dense cost matrix whose diagonal and root column are inf."""
+@numba.njit(cache=True)
+def _cheapest_in(w: np.ndarray, root: int) -> tuple[np.ndarray, np.ndarray]:
     n = w.shape[0]
-    parent = np.empty(n, np.int64)
-    best = np.empty(n)
+    parent = np.full(n, -1, np.int64)
+    best = np.full(n, np.inf)
     for v in range(n):
-        b = np.inf
-        p = -1
         for u in range(n):
-            if w[u, v] < b:
-                b = w[u, v]
-                p = u
-        parent[v] = p
-        best[v] = b
+            if w[u, v] < best[v]:
+                best[v] = w[u, v]
+                parent[v] = u
     parent[root] = -1
     best[root] = 0.0
-    for v in range(n):
-        if v != root and parent[v] < 0:
-            raise ValueError("a site cannot be reached from the root")
-    # cycles
+    return parent, best
+
+
+@numba.njit(cache=True)
+def _cycles(parent: np.ndarray, root: int) -> tuple[np.ndarray, int]:
+    n = parent.shape[0]
     cycle = np.full(n, -1, np.int64)
     state = np.zeros(n, np.int8)
     walk = np.empty(n, np.int64)
@@ -54,41 +52,70 @@ def edmonds(w, root):  # pragma: no cover - compiled
             count += 1
         for t in range(k):
             state[walk[t]] = 2
-    if count == 0:
-        return parent
-    group = np.empty(n, np.int64)
-    k = 0
-    for v in range(n):
-        if cycle[v] < 0:
-            group[v] = k
-            k += 1
-    for v in range(n):
-        if cycle[v] >= 0:
-            group[v] = k + cycle[v]
-    m = k + count
-    small = np.full((m, m), np.inf)
-    tail = np.full((m, m), -1, np.int64)
-    head = np.full((m, m), -1, np.int64)
-    for u in range(n):
-        gu = group[u]
+    return cycle, count
+
+
+@numba.njit(cache=True)
+def edmonds(w: np.ndarray, root: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Parents of a minimum spanning arborescence; ``w`` has inf on its diagonal and in the
+    root's column. Returns ``-1`` for the root; raises ValueError if a site is unreachable."""
+    # per contracted level: parent (n), tail and head (m x m, flattened), root, n, m
+    parents = np.empty(0, np.int64)
+    links = np.empty(0, np.int64)  # tail block then head block of every level
+    meta = np.empty((0, 4), np.int64)  # parent offset, link offset, root, unused
+    sizes = np.empty((0, 2), np.int64)
+    while True:
+        n = w.shape[0]
+        parent, best = _cheapest_in(w, root)
         for v in range(n):
-            gv = group[v]
-            if gu == gv:
-                continue
-            c = w[u, v]
-            if c == np.inf:
-                continue
+            if v != root and parent[v] < 0:
+                raise ValueError("a site cannot be reached from the root")
+        cycle, count = _cycles(parent, root)
+        if count == 0:
+            break
+        group = np.empty(n, np.int64)
+        k = 0
+        for v in range(n):
+            if cycle[v] < 0:
+                group[v] = k
+                k += 1
+        for v in range(n):
             if cycle[v] >= 0:
-                c -= best[v]
-            if c < small[gu, gv]:
-                small[gu, gv] = c
-                tail[gu, gv] = u
-                head[gu, gv] = v
-    inner = edmonds(small, group[root])
-    result = parent.copy()
-    for b in range(m):
-        a = inner[b]
-        if a >= 0:
-            result[head[a, b]] = tail[a, b]
-    result[root] = -1
-    return result
+                group[v] = k + cycle[v]
+        m = k + count
+        small = np.full((m, m), np.inf)
+        tail = np.full((m, m), -1, np.int64)
+        head = np.full((m, m), -1, np.int64)
+        for u in range(n):
+            for v in range(n):
+                gu, gv = group[u], group[v]
+                c = w[u, v]
+                if gu == gv or c == np.inf:
+                    continue
+                if cycle[v] >= 0:
+                    c -= best[v]
+                if c < small[gu, gv]:
+                    small[gu, gv] = c
+                    tail[gu, gv] = u
+                    head[gu, gv] = v
+        level = np.array([[parents.shape[0], links.shape[0], root, 0]], np.int64)
+        meta = np.concatenate((meta, level))
+        sizes = np.concatenate((sizes, np.array([[n, m]], np.int64)))
+        parents = np.concatenate((parents, parent))
+        links = np.concatenate((links, tail.ravel(), head.ravel()))
+        w = small
+        root = group[root]
+    inner = parent
+    for level in range(meta.shape[0] - 1, -1, -1):
+        n, m = sizes[level, 0], sizes[level, 1]
+        start, at, lroot = meta[level, 0], meta[level, 1], meta[level, 2]
+        result = parents[start:start + n].copy()
+        tail = links[at:at + m * m].reshape((m, m))
+        head = links[at + m * m:at + 2 * m * m].reshape((m, m))
+        for b in range(m):
+            a = inner[b]
+            if a >= 0:
+                result[head[a, b]] = tail[a, b]
+        result[lroot] = -1
+        inner = result
+    return inner
