@@ -14,8 +14,14 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/netstorm topo show netstorm9
+	mkdir -p out
+	$(BIN)/netstorm topo show netstorm9 --draw out/netstorm9.png
 	$(BIN)/netstorm compare --topology netstorm9 --model resnet50
+	$(BIN)/netstorm plan --topology netstorm9 --model resnet50 --planner treepack \
+		--draw out/treepack-plan.png
+	$(BIN)/netstorm sim --topology netstorm9 --model resnet50 --planner ps,netstorm,treepack \
+		--iterations 60 --dynamics redraw:180s:20Mbit/s:155Mbit/s:1 --plot out/iterations.png
+	@echo "drawings and plots are in out/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
