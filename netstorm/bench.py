@@ -34,11 +34,15 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
         from .kernels import bench as kernel_bench  # type: ignore[attr-defined]
 
         return kernel_bench.run(n=2**20 if quick else 2**24)  # type: ignore[no-any-return]
+    if what == "planner":
+        from .bench_planner import run as planner_bench
+
+        return planner_bench(quick=quick)
     if what == "sim":
         from .sim import bench as sim_bench  # type: ignore[attr-defined]
 
         return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown benchmark {what!r} (bound, kernels, sim)")
+    raise ValueError(f"unknown benchmark {what!r} (bound, kernels, planner, sim)")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -55,4 +59,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _cell(x: Any) -> str:
+    if x is None:
+        return "-"
     return f"{x:.4g}" if isinstance(x, float) else str(x)
