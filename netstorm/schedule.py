@@ -9,7 +9,6 @@ types.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from .job import Job
 from .plan import Plan, Route, Shard
 
 __all__ = ["BROADCAST", "REDUCE", "ChunkRef", "Message", "NodeProgram", "Send", "Step",
-           "assign_paths", "compile", "shard_elements"]
+           "assign_paths", "bucket_bounds", "chunk_layout", "compile", "shard_elements"]
 
 #: Phase of a message: a partial sum travelling up the reduce tree.
 REDUCE = 0
@@ -147,6 +146,62 @@ class NodeProgram:
     stores: int
 
 
+def _split(total: int, fractions: list[float]) -> list[tuple[int, int]]:
+    bounds, cum = [0], 0.0
+    for fraction in fractions:
+        cum += fraction
+        bounds.append(min(total, round(cum * total)))
+    bounds[-1] = total
+    return [(a, max(0, b - a)) for a, b in itertools.pairwise(bounds)]
+
+
+def bucket_bounds(job: Job) -> list[int]:
+    """Element offsets where each gradient bucket starts, plus the total: ``B + 1`` values.
+
+    Buckets are laid out in model order (``job.buckets[0]`` first).
+    """
+    bounds = [0]
+    for nbytes in job.buckets:  # type: ignore[union-attr]
+        bounds.append(bounds[-1] + nbytes // job.element_size)
+    return bounds
+
+
+def chunk_layout(plan: Plan, job: Job, *, by_bucket: bool = False) -> list[list[tuple[int, int]]]:
+    """``(offset, elems)`` of every chunk of every shard, in the shard's chunk order.
+
+    Parameters
+    ----------
+    by_bucket
+        Lay shards out inside every bucket (what overlapping the backward pass needs) instead
+        of over the whole flat gradient.
+
+    Notes
+    -----
+    Flat layout (default): shard i is the contiguous range of :func:`shard_elements`, cut
+    into chunks of ``chunk_bytes // element_size`` elements (the last may be shorter).
+
+    Bucket layout: every bucket is all-reduced with the plan, as DDP all-reduces each
+    bucket: bucket b's element range is split among the shards by their fractions (same
+    rounding as :func:`shard_elements`) and each piece is cut into chunks. A shard's chunks
+    are ordered by the time the backward pass produces them -- the *last* bucket first --
+    so chunk order, and the send priorities derived from it, follow readiness. With one
+    bucket the two layouts are identical.
+    """
+    chunk_elems = max(1, job.chunk_bytes // job.element_size)
+    fractions = [s.fraction for s in plan.shards]
+    if by_bucket:
+        bounds = bucket_bounds(job)
+        pieces: list[list[tuple[int, int]]] = [[] for _ in fractions]
+        for b in reversed(range(len(bounds) - 1)):
+            for i, (off, elems) in enumerate(_split(bounds[b + 1] - bounds[b], fractions)):
+                if elems:
+                    pieces[i].append((bounds[b] + off, elems))
+    else:
+        pieces = [[piece] if piece[1] else [] for piece in shard_elements(plan, job)]
+    return [[(off + k, min(chunk_elems, elems - k)) for off, elems in shard
+             for k in range(0, elems, chunk_elems)] for shard in pieces]
+
+
 def shard_elements(plan: Plan, job: Job) -> list[tuple[int, int]]:
     """``(offset, elems)`` of every shard in the flat gradient of ``job``.
 
@@ -156,13 +211,7 @@ def shard_elements(plan: Plan, job: Job) -> list[tuple[int, int]]:
     ``[round(F_{i-1} E), round(F_i E))`` where ``F_i`` is the cumulative fraction, so the
     shards tile the gradient exactly (a very small shard may get no elements).
     """
-    total = job.gradient_bytes // job.element_size
-    bounds, cum = [0], 0.0
-    for shard in plan.shards:
-        cum += shard.fraction
-        bounds.append(min(total, round(cum * total)))
-    bounds[-1] = total
-    return [(a, max(0, b - a)) for a, b in itertools.pairwise(bounds)]
+    return _split(job.gradient_bytes // job.element_size, [s.fraction for s in plan.shards])
 
 
 def assign_paths(weights: tuple[float, ...], count: int) -> list[int]:
@@ -213,8 +262,8 @@ def _paths(shard: Shard, edges: list[tuple[int, int]], chunks: int) -> dict:
     return {e: assign_paths(shard.route(*e).weights, chunks) for e in edges}
 
 
-def compile(plan: Plan, job: Job,
-            workers: tuple[int, ...] | None = None) -> dict[int, NodeProgram]:
+def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
+            by_bucket: bool = False) -> dict[int, NodeProgram]:
     """Compile ``plan`` for ``job`` into one :class:`NodeProgram` per site.
 
     Parameters
@@ -227,6 +276,9 @@ def compile(plan: Plan, job: Job,
         Indices of the worker sites (``view.workers``). Default: every site that appears in
         a tree, which is right unless the view has relay-only sites; the simulator always
         passes ``view.workers``.
+    by_bucket
+        Lay the shards out inside every gradient bucket (:func:`chunk_layout`), so that a
+        bucket's chunks can start as soon as the backward pass has produced that bucket.
 
     Returns
     -------
@@ -236,8 +288,9 @@ def compile(plan: Plan, job: Job,
 
     Notes
     -----
-    Shard i covers the element range of :func:`shard_elements`, cut into chunks of
-    ``chunk_bytes // element_size`` elements (the last may be shorter). For every chunk:
+    Shard i covers the element range of :func:`shard_elements` (or, with ``by_bucket``,
+    its share of every bucket), cut into chunks of ``chunk_bytes // element_size``
+    elements (:func:`chunk_layout`). For every chunk:
     each site in the reduce tree waits for the chunk's partial sums from all its reduce
     children, adds its own slice if it is a worker, and sends one partial sum to its parent
     over the tree edge's route; the root also scales by ``1 / len(workers)``, keeps the mean
@@ -255,12 +308,11 @@ def compile(plan: Plan, job: Job,
         workers = tuple(sorted(seen))
     worker_set = set(workers)
     scale = 1.0 / len(workers)
-    chunk_elems = max(1, job.chunk_bytes // job.element_size)
     b = _Builder(n)
-    for s_idx, (shard, (offset, elems)) in enumerate(zip(plan.shards,
-                                                         shard_elements(plan, job),
-                                                         strict=True)):
-        count = math.ceil(elems / chunk_elems) if elems else 0
+    for s_idx, (shard, chunks) in enumerate(zip(plan.shards,
+                                                chunk_layout(plan, job, by_bucket=by_bucket),
+                                                strict=True)):
+        count = len(chunks)
         if not count:
             continue
         up_kids, down_kids = _children(shard.reduce_tree), _children(shard.broadcast_tree)
@@ -268,9 +320,7 @@ def compile(plan: Plan, job: Job,
         down_paths = _paths(shard, list(shard.broadcast_edges()), count)
         members = sorted(set(shard.reduce_tree) | {shard.root})
         down_members = sorted(set(shard.broadcast_tree))
-        for k in range(count):
-            start = offset + k * chunk_elems
-            size = min(chunk_elems, offset + elems - start)
+        for k, (start, size) in enumerate(chunks):
             ref = ChunkRef(s_idx, k, start, size, size * job.element_size)
             up = (k + 0.5) / count
             down = up + 0.5 / count

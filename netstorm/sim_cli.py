@@ -7,6 +7,7 @@ numba) until this command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,27 @@ from .errors import PlanError
 from .job import Job
 from .registry import planner_names
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "ddp_buckets", "run"]
+
+
+def ddp_buckets(job: Job, bucket_bytes: float) -> Job:
+    """``job`` with its gradient cut into DDP-style buckets of at most ``bucket_bytes``.
+
+    Notes
+    -----
+    DDP fills buckets from the last parameter backwards, so every bucket is full except
+    the one holding the first layers (bucket 0 in model order), which takes the remainder.
+    A job that already has several buckets is returned unchanged.
+    """
+    if len(job.buckets) > 1:  # type: ignore[arg-type]
+        return job
+    cap = int(bucket_bytes) // job.element_size * job.element_size
+    if cap <= 0:
+        raise ValueError(f"--bucket-mb must be at least one element, got {bucket_bytes} bytes")
+    total = job.gradient_bytes
+    full, rest = divmod(total, cap)
+    sizes = ((rest,) if rest else ()) + (cap,) * full
+    return dataclasses.replace(job, buckets=sizes)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-plan policy (default: each planner's faithful one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", default=None, help="TCP window cap per transfer, e.g. 4MB")
+    p.add_argument("--overlap", action="store_true",
+                   help="overlap the all-reduce with the backward pass bucket by bucket "
+                        "(as DDP does)")
+    p.add_argument("--bucket-mb", type=float, default=25.0,
+                   help="with --overlap: gradient bucket size in MB (DDP's default 25)")
     p.add_argument("--trace", metavar="FILE.json", help="Chrome trace of the first planner")
     p.add_argument("--plot", metavar="FILE.png", help="iteration time per planner")
     p.add_argument("--train", metavar="FILE.png",
@@ -66,6 +92,8 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
     for name in names:
         if name not in known:
             raise PlanError(f"unknown planner {name!r} (available: {', '.join(known)})")
+    if args.overlap:
+        job = ddp_buckets(job, args.bucket_mb * 1e6)
     dynamics = _dynamics(args)
     if dynamics is not None:
         dynamics.validate(view)
@@ -87,13 +115,15 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
             results.append(simulate(
                 view, job, name, iterations=args.iterations, dynamics=dynamics,
                 policy=args.policy, seed=args.seed, window_bytes=window,
-                record=bool(args.trace) and i == 0,
+                record=bool(args.trace) and i == 0, overlap=args.overlap,
                 progress=lambda _it, _t: bar.update(1)))
     finally:
         bar.close()
     doc: dict[str, Any] = {"topology": view.name, "model": job.label(),
                            "iterations": args.iterations,
                            "dynamics": None if dynamics is None else dynamics.kind,
+                           "overlap": bool(args.overlap),
+                           "buckets": len(job.buckets),  # type: ignore[arg-type]
                            "results": [r.summary() for r in results]}
     if args.trace:
         from netstorm.sim import write_trace
@@ -108,9 +138,11 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
         from netstorm.sim.training import train_digits
 
         curves = [train_digits(r, seed=args.seed) for r in results]
-        plot_accuracy(curves, args.train, model=job.label(), topology=view.name)
-        doc["training"] = [{"planner": c["planner"], "final_accuracy": c["accuracy"][-1],
-                            "time_s": c["time_s"][-1]} for c in curves]
+        xlabel, _ = plot_accuracy(curves, args.train, model=job.label(), topology=view.name)
+        doc["training"] = [{"planner": c["planner"], "initial_accuracy": c["accuracy"][0],
+                            "final_accuracy": c["accuracy"][-1], "time_s": c["time_s"][-1]}
+                           for c in curves]
+        doc["training_time_axis"] = xlabel
     return doc
 
 

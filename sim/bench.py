@@ -43,7 +43,7 @@ def _headline(quick: bool) -> list[dict[str, Any]]:
     dyn = Redraw(180.0, 20e6 / 8, 155e6 / 8, seed=1, at_start=True)
     iterations = 20 if quick else 200
     rows, base = [], None
-    for planner in ("ps", "mlnet", "tsengine", "netstorm", "treepack"):
+    for planner in ("ps", "mlnet", "tsengine", "netstorm", "treepack", "ring"):
         try:
             r = simulate(view, job, planner, iterations=iterations, dynamics=dyn)
         except NetstormError as exc:

@@ -23,11 +23,11 @@ from netstorm.cost import link_loads, predict
 from netstorm.dynamics import Dynamics
 from netstorm.job import Job
 from netstorm.plan import Plan
-from netstorm.registry import get_planner, plan
+from netstorm.registry import Planner, get_planner, plan
 from netstorm.schedule import compile
 from netstorm.view import NetworkView
 
-from .interpreter import Programs, run_iteration
+from .interpreter import BACKWARD_FRACTION, Programs, run_iteration
 from .network import Network
 
 __all__ = ["SimResult", "Switch", "allreduce", "planner_state", "simulate"]
@@ -72,9 +72,13 @@ class SimResult:
         The cost model's prediction for the first plan on the starting view.
     wall_s
         Wall-clock seconds the simulation took.
-    log
-        Transfers ``(src, dst, start, end, tag)`` and compute spans when recorded
-        (``record=True``), for traces.
+    log, computes
+        Transfers ``(src, dst, start, end, tag)`` and compute spans ``(site, start, end)``
+        when recorded (``record=True``), for traces.
+    workers
+        Indices of the sites that contributed gradients.
+    overlap
+        Whether communication overlapped the backward pass.
     """
 
     planner: str
@@ -95,6 +99,8 @@ class SimResult:
     wall_s: float
     log: tuple = ()
     computes: tuple = ()
+    workers: tuple[int, ...] = ()
+    overlap: bool = False
 
     @property
     def total_s(self) -> float:
@@ -134,7 +140,7 @@ class SimResult:
             "comm_time_s": {"mean": float(np.mean(self.comm_s)),
                             "median": float(np.median(self.comm_s))},
             "total_time_s": self.total_s,
-            "replans": len(self.switches),
+            "replans": len(self.switches), "overlap": self.overlap,
             "replan_times_s": [s.time_s for s in self.switches],
             "planning_s": float(sum(s.planning_s for s in self.switches)),
             "predicted_time_s": self.predicted_s,
@@ -193,14 +199,15 @@ def _in_use(p: Plan, view: NetworkView, job: Job) -> np.ndarray:
     return link_loads(p, view, job)[0] > 0
 
 
-def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
+def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *,
              iterations: int = 10, dynamics: Dynamics | None = None,
              policy: Policy | str | None = None, seed: int | None = 0,
              window_bytes: float | None = None, aware: bool = True,
              probe_bytes: float = 65_536, probe_age_s: float = 10.0, record: bool = False,
              progress: Callable[[int, float], None] | None = None,
              planner_options: Mapping[str, Any] | None = None,
-             planner_view: NetworkView | None = None) -> SimResult:
+             planner_view: NetworkView | None = None, overlap: bool = False,
+             backward_fraction: float = BACKWARD_FRACTION) -> SimResult:
     """Simulate ``iterations`` synchronous iterations of ``job`` on ``view``.
 
     Parameters
@@ -208,7 +215,7 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
     view
         The true network at time 0 (and the planner's first view).
     planner
-        Registered planner name.
+        Registered planner name, or a planner callable (DESIGN 4).
     dynamics
         How capacities change (``None``: static).
     policy
@@ -226,16 +233,26 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
         Called ``(iteration, simulated time)`` after each iteration.
     planner_view
         The view the first plan is made from (default ``view``).
+    overlap, backward_fraction
+        Overlap communication with the backward pass bucket by bucket, as DDP does: every
+        bucket of ``job.buckets`` (model order) is all-reduced with the plan and may start
+        once the backward pass has produced it; the backward pass is the last
+        ``backward_fraction`` of each site's compute time and produces the buckets in
+        reverse model order, in time proportional to their bytes
+        (:func:`~netstorm.sim.interpreter.bucket_ready_s`). A one-bucket job gains nothing.
 
     Notes
     -----
     Iterations are synchronous: iteration i+1 starts when every worker holds the mean of
-    iteration i. Re-planning happens only between iterations, so one iteration never mixes
+    iteration i. Without ``overlap`` an iteration is compute, then the all-reduce; with it,
+    the all-reduce of bucket b may run during the backward pass of buckets < b.
+    Re-planning happens only between iterations, so one iteration never mixes
     two plan versions. Planning takes wall time, not simulated time.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     name, _ = get_planner(planner)
+    target = planner if callable(planner) else name
     options = dict(planner_options or {})
     if isinstance(policy, str) or policy is None:
         policy = policy_for(name, policy)
@@ -247,7 +264,7 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
     net = Network(env, view, window_bytes=window_bytes,
                   observe=estimator.observe if estimator else None, record=record)
     state = planner_state(name, seed)
-    current = plan(planner_view or view, job, name, seed=seed, state=state, **options)
+    current = plan(planner_view or view, job, target, seed=seed, state=state, **options)
     current = dataclasses.replace(current, version=1)
     predicted = predict(current, view, job).time_s
     workers = list(view.workers)
@@ -261,7 +278,7 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
 
     def driver() -> Any:
         nonlocal current, reference
-        progs = Programs(compile(current, job, view.workers))
+        progs = Programs(compile(current, job, view.workers, by_bucket=overlap))
         last_switch = -np.inf
         for it in range(iterations):
             if it and estimator is not None:
@@ -272,7 +289,7 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
                 def candidate(estimate: NetworkView = estimate,
                               made: list[float] = made) -> Plan:
                     tp = time.perf_counter()
-                    p = plan(estimate, job, name, seed=seed, state=state, **options)
+                    p = plan(estimate, job, target, seed=seed, state=state, **options)
                     made.append(time.perf_counter() - tp)
                     return p
 
@@ -283,7 +300,7 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
                     reference = estimate
                 if decision.plan is not None:
                     current = dataclasses.replace(decision.plan, version=current.version + 1)
-                    progs = Programs(compile(current, job, view.workers))
+                    progs = Programs(compile(current, job, view.workers, by_bucket=overlap))
                     last_switch = env.now
                     switches.append(Switch(it, env.now, current.version,
                                            sum(made) or time.perf_counter() - t0,
@@ -295,7 +312,8 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
             t_start = env.now
             done = run_iteration(env, net, progs, job, workers,
                                  on_compute=(lambda s, a, b: computes.append((s, a, b)))
-                                 if record else None, tag=it)
+                                 if record else None, tag=it, overlap=overlap,
+                                 backward_fraction=backward_fraction)
             yield done
             elapsed = env.now - t_start
             out["it"].append(elapsed)
@@ -333,7 +351,8 @@ def simulate(view: NetworkView, job: Job, planner: str = "treepack", *,
         link_busy_s=net.link_busy.copy(), transfers=net.transfers,
         estimate_error=np.array(out["err"], dtype=float).reshape(-1, 2),
         changes_s=tuple(changes), predicted_s=predicted,
-        wall_s=time.perf_counter() - started, log=tuple(net.log), computes=tuple(computes))
+        wall_s=time.perf_counter() - started, log=tuple(net.log), computes=tuple(computes),
+        workers=tuple(workers), overlap=overlap)
 
 
 def simulate_many(view: NetworkView, job: Job, planners: Sequence[str],

@@ -8,6 +8,7 @@ and sends go through the :class:`~netstorm.sim.network.Network`.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,11 +16,41 @@ import numpy as np
 import simpy
 
 from netstorm.job import Job
-from netstorm.schedule import NodeProgram, Step
+from netstorm.schedule import NodeProgram, Step, bucket_bounds
 
 from .network import Network
 
-__all__ = ["Programs", "run_iteration"]
+__all__ = ["BACKWARD_FRACTION", "Programs", "bucket_ready_s", "run_iteration"]
+
+#: Share of an iteration's compute spent in the backward pass (backward ~ 2x forward).
+BACKWARD_FRACTION = 2 / 3
+
+
+def bucket_ready_s(job: Job, compute_s: float,
+                   backward_fraction: float = BACKWARD_FRACTION) -> list[float]:
+    """Seconds after compute starts at which each bucket's gradient is ready (overlap mode).
+
+    Notes
+    -----
+    With compute time ``C`` and backward fraction ``beta``, the forward pass takes
+    ``(1 - beta) C``; the backward pass then produces the buckets in reverse model order,
+    spending time on each in proportion to its bytes. Bucket b (sizes ``s_0..s_{B-1}`` in
+    model order, total M) is ready at
+
+    ``t_b = (1 - beta) C + beta C (s_b + s_{b+1} + ... + s_{B-1}) / M``,
+
+    so the last bucket is ready first and bucket 0 exactly at ``C``.
+    """
+    if not 0 <= backward_fraction <= 1:
+        raise ValueError(f"backward_fraction must be in [0, 1], got {backward_fraction}")
+    sizes = list(job.buckets)  # type: ignore[arg-type]
+    total = float(sum(sizes))
+    forward = (1 - backward_fraction) * compute_s
+    ready, done = [0.0] * len(sizes), 0.0
+    for b in reversed(range(len(sizes))):
+        done += sizes[b]
+        ready[b] = compute_s if b == 0 else forward + backward_fraction * compute_s * done / total
+    return ready
 
 
 class Programs:
@@ -65,7 +96,8 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
                   sites: list[int], *, payload: Mapping[int, np.ndarray] | None = None,
                   result: Mapping[int, np.ndarray] | None = None,
                   on_compute: Callable[[int, float, float], None] | None = None,
-                  tag: Any = None) -> simpy.Event:
+                  tag: Any = None, overlap: bool = False,
+                  backward_fraction: float = BACKWARD_FRACTION) -> simpy.Event:
     """Start one iteration now; the returned event fires when every step has fired.
 
     Parameters
@@ -78,11 +110,17 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
         chunks are written into ``result[w]``; sums use :func:`netstorm.kernels.fused_reduce`.
     on_compute
         Called ``(site, start, end)`` for each compute span (for traces).
+    overlap, backward_fraction
+        Overlap communication with the backward pass bucket by bucket (as DDP does): a
+        step's local slice is ready when the bucket holding the chunk's first element is
+        (:func:`bucket_ready_s`), instead of when the whole compute is done. Compile the
+        programs with ``by_bucket=True`` so that no chunk spans two buckets.
 
     Notes
     -----
     A step fires when its ``waits`` have arrived and, if it adds the local gradient, the
-    site's compute is done. Its sends are queued on their first hop's link in program order.
+    site's local slice is ready (compute done; with ``overlap``, its bucket done). Its
+    sends are queued on their first hop's link in priority order.
     """
     done = env.event()
     pending = list(progs.waits)
@@ -125,24 +163,38 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
                 fire(target)
         return arrive
 
-    def computed(site: int, start: float) -> None:
-        if on_compute is not None:
-            on_compute(site, start, env.now)
-        for g in progs.local.get(site, ()):
+    def ready(local: list[int]) -> None:
+        for g in local:
             pending[g] -= 1
             if pending[g] == 0:
                 fire(g)
+
+    def at(seconds: float, action: Callable[[], None]) -> None:
+        if seconds > 0:
+            env.timeout(seconds).callbacks.append(lambda _e: action())
+        else:
+            action()
 
     start = env.now
     for g, count in enumerate(pending):
         if count == 0:
             fire(g)
+    bounds = bucket_bounds(job) if overlap else [0]
     for site in sites:
         seconds = job.compute_time(site)
-        if seconds > 0:
-            env.timeout(seconds).callbacks.append(lambda _e, s=site: computed(s, start))
+        local = progs.local.get(site, [])
+        if on_compute is not None:
+            at(seconds, lambda s=site: on_compute(s, start, env.now))
+        if overlap and len(bounds) > 2:
+            times = bucket_ready_s(job, seconds, backward_fraction)
+            groups: dict[int, list[int]] = {}
+            for g in local:
+                b = bisect.bisect_right(bounds, steps[g].ref.offset) - 1
+                groups.setdefault(b, []).append(g)
+            for b in sorted(groups, reverse=True):
+                at(times[b], lambda grp=groups[b]: ready(grp))
         else:
-            computed(site, start)
+            at(seconds, lambda grp=local: ready(grp))
     if not pending:
         done.succeed(env.now)
     return done

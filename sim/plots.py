@@ -40,22 +40,30 @@ def plot_iterations(results: Sequence[SimResult], path: str | Path) -> None:
 
 
 def plot_accuracy(curves: Sequence[dict[str, Any]], path: str | Path, *, model: str,
-                  topology: str) -> None:
+                  topology: str) -> tuple[str, str]:
     """Test accuracy against simulated training time (minutes), in the style of the
     NetStorm paper's figure; each curve is ``{"planner", "time_s", "accuracy"}``.
 
     The axis labels name the model whose gradient traffic was simulated (the accuracy
     comes from a small real model trained on sklearn's digits).
+
+    Returns
+    -------
+    tuple of str
+        The x and y axis labels drawn.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for c in curves:
         ax.plot([t / 60 for t in c["time_s"]], c["accuracy"], label=c["planner"])
-    ax.set_xlabel(f"simulated training time (min), charged with {model} gradient traffic "
-                  f"on {topology}")
-    ax.set_ylabel("test accuracy (MLP on sklearn digits)")
+    xlabel = (f"simulated training time (min), charged with {model} gradient traffic "
+              f"on {topology}")
+    ylabel = "test accuracy (MLP on sklearn digits)"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return xlabel, ylabel

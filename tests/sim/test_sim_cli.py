@@ -36,3 +36,62 @@ def test_sim_bad_input_exits_2(argv, words, capsys) -> None:
     assert main(["sim", "-t", "netstorm9", "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err
+
+
+def test_sim_train_accuracy_improves_on_the_simulated_clock(tmp_path, capsys) -> None:
+    """Hybrid training: the digits MLP learns, and its clock is the simulated one."""
+    from netstorm.sim import plot_accuracy, simulate, train_digits
+
+    from netstorm import Job
+    from netstorm.builtin_topologies import builtin
+
+    view = builtin("netstorm9")
+    result = simulate(view, Job.from_model("resnet18"), "ps", iterations=30, aware=False)
+    curve = train_digits(result, eval_every=10)
+    assert curve["iterations"] == [0, 10, 20, 30]
+    # the time axis is the simulated time of resnet18's traffic, iteration by iteration
+    assert curve["time_s"] == pytest.approx(
+        [0.0, *(result.iteration_s.cumsum()[[9, 19, 29]])])
+    assert curve["time_s"][-1] == pytest.approx(result.total_s)
+    assert curve["accuracy"][-1] > curve["accuracy"][0] + 0.3  # 10 classes: ~0.1 at start
+    xlabel, _ = plot_accuracy([curve], tmp_path / "a.png", model=result.model,
+                              topology=result.topology)
+    assert "resnet18" in xlabel and "netstorm9" in xlabel and "simulated" in xlabel
+
+    plot = tmp_path / "acc.png"
+    code = main(["sim", "-t", "netstorm9", "-m", "resnet18", "-p", "ps,ring", "-n", "6",
+                 "--json", "--train", str(plot), "--no-progress"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    for row, res in zip(doc["training"], doc["results"], strict=True):
+        assert row["planner"] == res["planner"]
+        assert row["time_s"] == pytest.approx(res["total_time_s"])
+        assert row["final_accuracy"] > row["initial_accuracy"]
+    assert "resnet18" in doc["training_time_axis"]
+    assert plot.stat().st_size > 1000
+
+
+def test_sim_overlap_flag_cuts_ddp_buckets(capsys) -> None:
+    code = main(["sim", "-t", "netstorm9", "-m", "resnet50", "-p", "ring", "-n", "2",
+                 "--json", "--no-progress"])
+    serial = json.loads(capsys.readouterr().out)
+    code2 = main(["sim", "-t", "netstorm9", "-m", "resnet50", "-p", "ring", "-n", "2",
+                  "--json", "--no-progress", "--overlap", "--bucket-mb", "25"])
+    over = json.loads(capsys.readouterr().out)
+    assert code == code2 == 0
+    assert (serial["overlap"], serial["buckets"]) == (False, 1)
+    # 25,557,032 fp32 parameters = 102.2 MB: four full 25 MB buckets and a 2.2 MB one
+    assert (over["overlap"], over["buckets"]) == (True, 5)
+    assert over["results"][0]["overlap"] is True
+    # the all-reduce of the last buckets runs during the backward pass
+    assert (over["results"][0]["iteration_time_s"]["mean"]
+            < serial["results"][0]["iteration_time_s"]["mean"])
+
+
+def test_ddp_buckets_by_hand() -> None:
+    from netstorm import Job
+    from netstorm.sim_cli import ddp_buckets
+
+    assert ddp_buckets(Job(buckets=4 * 10), 4 * 3).buckets == (4, 12, 12, 12)
+    assert ddp_buckets(Job(buckets=4 * 9), 4 * 3).buckets == (12, 12, 12)
+    assert ddp_buckets(Job(buckets=(8, 8)), 4).buckets == (8, 8)  # already bucketed

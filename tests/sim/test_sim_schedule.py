@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 import netstorm
 from netstorm import Job, NetworkView, Plan, Route, Shard
 from netstorm.builtin_topologies import builtin
-from netstorm.schedule import BROADCAST, REDUCE, assign_paths, compile, shard_elements
+from netstorm.schedule import (
+    BROADCAST,
+    REDUCE,
+    assign_paths,
+    bucket_bounds,
+    chunk_layout,
+    compile,
+    shard_elements,
+)
 from tests.strategies import views
 
 SMALL = Job(buckets=4000, chunk_bytes=256)
@@ -63,8 +71,8 @@ def run_symbolic(programs: dict, workers: tuple[int, ...]) -> dict[int, dict]:
     return stored
 
 
-def check_programs(plan: Plan, view: NetworkView, job: Job) -> None:
-    programs = compile(plan, job, view.workers)
+def check_programs(plan: Plan, view: NetworkView, job: Job, by_bucket: bool = False) -> None:
+    programs = compile(plan, job, view.workers, by_bucket=by_bucket)
     stored = run_symbolic(programs, view.workers)
     elems = job.gradient_bytes // job.element_size
     want = Counter({w: 1 for w in view.workers})
@@ -156,3 +164,29 @@ def test_shard_elements_tile_the_gradient() -> None:
     assert spans[0][0] == 0
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
     assert spans[-1][0] + spans[-1][1] == 1001
+
+
+BUCKETED = Job(buckets=(4 * 700, 4 * 1900, 4 * 1400), chunk_bytes=256)
+
+
+@pytest.mark.parametrize("name", ["ps", "ring", "netstorm", "treepack"])
+def test_bucket_layout_is_a_complete_dataflow(name: str) -> None:
+    view = builtin("netstorm9")
+    check_programs(netstorm.plan(view, BUCKETED, name, seed=0), view, BUCKETED, by_bucket=True)
+
+
+def test_bucket_layout_by_hand() -> None:
+    view, plan = multipath_plan()  # shards 0.7 / 0.3
+    job = Job(buckets=(4 * 10, 4 * 20), chunk_bytes=4 * 8)
+    assert bucket_bounds(job) == [0, 10, 30]
+    # last bucket first; bucket [10, 30) splits 14 / 6, bucket [0, 10) splits 7 / 3;
+    # each piece is cut into chunks of 8 elements
+    assert chunk_layout(plan, job, by_bucket=True) == [
+        [(10, 8), (18, 6), (0, 7)], [(24, 6), (7, 3)]]
+    # the flat layout ignores buckets: 21 / 9 elements
+    assert chunk_layout(plan, job) == [[(0, 8), (8, 8), (16, 5)], [(21, 8), (29, 1)]]
+    single = Job(buckets=4 * 30, chunk_bytes=4 * 8)
+    assert chunk_layout(plan, single, by_bucket=True) == chunk_layout(plan, single)
+    for prog in compile(plan, job, view.workers, by_bucket=True).values():
+        for step in prog.steps:  # no chunk crosses a bucket boundary
+            assert (step.ref.offset < 10) == (step.ref.offset + step.ref.elems <= 10)
