@@ -45,25 +45,89 @@ def _tree_edges(shard: Shard) -> list[tuple[int, int]]:
     return list(shard.reduce_edges()) + list(shard.broadcast_edges())
 
 
-def link_loads(plan: Plan, view: NetworkView, job: Job) -> tuple[np.ndarray, np.ndarray,
-                                                                    np.ndarray]:
+Shares = dict[tuple[int, int], tuple[float, ...]]
+
+
+def _chunk_shares(plan: Plan, job: Job) -> list[Shares]:
+    """Per shard, the byte share of every path of every multipath tree edge once whole
+    chunks are dealt to paths as :func:`netstorm.schedule.compile` deals them."""
+    from .schedule import assign_paths, chunk_layout
+
+    out = []
+    for shard, chunks in zip(plan.shards, chunk_layout(plan, job), strict=True):
+        sizes = [elems for _, elems in chunks]
+        total = float(sum(sizes))
+        shares: Shares = {}
+        for route in shard.routes:
+            if len(route.paths) > 1 and total > 0:
+                got = [0.0] * len(route.paths)
+                for size, path in zip(sizes, assign_paths(route.weights, len(sizes)),
+                                      strict=True):
+                    got[path] += size
+                shares[route.edge] = tuple(g / total for g in got)
+        out.append(shares)
+    return out
+
+
+def link_loads(plan: Plan, view: NetworkView, job: Job, *,
+               chunked: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bytes per iteration over every directed link and through every site's egress/ingress.
 
     Every tree edge of a shard carries the shard's bytes once (one partial sum up, one copy
     down); a multipath route splits them by weight, and every hop of a path carries its part
     (relays forward, so they count toward their own egress and ingress).
+
+    With ``chunked``, a multipath edge splits its bytes as the compiled plan does: whole
+    chunks per path (:func:`netstorm.schedule.assign_paths`), which differs from the weights
+    when a shard has few chunks (a one-chunk shard sends everything over its heaviest path).
     """
     n = view.n
     links = np.zeros((n, n))
     total = float(job.gradient_bytes)
-    for shard in plan.shards:
+    shares = _chunk_shares(plan, job) if chunked else [{} for _ in plan.shards]
+    for shard, share in zip(plan.shards, shares, strict=True):
         nbytes = shard.fraction * total
         for u, v in _tree_edges(shard):
             route = shard.route(u, v)
-            for path, weight in zip(route.paths, route.weights, strict=True):
+            weights = share.get(route.edge, route.weights)
+            for path, weight in zip(route.paths, weights, strict=True):
                 hops = np.asarray(path)
                 links[hops[:-1], hops[1:]] += nbytes * weight
     return links, links.sum(axis=1), links.sum(axis=0)
+
+
+def _drain_time(loads: np.ndarray, rates: np.ndarray, cap: float) -> float:
+    """Time for links with ``loads`` bytes and capacities ``rates`` to drain through one
+    shared site cap ``cap`` when the cap is shared max-min fairly among the links that
+    still have bytes (all bytes present at time 0). At least ``sum(loads) / cap``; more
+    when the heavily loaded links end alone and cannot fill the cap by themselves."""
+    remaining = np.asarray(loads, dtype=float).copy()
+    rates = np.asarray(rates, dtype=float)
+    elapsed = 0.0
+    active = np.nonzero(remaining > 0)[0]
+    while active.size:
+        order = active[np.argsort(rates[active], kind="stable")]
+        rate = np.empty(remaining.size)
+        left, k = cap, order.size
+        for i in order:  # progressive filling: the slowest links saturate first
+            rate[i] = min(rates[i], left / k)
+            left -= rate[i]
+            k -= 1
+        step = float(np.min(remaining[active] / rate[active]))
+        remaining[active] -= rate[active] * step
+        elapsed += step
+        active = active[remaining[active] > 1e-9 * np.maximum(1.0, loads[active])]
+    return elapsed
+
+
+def _site_drain(links: np.ndarray, capacity: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """:func:`_drain_time` of every site's outgoing links (rows) through its cap."""
+    out = np.zeros(links.shape[0])
+    for u in np.nonzero(np.isfinite(caps))[0]:
+        used = links[u] > 0
+        if used.any():
+            out[u] = _drain_time(links[u, used], capacity[u, used], float(caps[u]))
+    return out
 
 
 def _hop_rate(view: NetworkView, a: int, b: int) -> float:
@@ -110,19 +174,22 @@ def shard_fill(shard: Shard, view: NetworkView, job: Job) -> float:
     return up[0] + down[0] + up[1] + down[1] - max(up[2], down[2])
 
 
-def _edge_hops(view: NetworkView, route: Route, chunk: float) -> tuple[list, float]:
-    """Per path: [(a, b, transfer s, latency s, weight)]; and the one-chunk time over the
-    path the first chunk takes (the heaviest)."""
+def _edge_hops(view: NetworkView, route: Route, chunk: float,
+               shares: tuple[float, ...]) -> tuple[list, float]:
+    """Per path that carries chunks: [(a, b, transfer s, latency s, byte share)]; and the
+    one-chunk time over the path the first chunk takes (the heaviest)."""
     paths = []
-    for path, weight in zip(route.paths, route.weights, strict=True):
-        hops = [(a, b, chunk / _hop_rate(view, a, b), float(view.latency[a, b]), weight)
-                for a, b in itertools.pairwise(path)]
-        paths.append(hops)
-    first = max(range(len(paths)), key=lambda i: (route.weights[i], -i))  # chunk 0's path
-    return paths, sum(x + lat for _, _, x, lat, _ in paths[first])
+    for path, weight in zip(route.paths, shares, strict=True):
+        if weight > 0:
+            paths.append([(a, b, chunk / _hop_rate(view, a, b), float(view.latency[a, b]),
+                           weight) for a, b in itertools.pairwise(path)])
+    first = max(range(len(route.paths)), key=lambda i: (route.weights[i], -i))  # chunk 0's
+    hops = itertools.pairwise(route.paths[first])
+    return paths, sum(chunk / _hop_rate(view, a, b) + float(view.latency[a, b])
+                      for a, b in hops)
 
 
-def _shard_windows(shard: Shard, view: NetworkView, job: Job,
+def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
                    head: dict, tail: dict) -> float:
     """Record, for every resource a shard's chunk crosses, the earliest time its first chunk
     can get there (head) and the least time from leaving it to the end (tail); return the
@@ -130,7 +197,10 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job,
     its slowest hop, a multipath hop carrying its weight's share)."""
     size = shard.fraction * job.gradient_bytes
     chunk = min(float(job.chunk_bytes), size)
-    hops = {e: _edge_hops(view, shard.route(*e), chunk) for e in _tree_edges(shard)}
+    hops = {}
+    for e in _tree_edges(shard):
+        route = shard.route(*e)
+        hops[e] = _edge_hops(view, route, chunk, shares.get(route.edge, route.weights))
     up_kids: dict[int, list[int]] = {}
     for c, p in shard.reduce_tree.items():
         up_kids.setdefault(p, []).append(c)
@@ -189,18 +259,19 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job,
 
 
 def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
-                   egress: np.ndarray, ingress: np.ndarray) -> float:
+                   out_t: np.ndarray, in_t: np.ndarray) -> float:
     head: dict = {}
     tail: dict = {}
-    longest = max((_shard_windows(s, view, job, head, tail) for s in plan.shards),
+    longest = max((_shard_windows(s, view, job, share, head, tail)
+                   for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)),
                   default=0.0)
     for key, start in head.items():
         if key[0] == "link":
             busy = links[key[1], key[2]] / view.capacity[key[1], key[2]]
         elif key[0] == "egress":
-            busy = egress[key[1]] / view.egress[key[1]]
+            busy = out_t[key[1]]
         else:
-            busy = ingress[key[1]] / view.ingress[key[1]]
+            busy = in_t[key[1]]
         longest = max(longest, start + busy + tail[key])
     return float(longest)
 
@@ -228,11 +299,13 @@ def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
     with ``busy_e`` the load/capacity of e; ``fill_s = T - T_bw``. On a chain of equal links
     this is exactly ``(K + hops - 1) * k / c`` for K chunks of k bytes.
     """
-    links, egress, ingress = link_loads(plan, view, job)
+    links, egress, ingress = link_loads(plan, view, job, chunked=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         link_t = np.where(links > 0, links / np.where(view.capacity > 0, view.capacity, 1), 0)
-        out_t = egress / view.egress
-        in_t = ingress / view.ingress
+        out_t = np.maximum(egress / view.egress,
+                           _site_drain(links, np.asarray(view.capacity), view.egress))
+        in_t = np.maximum(ingress / view.ingress,
+                          _site_drain(links.T, np.asarray(view.capacity).T, view.ingress))
     candidates = [(float(link_t.max(initial=0)), "link"), (float(out_t.max(initial=0)), "egress"),
                   (float(in_t.max(initial=0)), "ingress")]
     bandwidth, kind = max(candidates, key=lambda c: c[0])
@@ -242,7 +315,7 @@ def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
     else:
         arr = out_t if kind == "egress" else in_t
         where = f"{kind} of {view.sites[int(np.argmax(arr))]}"
-    total = max(bandwidth, _pipeline_time(plan, view, job, links, egress, ingress))
+    total = max(bandwidth, _pipeline_time(plan, view, job, links, out_t, in_t))
     fill = total - bandwidth
     return Prediction(time_s=total, bandwidth_s=bandwidth, fill_s=fill,
                       bottleneck=where if bandwidth > 0 else "none", link_bytes=links,

@@ -93,3 +93,22 @@ def test_two_shards_add_their_loads() -> None:
     pred = predict(Plan(1, "hand", view.sites, halves), view, JOB)
     assert pred.link_bytes[0, 1] == pytest.approx(M)  # half up for shard 1, half down for 0
     assert pred.bandwidth_s == pytest.approx(M / (10 * MB))
+
+
+def test_site_cap_shared_max_min_among_its_links() -> None:
+    """A capped site's links share the cap equally (as TCP flows do), not by their loads:
+    the heavily loaded link ends alone, at its own capacity, below the cap."""
+    cap = np.zeros((3, 3))
+    cap[0, 1:] = cap[1:, 0] = 8 * MB
+    cap[1, 2] = cap[2, 1] = 8 * MB
+    view = NetworkView(sites=("a", "b", "c"), capacity=cap,
+                       egress=np.array([10 * MB, np.inf, np.inf]))
+    shards = (Shard(0.25, 0, {1: 0, 2: 0}, {1: 0, 2: 0}),
+              Shard(0.75, 0, {2: 1, 1: 0}, {1: 0, 2: 1}))
+    pred = predict(Plan(1, "hand", view.sites, shards), view, JOB)
+    # a sends M = 40 MB to b and M / 4 = 10 MB to c: load / cap = 5 s, but max-min gives
+    # each link 5 MB/s until c's 10 MB are gone (2 s), then b's remaining 30 MB go at the
+    # link's 8 MB/s (3.75 s)
+    assert pred.egress_bytes[0] == pytest.approx(1.25 * M)
+    assert pred.bottleneck == "egress of a"
+    assert pred.bandwidth_s == pytest.approx(2 + 3.75)

@@ -135,18 +135,27 @@ def test_payload_catches_a_broken_program(monkeypatch: pytest.MonkeyPatch) -> No
         check_mean(netstorm.plan(view, SMALL, "ps"), view, SMALL)
 
 
-# Static agreement with predict(). Planners and topologies where the simulated schedule
-# cannot follow the fluid model get a documented wider band (see sim/README in the report):
-# - mlnet: fixed fan-out trees in index order over relays; a parent waits for its slowest
-#   child's chunk, and with ~3 chunks per shard the pipeline never reaches steady state;
-# - treepack: LP-tight plans load many links and site caps to 100% at once, so any stall
-#   on any of them shows; with site caps (AWS) the sim shares a cap max-min fairly among
-#   a site's active links while the fluid model lets it split in proportion to the loads;
-# - netstorm on random meshes: 16 shards of ~1.6 chunks each, whole chunks on slow
-#   auxiliary paths, so the pipeline term dominates and is only approximated.
-# - ring on random:16: 16 chain-shaped shards of 15 relayed hops, ~2 chunks each.
-WIDE = {"mlnet": 0.25, "treepack": 0.60, ("netstorm", "random:16:1"): 0.70,
-        ("netstorm", "cloud:aws:8"): 0.15, ("ring", "random:16:1"): 0.25}
+# Static agreement with predict() (ResNet-50, 4 MB chunks). Measured sim / predict:
+#   netstorm9:    mlnet 1.13, netstorm 1.04, ps 1.01, ring 1.00, treepack 1.02, tsengine 1.02
+#   cloud:aws:8:  mlnet 1.05, netstorm 1.07, ps 1.00, ring 1.00, treepack 1.00, tsengine 1.06
+#   random:16:1:  mlnet 1.15, netstorm 1.40, ps 1.00, ring 1.19, treepack 1.04, tsengine 1.00
+#   (random:16:2 and :3, not run here for time: mlnet 1.01/1.17, netstorm 1.45/1.42,
+#   ring 1.00/1.12, treepack 1.16/1.15, the rest within 1 %.)
+# predict() is a fluid estimate with one chunk of pipeline fill; whole-chunk path choice
+# on multipath edges and max-min sharing of site caps are in it. Cases outside 10 %:
+# - mlnet: store-and-forward of whole chunks. Fixed fan-out trees over relays, ~3 chunks
+#   per shard: a parent waits for its slowest child's whole chunk at every level, which
+#   one chunk of fill does not cover. The gap is granularity and closes with small chunks
+#   (netstorm9: 1.23 at 16 MB, 1.13 at 4 MB, 1.04 at 1 MB, 1.01 at 250 kB; checked below).
+# - netstorm and ring on random:16: not granularity (the gap *grows* with smaller chunks:
+#   netstorm 1.06 at 16 MB, 1.40 at 4 MB, 1.63 at 250 kB). Each physical link carries
+#   tree edges of many shards in different phases (ring: all 16 shards on the same 16
+#   links); a link serves its queue by chunk progress without knowing which downstream
+#   link is the bottleneck, so the bottleneck link idles while upstream links serve other
+#   shards. The fluid model assumes every resource busy from its first chunk to the end,
+#   which needs a globally coordinated schedule; a per-link scheduler (the sim's and the
+#   runtime's) does not achieve it. A real effect, so the band is wider.
+WIDE = {"mlnet": 0.20, ("netstorm", "random:16:1"): 0.50, ("ring", "random:16:1"): 0.25}
 
 
 @pytest.mark.parametrize("topology", ["netstorm9", "cloud:aws:8", "random:16:1"])
@@ -164,3 +173,17 @@ def test_static_agreement_with_predict(topology: str) -> None:
                                              f"predicted {pred:.3f} s"
     within = [n for n, r in report if abs(r - 1) <= 0.10]
     assert "ps" in within, report  # the simplest scheme agrees closely everywhere
+
+
+def test_mlnet_gap_is_chunk_granularity() -> None:
+    """The mlnet disagreement above is store-and-forward granularity: it closes with
+    small chunks."""
+    view = builtin("netstorm9")
+    base = Job.from_model("resnet50", compute_s=0.0)
+    plan = netstorm.plan(view, base, "mlnet")
+    ratios = []
+    for chunk in (4_000_000, 250_000):
+        job = Job.from_model("resnet50", compute_s=0.0, chunk_bytes=chunk)
+        ratios.append(allreduce(plan, view, job)[0] / netstorm.predict(plan, view, job).time_s)
+    assert ratios[0] > 1.10
+    assert abs(ratios[1] - 1) < 0.03, ratios
