@@ -59,6 +59,16 @@ def _headline(quick: bool) -> list[dict[str, Any]]:
                      "estimate_error_3rd_iteration_max": (
                          float(np.nanmax(after[:, 2])) if len(after) and
                          not np.isnan(after[:, 2]).all() else None)})
+    # The paper's baseline is MXNet's PS; a single server is the most pessimistic reading.
+    one = simulate(view, job, "ps", iterations=iterations, dynamics=dyn,
+                   planner_options={"servers": 1})
+    totals = {r["planner"]: r["total_time_s"] for r in rows if "total_time_s" in r}
+    rows.append({"benchmark": "headline", "planner": "ps (1 server)",
+                 "iterations": iterations, "total_time_s": one.total_s,
+                 "mean_iteration_s": float(np.mean(one.iteration_s)),
+                 "netstorm_speedup_vs_this": (one.total_s / totals["netstorm"]
+                                              if "netstorm" in totals else None),
+                 "wall_s": one.wall_s})
     return rows
 
 
