@@ -16,6 +16,7 @@ from netstorm import Job, NetworkView, bound, plan, planner_names, predict
 from netstorm.builtin_topologies import builtin
 from netstorm.planners import TSEngineState
 from netstorm.testing import check_planner
+from tests.strategies import views
 
 paper = importlib.import_module("netstorm.planners.netstorm")
 MB = 1e6
@@ -54,6 +55,36 @@ def test_auxiliary_paths_on_netstorm9() -> None:
         assert costs == sorted(costs) and all(c >= nx.path_weight(graph, list(primary), "w")
                                               for c in costs)
     assert paper.auxiliary_paths(view, 1, 4, (1, 4))  # the slow 1-4 link has a detour
+
+
+def yen_greedy(view: NetworkView, u: int, v: int, primary: tuple[int, ...]) -> list:
+    """The paper's rule, literally: every simple path in cost order, keep the disjoint ones."""
+    graph = nx.DiGraph()
+    for a, b in view.links:
+        graph.add_edge(a, b, w=1 / view.capacity[a, b])
+    used, kept = set(primary[1:-1]), []
+    for path in map(tuple, nx.shortest_simple_paths(graph, u, v, weight="w")):
+        middle = set(path[1:-1])
+        if path != primary and middle and not middle & used:
+            kept.append(path)
+            used |= middle
+    return kept
+
+
+@settings(max_examples=40)
+@given(views(min_sites=3, max_sites=6, relays=False, caps=False), st.data())
+def test_auxiliary_paths_follow_the_papers_enumeration(view: NetworkView,
+                                                       data: st.DataObject) -> None:
+    u, v = data.draw(st.sampled_from(list(itertools.permutations(range(view.n), 2))))
+    graph = nx.DiGraph()
+    for a, b in view.links:
+        graph.add_edge(a, b, w=1 / view.capacity[a, b])
+    primary = tuple(nx.dijkstra_path(graph, u, v, weight="w"))
+    got = paper.auxiliary_paths(view, u, v, primary)
+    want = yen_greedy(view, u, v, primary)
+    cost = [nx.path_weight(graph, list(p), "w") for p in got]
+    assert cost == pytest.approx([nx.path_weight(graph, list(p), "w") for p in want])
+    assert len(got) == len(want)
 
 
 @settings(max_examples=60)
