@@ -114,8 +114,8 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             "view": view.name, "sites": view.n, "bound_time_s": low.time_s,
             "bound_bandwidth_s": low.bandwidth_s, "bound_latency_s": low.latency_s,
             "bound_method": low.method, "bound_exact": low.exact,
-            "predicted_time_s": {}, "bandwidth_s": {}, "quality": {}, "bandwidth_ratio": {},
-            "planning_s": {}}
+            "predicted_time_s": {}, "bandwidth_s": {}, "fill_s": {}, "quality": {},
+            "bandwidth_ratio": {}, "planning_s": {}}
         for name in planners:
             started = time.perf_counter()
             result = plan(view, job, name, seed=SEED)
@@ -124,6 +124,7 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             pred = predict(result, view, job)
             row["predicted_time_s"][name] = pred.time_s
             row["bandwidth_s"][name] = pred.bandwidth_s
+            row["fill_s"][name] = pred.fill_s
             row["quality"][name] = pred.time_s / low.time_s
             row["bandwidth_ratio"][name] = pred.bandwidth_s / low.bandwidth_s
             row["planning_s"][name] = seconds
@@ -207,10 +208,11 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``views`` (per view: bound, and per planner predicted time, quality, bandwidth
-        ratio, planning time), ``summary`` (per planner geometric mean and worst),
-        ``treepack_speedup_vs_netstorm``, ``planning_time``, ``robustness``, and ``results``:
-        the same figures as table rows for :func:`netstorm.bench.format_table`.
+        ``views`` (per view: bound, and per planner predicted time with its bandwidth and
+        fill terms, quality, bandwidth ratio, planning time), ``summary`` (per planner
+        geometric mean and worst), ``treepack_speedup_vs_netstorm``, ``planning_time``,
+        ``robustness``, and ``results``: the same figures as table rows for
+        :func:`netstorm.bench.format_table`.
 
     Notes
     -----

@@ -33,7 +33,8 @@ def test_quick_has_every_figure(quick: dict) -> None:
     assert names[:2] == ["netstorm9", "netstorm9~r0"] and len(names) == len(set(names))
     for view in quick["views"]:
         assert {"bound_time_s", "bound_bandwidth_s", "sites"} <= set(view)
-        for key in ("quality", "bandwidth_ratio", "predicted_time_s", "planning_s"):
+        for key in ("quality", "bandwidth_ratio", "predicted_time_s", "bandwidth_s", "fill_s",
+                    "planning_s"):
             assert set(view[key]) == set(PLANNERS)
     for name in PLANNERS:
         assert set(quick["summary"][name]) == {
