@@ -53,12 +53,18 @@ class Route:
 
     @classmethod
     def direct(cls, u: int, v: int) -> Route:
-        """The default route of a tree edge: the direct link."""
-        return cls((u, v), ((u, v),), (1.0,))
+        """The default route of a tree edge: the direct link (shared, immutable)."""
+        found = _DIRECT.get((u, v))
+        if found is None:
+            found = _DIRECT[(u, v)] = cls((u, v), ((u, v),), (1.0,))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {"edge": list(self.edge), "paths": [list(p) for p in self.paths],
                 "weights": list(self.weights)}
+
+
+_DIRECT: dict[Edge, Route] = {}
 
 
 def _tree(mapping: Mapping[Any, Any], what: str) -> Mapping[int, int]:

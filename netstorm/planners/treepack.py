@@ -24,7 +24,7 @@ def default_rounds(n: int) -> int:
         return 60
     if n <= 48:
         return 25
-    return 8
+    return 6
 
 
 def _tree(parent: np.ndarray) -> dict[int, int]:
@@ -80,6 +80,8 @@ def progress_masks(view: NetworkView, job: Job, slack: float = 0.0) -> Masks:
 
 #: Slacks of the depth-aware packings tried beside the unrestricted one.
 _SLACKS = (0.0, 0.3, 1.0)
+#: Above this many sites treepack prices fewer variants and tries fewer fill caps.
+_LARGE = 48
 #: Quantiles of the pooled trees' fills used as caps when re-packing.
 _FILL_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -123,8 +125,9 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     variants: list[Masks | None] = [None]
-    if depth_aware:
-        variants += [progress_masks(view, job, slack) for slack in _SLACKS]
+    if depth_aware:  # large networks price one restricted variant only, to bound the time
+        slacks = _SLACKS if view.n <= _LARGE else _SLACKS[1:2]
+        variants += [progress_masks(view, job, slack) for slack in slacks]
     packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
                          variants=variants, solver="simplex")
     best = _better(None, _plan(view, packing.columns, min_fraction), view, job)
@@ -163,7 +166,8 @@ def _fill_capped(view: NetworkView, job: Job, pool: list[TreePair],
     fills = np.array([shard_fill(Shard(1.0, c.root, _tree(c.reduce_parent),
                                        _tree(c.broadcast_parent)), view, job) for c in pool])
     order = np.argsort(fills, kind="stable")
-    caps = sorted(set(np.quantile(fills, _FILL_QUANTILES).tolist()))
+    quantiles = _FILL_QUANTILES if view.n <= _LARGE else _FILL_QUANTILES[3::2]
+    caps = sorted(set(np.quantile(fills, quantiles).tolist()))
     batches, start = [], 0
     for cap in caps:  # each batch adds the trees whose fill fits under the next cap
         stop = int(np.searchsorted(fills[order], cap, side="right"))
