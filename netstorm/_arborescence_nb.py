@@ -18,10 +18,7 @@ def _cheapest_in(w: np.ndarray, root: int) -> tuple[np.ndarray, np.ndarray]:
     n = w.shape[0]
     parent = np.full(n, -1, np.int64)
     best = np.full(n, np.inf)
-    for v in range(n):  # ties go to the root first (no cycle), then to the lowest index
-        if w[root, v] < np.inf:
-            best[v] = w[root, v]
-            parent[v] = root
+    for v in range(n):
         for u in range(n):
             if w[u, v] < best[v]:
                 best[v] = w[u, v]

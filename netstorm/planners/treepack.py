@@ -24,7 +24,7 @@ def default_rounds(n: int) -> int:
         return 60
     if n <= 48:
         return 25
-    return 6
+    return 3
 
 
 def _tree(parent: np.ndarray) -> dict[int, int]:
