@@ -9,8 +9,9 @@ import simpy
 from netstorm.sim import Network, allreduce
 
 import netstorm
-from netstorm import Job, NetworkView, Plan, Route, Shard
+from netstorm import Job, NetworkView, Plan
 from netstorm.builtin_topologies import builtin
+from tests.sim.test_sim_schedule import multipath_plan
 
 MB = 1e6
 
@@ -100,14 +101,7 @@ def test_payload_every_planner_yields_the_mean(topology: str) -> None:
 
 
 def test_payload_multipath_and_relay_only_root() -> None:
-    cap = np.full((4, 4), 10 * MB)
-    np.fill_diagonal(cap, 0)
-    view = NetworkView(sites=("a", "b", "c", "r"), capacity=cap, workers=(0, 1, 2))
-    routes = (Route((0, 2), ((0, 2), (0, 3, 2), (0, 1, 2)), (0.5, 0.3, 0.2)),
-              Route((2, 0), ((2, 0), (2, 3, 0)), (0.6, 0.4)))
-    shards = (Shard(0.7, 2, {0: 2, 1: 2}, {0: 2, 1: 0}, routes),
-              Shard(0.3, 3, {0: 3, 1: 3, 2: 3}, {0: 3, 1: 3, 2: 3}))
-    plan = Plan(1, "hand", view.sites, shards)
+    view, plan = multipath_plan()
     netstorm.check_plan(plan, view)
     check_mean(plan, view, MANY)
 
