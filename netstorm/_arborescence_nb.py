@@ -98,18 +98,18 @@ def edmonds(w: np.ndarray, root: int) -> np.ndarray:  # pragma: no cover - compi
                     small[gu, gv] = c
                     tail[gu, gv] = u
                     head[gu, gv] = v
-        level = np.array([[parents.shape[0], links.shape[0], root, 0]], np.int64)
-        meta = np.concatenate((meta, level))
+        entry = np.array([[parents.shape[0], links.shape[0], root, 0]], np.int64)
+        meta = np.concatenate((meta, entry))
         sizes = np.concatenate((sizes, np.array([[n, m]], np.int64)))
         parents = np.concatenate((parents, parent))
         links = np.concatenate((links, tail.ravel(), head.ravel()))
         w = small
-        root = group[root]
+        root = int(group[root])
     inner = parent
     for level in range(meta.shape[0] - 1, -1, -1):
-        n, m = sizes[level, 0], sizes[level, 1]
+        size, m = sizes[level, 0], sizes[level, 1]
         start, at, lroot = meta[level, 0], meta[level, 1], meta[level, 2]
-        result = parents[start:start + n].copy()
+        result = parents[start:start + size].copy()
         tail = links[at:at + m * m].reshape((m, m))
         head = links[at + m * m:at + 2 * m * m].reshape((m, m))
         for b in range(m):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -263,7 +263,7 @@ class StaticPolicy:
         return Decision(None, False, "static")
 
 
-_POLICIES: dict[str, Callable[[], Policy]] = {
+_POLICIES: dict[str, Callable[[], Any]] = {
     "hysteresis": ReplanPolicy, "any-change": AnyChangePolicy,
     "every-iteration": EveryIterationPolicy, "static": StaticPolicy,
 }

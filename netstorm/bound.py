@@ -136,7 +136,9 @@ def _flow_lp(view: NetworkView, roots: Sequence[int],
     alloc0 = nr
     flow0 = alloc0 + na * m
     nvars = flow0 + len(commodities) * m
-    rows, cols, vals, b_eq = [], [], [], []
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
     eq_row = 0
     e_idx = np.arange(m)
     for k, (phase, ri, v) in enumerate(commodities):
@@ -162,7 +164,7 @@ def _flow_lp(view: NetworkView, roots: Sequence[int],
         cols += [flow0 + k * m + e_idx, alloc + e_idx]
         vals += [np.ones(m), -np.ones(m)]
         ub_row += m
-    b_ub = [np.zeros(ub_row)]
+    b_ub: list[np.ndarray] = [np.zeros(ub_row)]
     for a in range(na):  # link capacity shared by every allocation
         rows.append(ub_row + e_idx)
         cols.append(alloc0 + a * m + e_idx)

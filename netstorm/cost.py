@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +148,8 @@ def _edge_chain(view: NetworkView, route: Route, chunk: float) -> tuple[float, f
     return best
 
 
-def _deepest(tree: dict[int, int], root: int, cost: dict[tuple[int, int], tuple[float, ...]],
+def _deepest(tree: dict[int, int], root: int,
+             cost: Mapping[tuple[int, int], tuple[float, float, float]],
              upward: bool) -> tuple[float, float, float]:
     """Largest (latency + transfer) chain from any leaf to the root (or root to any leaf)."""
     memo: dict[int, tuple[float, float, float]] = {root: (0.0, 0.0, 0.0)}
@@ -211,7 +213,7 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
     order = [shard.root]  # root first, then breadth first: parents before children
     for site in order:
         order.extend(up_kids.get(site, ()))
-    ready = {}  # when a site's partial sum of the first chunk can leave it
+    ready: dict[int, float] = {}  # when a site's partial sum of the first chunk can leave it
     for site in reversed(order):
         ready[site] = max((ready[c] + hops[(c, site)][1] for c in up_kids.get(site, ())),
                           default=0.0)
@@ -221,7 +223,7 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
     border = [shard.root]
     for site in border:
         border.extend(down_kids.get(site, ()))
-    depth = {}  # time from a site holding the mean to the deepest leaf below it
+    depth: dict[int, float] = {}  # time from a site holding the mean to the deepest leaf below it
     for site in reversed(border):
         depth[site] = max((hops[(site, c)][1] + depth[c] for c in down_kids.get(site, ())),
                           default=0.0)
@@ -240,7 +242,7 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
             for a, b, x, lat, weight in path:
                 rest -= x + lat
                 slowest_hop = max(slowest_hop, x * weight)
-                keys = [("link", a, b)]
+                keys: list[tuple[object, ...]] = [("link", a, b)]
                 if np.isfinite(view.egress[a]):
                     keys.append(("egress", a))
                 if np.isfinite(view.ingress[b]):

@@ -64,13 +64,14 @@ class Job:
     model: str | None = None
 
     def __post_init__(self) -> None:
-        buckets = (self.buckets,) if isinstance(self.buckets, int) else tuple(self.buckets)
+        raw = self.buckets
+        buckets: tuple[int, ...] = (raw,) if isinstance(raw, int) else tuple(raw)
         if not buckets or any(int(b) != b or b <= 0 for b in buckets):
             raise ValueError(f"buckets must be positive whole byte counts, got {self.buckets!r}")
         object.__setattr__(self, "buckets", tuple(int(b) for b in buckets))
         if self.element_size not in (1, 2, 4, 8):
             raise ValueError(f"element_size must be 1, 2, 4 or 8 bytes, got {self.element_size}")
-        if any(b % self.element_size for b in self.buckets):
+        if any(b % self.element_size for b in buckets):
             raise ValueError(f"bucket sizes must be multiples of element_size "
                              f"{self.element_size}: {self.buckets}")
         if int(self.chunk_bytes) != self.chunk_bytes or self.chunk_bytes < self.element_size:
@@ -117,7 +118,7 @@ class Job:
             element = int(overrides.get("element_size", 4))  # type: ignore[call-overload]
             nbytes = max(element, round(size / element) * element)
             job = cls(buckets=nbytes, model=None, element_size=element)
-        return replace(job, **overrides) if overrides else job
+        return replace(job, **overrides) if overrides else job  # type: ignore[arg-type]
 
     def label(self) -> str:
         """Human label: the model name or the size."""

@@ -243,7 +243,7 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         for prices in ([duals] if center is None else
                        [smoothing * center + (1 - smoothing) * duals, duals]):
             cost = res.edge_cost(prices)
-            improving = []
+            improving: list[tuple[float, int, int, np.ndarray, np.ndarray]] = []
             for masks in variants:
                 priced = [(r, *_trees(cost, r, keep, steiner, masks)) for r in roots]
                 cheapest = min(c for *_, c in priced)
@@ -289,7 +289,7 @@ def solve_master(view: NetworkView, batches: list[list[TreePair]]) -> list[tuple
     res = _Resources(view, scale)
     master = _Master(res.capacity, "simplex")
     columns: list[TreePair] = []
-    out = []
+    out: list[tuple[float, tuple[TreePair, ...]]] = []
     for batch in batches:
         for col in batch:
             columns.append(col)
@@ -322,7 +322,7 @@ def _quiet_stdout() -> Iterator[None]:
 # Interior point without crossover: its duals sit inside the optimal face, which steadies
 # column generation (about half the rounds of warm-started simplex on 20-site meshes).
 # Primal simplex: new columns keep the basis feasible, so each re-solve starts warm.
-_SOLVERS: dict[str, dict[str, object]] = {
+_SOLVERS: dict[str, dict[str, str | int]] = {
     "ipm": {"solver": "ipm", "run_crossover": "off"},
     "simplex": {"solver": "simplex", "simplex_strategy": 4},
 }
