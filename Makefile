@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy netstorm
 
 bench: $(STAMP)
 	$(BIN)/netstorm bench --json
