@@ -195,9 +195,10 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     the dual, so ``(c . p) / c_min`` bounds the optimum from above; columns cheaper than 1
     under the master's duals enter. Pricing at a convex combination of the best prices so
     far and the master's duals (Wentges smoothing) damps the duals' oscillation, the usual
-    cause of column generation's slow tail. The master is solved by HiGHS's interior-point
-    method without crossover while columns enter (central duals, fewer rounds), then once
-    by simplex for a vertex solution with few trees. By Edmonds' arborescence-packing
+    cause of column generation's slow tail. Each round adds at most one column per root
+    (the most improving ones) so the master stays small. The master is re-solved by the
+    ``solver`` chosen (see above), then once by simplex for a vertex solution with few
+    trees. By Edmonds' arborescence-packing
     theorem the optimum equals the flow LP of :func:`netstorm.bound` when every site is a
     worker. Relay-only sites make pricing a Steiner problem: spanning trees are pruned of
     relay-only leaves, and the upper bound is not certified.
