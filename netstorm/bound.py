@@ -232,8 +232,9 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     phases = tuple(phases)
     if not phases or any(p not in PHASES for p in phases) or len(set(phases)) != len(phases):
         raise ValueError(f"phases must be a non-empty subset of {PHASES}, got {phases}")
-    if view.unreachable_workers():
-        u, v = view.unreachable_workers()[0]
+    unreachable = view.unreachable_workers()
+    if unreachable:
+        u, v = unreachable[0]
         raise TopologyError(f"{view.name}: worker {view.sites[v]} cannot be reached from "
                             f"{view.sites[u]}")
     roots = list(range(view.n)) if roots is None else [view.index(r) for r in roots]

@@ -82,13 +82,9 @@ def _cities() -> NetworkView:
     return read_csv(_data("city_delay_bandwidth.csv"), name="cities")
 
 
-def _positions(n: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.random((n, 2))
-
-
 def _random_mesh(n: int, seed: int) -> NetworkView:
     rng = np.random.default_rng(seed)
-    pos = _positions(n, rng)
+    pos = rng.random((n, 2))
     dist = np.linalg.norm(pos[:, None] - pos[None, :], axis=-1)
     cap = np.exp(rng.uniform(np.log(50e6), np.log(5e9), size=(n, n))) / 8
     np.fill_diagonal(cap, 0)
@@ -100,7 +96,7 @@ def _random_mesh(n: int, seed: int) -> NetworkView:
 
 def _waxman(n: int, seed: int) -> NetworkView:
     rng = np.random.default_rng(seed)
-    pos = _positions(n, rng)
+    pos = rng.random((n, 2))
     graph = nx.waxman_graph(n, beta=0.6, alpha=0.2, domain=(0, 0, 1, 1),
                             seed=int(rng.integers(2**31)))
     dist = np.linalg.norm(pos[:, None] - pos[None, :], axis=-1)

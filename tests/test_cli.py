@@ -86,7 +86,7 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], arg
     assert err.count("\n") == 1 and message in err and err.startswith("netstorm")
 
 
-def test_console_script_runs(tmp_path: Path) -> None:
+def test_console_script_runs() -> None:
     exe = Path(sys.executable).with_name("netstorm")
     result = subprocess.run([str(exe), "bound", "-t", "netstorm9", "--json"],
                             capture_output=True, text=True, check=False, timeout=120)

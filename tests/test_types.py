@@ -50,7 +50,7 @@ def test_view_validation(kwargs: dict, message: str) -> None:
 
 def test_unreachable_workers_are_reported() -> None:
     cap = np.zeros((3, 3))
-    cap[0, 1] = cap[1, 0] = cap[1, 2] = 1e6  # nothing enters... 2 -> anything is missing
+    cap[0, 1] = cap[1, 0] = cap[1, 2] = 1e6  # c can be reached but has no way out
     view = NetworkView(sites=("a", "b", "c"), capacity=cap)
     assert (2, 0) in view.unreachable_workers() and (0, 2) not in view.unreachable_workers()
 

@@ -12,15 +12,15 @@ from ..errors import PlanError
 from ..plan import Route
 from ..view import NetworkView
 
-__all__ = ["cheapest_path", "fewest_hops_path", "in_tree", "out_tree", "relay_route",
-           "route_capacity"]
+__all__ = ["cheapest_path", "fewest_hops_path", "in_tree", "inverse_capacity", "out_tree",
+           "relay_route", "route_capacity"]
 
 
 def _predecessors(view: NetworkView) -> np.ndarray:
     """All-pairs predecessors of the minimum store-and-forward-time paths (cost 1/capacity)."""
     cached = view._graph_cache.get("cheapest_pred")
     if cached is None:
-        _, cached = dijkstra(csr_array(_cost_matrix(view)), directed=True,
+        _, cached = dijkstra(csr_array(inverse_capacity(view)), directed=True,
                              return_predecessors=True)
         view._graph_cache["cheapest_pred"] = cached
     return cached
@@ -60,7 +60,7 @@ def route_capacity(view: NetworkView, u: int, v: int) -> float:
     return float(min(view.capacity[a, b] for a, b in itertools.pairwise(path)))
 
 
-def _cost_matrix(view: NetworkView) -> np.ndarray:
+def inverse_capacity(view: NetworkView) -> np.ndarray:
     """1/capacity on links, 0 (= no edge for csgraph) elsewhere."""
     with np.errstate(divide="ignore"):
         return np.where(view.capacity > 0, 1.0 / np.where(view.capacity > 0, view.capacity, 1),
@@ -70,7 +70,7 @@ def _cost_matrix(view: NetworkView) -> np.ndarray:
 def in_tree(view: NetworkView, root: int) -> np.ndarray:
     """Next hop of every site on its cheapest path *to* ``root`` (``-1`` at the root and
     at sites that cannot reach it): a consistent shortest-path in-tree."""
-    _, pred = dijkstra(csr_array(_cost_matrix(view).T), directed=True, indices=root,
+    _, pred = dijkstra(csr_array(inverse_capacity(view).T), directed=True, indices=root,
                        return_predecessors=True)
     pred = pred.astype(np.int64)
     pred[pred < 0] = -1
@@ -79,7 +79,7 @@ def in_tree(view: NetworkView, root: int) -> np.ndarray:
 
 def out_tree(view: NetworkView, root: int) -> np.ndarray:
     """Predecessor of every site on the cheapest path *from* ``root`` (an out-tree)."""
-    _, pred = dijkstra(csr_array(_cost_matrix(view)), directed=True, indices=root,
+    _, pred = dijkstra(csr_array(inverse_capacity(view)), directed=True, indices=root,
                        return_predecessors=True)
     pred = pred.astype(np.int64)
     pred[pred < 0] = -1

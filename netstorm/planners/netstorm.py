@@ -15,7 +15,7 @@ from ..errors import PlanError
 from ..job import Job
 from ..plan import Plan, Route, Shard
 from ..view import NetworkView
-from ._routing import in_tree, out_tree, relay_route
+from ._routing import in_tree, inverse_capacity, out_tree, relay_route
 
 __all__ = ["auxiliary_paths", "chunk_quotas", "netstorm", "root_scores"]
 
@@ -60,7 +60,7 @@ def auxiliary_paths(view: NetworkView, u: int, v: int, primary: tuple[int, ...],
     primary itself), which is what this does: one Dijkstra per accepted path instead of an
     exponential enumeration. Stops at the first path costing more than ``max_cost``.
     """
-    cost = _inverse_capacity(view)
+    cost = inverse_capacity(view)
     blocked = np.zeros(view.n, dtype=bool)
     blocked[list(primary[1:-1])] = True
     if len(primary) == 2:
@@ -82,12 +82,6 @@ def auxiliary_paths(view: NetworkView, u: int, v: int, primary: tuple[int, ...],
             continue
         accepted.append(tuple(path))
         blocked[path[1:-1]] = True
-
-
-def _inverse_capacity(view: NetworkView) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(view.capacity > 0, 1.0 / np.where(view.capacity > 0, view.capacity, 1),
-                        0.0)
 
 
 def chunk_quotas(scores: dict[int, float], elements: int, chunk_elems: int) -> dict[int, int]:
@@ -165,8 +159,9 @@ def netstorm(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     return _with_auxiliary_routes(plan, view, job, primary_busy) if multipath else plan
 
 
-def _chunk_time(view: NetworkView, path: tuple[int, ...], chunk: float) -> float:
-    return sum(chunk / view.capacity[a, b] for a, b in itertools.pairwise(path))
+def _path_cost(view: NetworkView, path: tuple[int, ...]) -> float:
+    """Store-and-forward seconds per byte along ``path`` (sum of 1/capacity)."""
+    return sum(1.0 / view.capacity[a, b] for a, b in itertools.pairwise(path))
 
 
 def _with_auxiliary_routes(plan: Plan, view: NetworkView, job: Job,
@@ -198,7 +193,7 @@ def _with_auxiliary_routes(plan: Plan, view: NetworkView, job: Job,
         routes = []
         for u, v in list(shard.reduce_edges()) + list(shard.broadcast_edges()):
             primary = shard.route(u, v).paths[0]
-            limit = (primary_busy + 1) * _chunk_time(view, primary, 1.0)  # per byte
+            limit = (primary_busy + 1) * _path_cost(view, primary)
             key = (u, v, limit)
             if key not in found:
                 found[key] = auxiliary_paths(view, u, v, primary, max_cost=limit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from ..job import Job
 from ..plan import Plan, Shard
 from ..view import NetworkView
-from ._routing import relay_route
+from ._routing import relay_route, route_capacity
 
 __all__ = ["TSEngineState", "tsengine"]
 
@@ -33,14 +32,6 @@ def _known(view: NetworkView) -> np.ndarray:
     return (view.confidence > 0) & (view.capacity > 0)
 
 
-def _throughput(view: NetworkView, u: int, v: int) -> float:
-    """Usable rate u -> v: the direct link, else the cheapest relay path's bottleneck."""
-    route = relay_route(view, u, v)
-    if route is None:
-        return float(view.capacity[u, v])
-    return float(min(view.capacity[a, b] for a, b in itertools.pairwise(route.paths[0])))
-
-
 def _broadcast(view: NetworkView, server: int, known: np.ndarray, rng: np.random.Generator,
                max_greed: float) -> dict[int, int]:
     holders, unserved = [server], [w for w in view.workers if w != server]
@@ -53,7 +44,7 @@ def _broadcast(view: NetworkView, server: int, known: np.ndarray, rng: np.random
             unseen = [v for v in unserved if not known[holder, v]]
             greedy = len(seen) / len(unserved)
             if seen and (not unseen or rng.random() < min(greedy, max_greed)):
-                pick = max(seen, key=lambda v: (_throughput(view, holder, v), -v))
+                pick = max(seen, key=lambda v: (route_capacity(view, holder, v), -v))
             else:
                 pick = unseen[int(rng.integers(len(unseen)))]
             tree[pick] = holder
@@ -69,7 +60,7 @@ def _aggregate(view: NetworkView, server: int, known: np.ndarray,
     tree: dict[int, int] = {}
 
     def rate(u: int, v: int) -> float:
-        return _throughput(view, u, v) if known[u, v] else 0.0
+        return route_capacity(view, u, v) if known[u, v] else 0.0
 
     while ready or len(waiting) > 1:
         site = ready.pop(0) if ready else waiting.pop(0)
