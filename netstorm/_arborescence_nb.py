@@ -10,7 +10,7 @@ code on disk.
 import numba
 import numpy as np
 
-__all__ = ["edmonds"]
+__all__ = ["budget_prim", "edmonds"]
 
 
 @numba.njit(cache=True)
@@ -119,3 +119,52 @@ def edmonds(w: np.ndarray, root: int) -> np.ndarray:  # pragma: no cover - compi
         result[lroot] = -1
         inner = result
     return inner
+
+
+@numba.njit(cache=True)
+def budget_prim(cost: np.ndarray, delay: np.ndarray, root: int, budget: float) -> np.ndarray:
+    """Prim-style out-arborescence: repeatedly attach the site whose cheapest edge from the
+    tree keeps its root path's delay within ``budget``; when no such edge is left, the site
+    reachable with the least path delay. ``parent[root] == -1``; -2 marks unreachable."""
+    n = cost.shape[0]
+    parent = np.full(n, -2, np.int64)
+    path = np.full(n, np.inf)
+    intree = np.zeros(n, np.bool_)
+    best = np.full(n, np.inf)  # cheapest in-budget attachment cost of each outside site
+    via = np.full(n, -1, np.int64)
+    near = np.full(n, np.inf)  # least path delay of any attachment (fallback)
+    near_via = np.full(n, -1, np.int64)
+    parent[root] = -1
+    path[root] = 0.0
+    intree[root] = True
+    x = root
+    for _ in range(n - 1):
+        for u in range(n):
+            if intree[u] or not np.isfinite(delay[x, u]):
+                continue
+            reach = path[x] + delay[x, u]
+            if reach <= budget and cost[x, u] < best[u]:
+                best[u] = cost[x, u]
+                via[u] = x
+            if reach < near[u]:
+                near[u] = reach
+                near_via[u] = x
+        pick, pick_cost = -1, np.inf
+        for u in range(n):
+            if not intree[u] and via[u] >= 0 and best[u] < pick_cost:
+                pick, pick_cost = u, best[u]
+        if pick < 0:  # nothing fits the budget: attach the least-delay site
+            pick_near = np.inf
+            for u in range(n):
+                if not intree[u] and near[u] < pick_near:
+                    pick, pick_near = u, near[u]
+            if pick < 0:
+                break
+            x = pick
+            parent[x] = near_via[x]
+        else:
+            x = pick
+            parent[x] = via[x]
+        path[x] = path[parent[x]] + delay[parent[x], x]
+        intree[x] = True
+    return parent

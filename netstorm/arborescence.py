@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["min_arborescence", "prune_leaves", "tree_cost"]
+__all__ = ["budget_arborescence", "min_arborescence", "prune_leaves", "tree_cost"]
 
 
 def min_arborescence(cost: np.ndarray, root: int) -> np.ndarray:
@@ -49,6 +49,48 @@ def min_arborescence(cost: np.ndarray, root: int) -> np.ndarray:
         return edmonds(w, root)
     except ValueError:
         raise ValueError(f"some site cannot be reached from root {root}") from None
+
+
+def budget_arborescence(cost: np.ndarray, delay: np.ndarray, root: int,
+                        budget: float) -> np.ndarray:
+    """A cheap spanning out-arborescence whose root paths stay within a delay budget.
+
+    Parameters
+    ----------
+    cost, delay
+        ``[u, v]``: cost and delay of edge u -> v; ``inf`` delay where there is no edge.
+    root
+        The root.
+    budget
+        Largest delay of any root-to-site path (a soft limit, see Notes).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``parent[v]`` for every site (``-1`` for the root).
+
+    Raises
+    ------
+    ValueError
+        If some site cannot be reached from the root.
+
+    Notes
+    -----
+    Minimum-cost arborescences under a path-delay limit are NP-hard; this is Prim's greedy
+    growth: attach the site with the cheapest edge from the tree that keeps its path delay
+    within ``budget``, and when none is left the site with the least path delay (so the
+    tree always spans, and a budget below the fastest paths degrades to the shortest-delay
+    tree). ``O(N^2)``. Call it on transposed matrices for an in-arborescence.
+    """
+    from ._arborescence_nb import budget_prim
+
+    w = np.array(cost, dtype=np.float64, copy=True)
+    d = np.array(delay, dtype=np.float64, copy=True)
+    np.fill_diagonal(d, np.inf)
+    parent = budget_prim(w, d, root, float(budget))
+    if (parent == -2).any():
+        raise ValueError(f"some site cannot be reached from root {root}")
+    return parent
 
 
 def tree_cost(cost: np.ndarray, parent: np.ndarray) -> float:

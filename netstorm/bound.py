@@ -13,10 +13,10 @@ from scipy.sparse.csgraph import maximum_flow
 
 from .errors import TopologyError
 from .job import Job
-from .packing import pack_trees
+from .packing import pack_trees, resource_rows
 from .view import NetworkView
 
-__all__ = ["Bound", "bound", "simple_bounds"]
+__all__ = ["Bound", "bound", "priced_time", "simple_bounds"]
 
 #: Above this many variables ``method="auto"`` gives up the flow LP for the simple bounds.
 FLOW_LP_MAX_VARS = 150_000
@@ -30,14 +30,17 @@ class Bound:
     Attributes
     ----------
     time_s
-        ``max(bandwidth_s, latency_s)``: no tree scheme finishes sooner. (Transfers can
-        overlap propagation, so only the larger of the two terms is certain.)
+        ``max(bandwidth_s, priced_s, latency_s)``: no tree scheme finishes sooner.
     rate_Bps
         The largest all-reduce rate (gradient bytes per second) the network admits.
     bandwidth_s
         ``M / rate_Bps``.
     latency_s
         The least worker -> root -> worker latency of any root (see ``_worker_latency``).
+    priced_s
+        ``bandwidth_s`` plus the bottleneck's propagation delay, weighted by the LP's dual
+        prices (see :func:`priced_time`); equals ``bandwidth_s`` when the method gives no
+        prices (flow LP, simple bounds) or the bottleneck has no latency.
     method
         ``"flow-lp"`` (exact), ``"tree-packing"`` (exact to ``gap`` when ``exact``),
         or ``"simple"`` (volume, cut and per-site bounds only).
@@ -67,6 +70,7 @@ class Bound:
     site_time_s: float
     solve_s: float
     root_rates_Bps: dict[int, float] = field(default_factory=dict)
+    priced_s: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """JSON keys of ``netstorm bound --json`` (``bound_time_s`` first)."""
@@ -75,7 +79,7 @@ class Bound:
                 "method": self.method, "exact": self.exact, "gap": self.gap,
                 "simple_time_s": self.simple_time_s, "volume_time_s": self.volume_time_s,
                 "cut_time_s": self.cut_time_s, "site_time_s": self.site_time_s,
-                "solve_s": self.solve_s,
+                "solve_s": self.solve_s, "priced_s": self.priced_s,
                 "root_rates_Bps": {str(k): v for k, v in self.root_rates_Bps.items()}}
 
 
@@ -92,6 +96,42 @@ def _worker_latency(view: NetworkView) -> float:
     into = dist[workers, :].max(axis=0)  # max_u d(u, r) for every candidate root r
     out_of = dist[:, workers].max(axis=1)  # max_v d(r, v)
     return float((into + out_of).min())
+
+
+def priced_time(m_bytes: float, weights: np.ndarray, latency: np.ndarray) -> float:
+    """Least time by which resources can deliver ``m_bytes`` of priced work.
+
+    Parameters
+    ----------
+    m_bytes
+        Gradient bytes M.
+    weights
+        ``p_i c_i`` per resource (B/s) for dual prices ``p`` under which every unit of
+        all-reduce rate costs at least 1 (any feasible dual of the LP).
+    latency
+        Least propagation delay of a byte through each resource (s).
+
+    Notes
+    -----
+    Any scheme moves ``B_i`` bytes through resource i with ``sum_i p_i B_i >= M`` (each
+    gradient byte is reduced and broadcast along trees that cost >= 1 per byte). A byte sent
+    at time t arrives at ``t + l_i``, so by time T resource i has delivered at most
+    ``c_i (T - l_i)^+`` bytes. The all-reduce therefore takes at least the T solving
+    ``sum_i w_i (T - l_i)^+ = M``: ``M / sum_i w_i`` plus the price-weighted latency when
+    every ``l_i <= T``.
+    """
+    keep = weights > 0
+    w, lat = weights[keep], latency[keep]
+    if not w.size:
+        return 0.0
+    order = np.argsort(lat, kind="stable")
+    w, lat = w[order], lat[order]
+    cum_w, cum_wl = np.cumsum(w), np.cumsum(w * lat)
+    for k in range(len(w)):  # T in [lat_k, lat_k+1]: the first k+1 resources deliver
+        t = (m_bytes + cum_wl[k]) / cum_w[k]
+        if k + 1 == len(w) or t <= lat[k + 1]:
+            return float(t)
+    raise AssertionError("unreachable")
 
 
 def simple_bounds(view: NetworkView) -> dict[str, float]:
@@ -124,8 +164,9 @@ def simple_bounds(view: NetworkView) -> dict[str, float]:
 
 
 def _flow_lp(view: NetworkView, roots: Sequence[int],
-             phases: Sequence[str]) -> tuple[float, dict[int, float]]:
-    """Solve the flow LP of DESIGN 4.3; return (rate in B/s, rate per root)."""
+             phases: Sequence[str]) -> tuple[float, dict[int, float], np.ndarray]:
+    """Solve the flow LP of DESIGN 4.3; return (rate in B/s, rate per root, capacity rows'
+    dual prices in the row order of :func:`netstorm.packing.resource_rows`)."""
     n = view.n
     us, vs = np.nonzero(view.capacity)
     m = len(us)
@@ -189,7 +230,9 @@ def _flow_lp(view: NetworkView, roots: Sequence[int],
     if sol.status != 0:
         raise RuntimeError(f"bound LP failed: {sol.message}")
     y = sol.x[:nr] * scale
-    return float(y.sum()), {int(r): float(y[i]) for i, r in enumerate(roots) if y[i] > 0}
+    prices = np.maximum(-np.asarray(sol.ineqlin.marginals)[len(commodities) * m:], 0.0)
+    return (float(y.sum()), {int(r): float(y[i]) for i, r in enumerate(roots) if y[i] > 0},
+            prices)
 
 
 def _auto_method(view: NetworkView, roots: Sequence[int], phases: tuple[str, ...]) -> str:
@@ -250,13 +293,15 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     per_root: dict[int, float] = {}
     gap, exact = 0.0, True
     simple_rate = min(simple.values())
+    prices: np.ndarray | None = None
     if method == "flow-lp":
-        rate, per_root = _flow_lp(view, roots, phases)
+        rate, per_root, prices = _flow_lp(view, roots, phases)
     elif method == "tree-packing":
         if phases != PHASES:
             raise ValueError("tree-packing bounds both phases; use method='flow-lp'")
         packing = pack_trees(view, roots, time_limit_s=time_limit_s)
         rate, gap, exact = packing.upper_bound, packing.gap, packing.certified
+        prices = packing.prices
         if not packing.certified:
             rate = simple_rate
         for col in packing.columns:
@@ -268,8 +313,13 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     if phases == PHASES:
         rate = min(rate, simple_rate)  # both are valid upper bounds on the rate
     times = {k: m_bytes / v for k, v in simple.items()}
-    return Bound(time_s=max(m_bytes / rate, latency), rate_Bps=rate, bandwidth_s=m_bytes / rate,
+    priced = m_bytes / rate
+    if prices is not None:
+        capacity, delay = resource_rows(view)
+        priced = max(priced, priced_time(m_bytes, prices * capacity, delay))
+    return Bound(time_s=max(priced, latency), rate_Bps=rate, bandwidth_s=m_bytes / rate,
                  latency_s=latency, method=method, exact=exact, gap=gap,
                  simple_time_s=float(max(times.values())), volume_time_s=times["volume"],
                  cut_time_s=times["cut"], site_time_s=times["site"],
-                 solve_s=time.perf_counter() - started, root_rates_Bps=per_root)
+                 solve_s=time.perf_counter() - started, root_rates_Bps=per_root,
+                 priced_s=priced)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arborescence import min_arborescence, prune_leaves, tree_cost
+from .arborescence import budget_arborescence, min_arborescence, prune_leaves, tree_cost
 from .view import NetworkView
 
-__all__ = ["Masks", "Packing", "TreePair", "pack_trees", "solve_master"]
+__all__ = ["DelayBudget", "Masks", "Packing", "TreePair", "Variant", "pack_trees",
+           "resource_rows", "solve_master"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +56,10 @@ class Packing:
     pool
         Every column generated (rate 0 when unused), for callers that re-solve the master
         under extra conditions (:func:`solve_master`).
+    prices
+        The dual prices behind ``upper_bound``, one per row of :func:`resource_rows`, scaled
+        so that every column costs at least 1 (a feasible dual: ``prices @ capacity`` is
+        ``upper_bound``); ``None`` when none certified a bound.
     """
 
     rate: float
@@ -63,6 +68,7 @@ class Packing:
     columns: tuple[TreePair, ...]
     rounds: int
     pool: tuple[TreePair, ...] = ()
+    prices: np.ndarray | None = None
 
     @property
     def gap(self) -> float:
@@ -89,6 +95,12 @@ class _Resources:
             caps.append(table[finite])
         self.capacity = np.concatenate(caps) / scale
         self.has_link = view.capacity > 0
+        # least propagation delay of a byte through the row: the link's own latency; a
+        # site's fastest outgoing (egress) or incoming (ingress) link
+        lat = np.where(self.has_link, view.latency, np.inf)
+        self.latency = np.concatenate([view.latency[us, vs],
+                                       lat.min(axis=1)[np.isfinite(view.egress)],
+                                       lat.min(axis=0)[np.isfinite(view.ingress)]])
 
     def usage(self, edges: list[tuple[int, int]]) -> np.ndarray:
         """Row indices a set of tree edges loads (with repetition)."""
@@ -112,6 +124,13 @@ class _Resources:
         return cost
 
 
+def resource_rows(view: NetworkView) -> tuple[np.ndarray, np.ndarray]:
+    """The master LP's rows (links, finite egress caps, finite ingress caps, in that order):
+    their capacities in B/s and the least propagation delay of a byte through each."""
+    res = _Resources(view, 1.0)
+    return res.capacity, res.latency
+
+
 def _edges(parent: np.ndarray, upward: bool) -> list[tuple[int, int]]:
     kids = np.flatnonzero(parent >= 0)
     if upward:
@@ -124,16 +143,38 @@ def _edges(parent: np.ndarray, upward: bool) -> list[tuple[int, int]]:
 Masks = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
+@dataclass(frozen=True, eq=False)
+class DelayBudget:
+    """A pricing variant: trees whose leaf-to-root (root-to-leaf) paths stay within a delay.
+
+    ``delay[u, v]`` is one hop's delay (``inf`` where there is no link); root r's in-tree
+    paths are held to ``up[r]`` seconds and its out-tree paths to ``down[r]``. Pricing is
+    then a heuristic (:func:`netstorm.arborescence.budget_arborescence`), so a packing that
+    uses this variant is not certified.
+    """
+
+    delay: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+
+
+Variant = Masks | DelayBudget | None
+
+
 def _trees(cost: np.ndarray, root: int, keep: np.ndarray, steiner: bool,
-           masks: Masks | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+           masks: Variant = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Cheapest (in-tree, out-tree) at ``root`` under edge costs ``cost``."""
-    up_cost = down_cost = cost
-    if masks is not None:
-        allowed_up, allowed_down = masks(root)
-        up_cost = np.where(allowed_up, cost, np.inf)
-        down_cost = np.where(allowed_down, cost, np.inf)
-    up = min_arborescence(up_cost.T, root)
-    down = min_arborescence(down_cost, root)
+    if isinstance(masks, DelayBudget):
+        up = budget_arborescence(cost.T, masks.delay.T, root, masks.up[root])
+        down = budget_arborescence(cost, masks.delay, root, masks.down[root])
+    else:
+        up_cost = down_cost = cost
+        if masks is not None:
+            allowed_up, allowed_down = masks(root)
+            up_cost = np.where(allowed_up, cost, np.inf)
+            down_cost = np.where(allowed_down, cost, np.inf)
+        up = min_arborescence(up_cost.T, root)
+        down = min_arborescence(down_cost, root)
     if steiner:
         keep_r = keep.copy()
         keep_r[root] = True
@@ -141,12 +182,15 @@ def _trees(cost: np.ndarray, root: int, keep: np.ndarray, steiner: bool,
     return up, down, tree_cost(cost.T, up) + tree_cost(cost, down)
 
 
-def _star(view: NetworkView, root: int, keep: np.ndarray, masks: Masks | None) -> bool:
+def _star(view: NetworkView, root: int, keep: np.ndarray, masks: Variant) -> bool:
     """Whether the direct star (every worker a child of the root) is allowed both ways."""
     others = np.flatnonzero(keep & (np.arange(view.n) != root))
     up_ok = view.capacity[others, root] > 0
     down_ok = view.capacity[root, others] > 0
-    if masks is not None:
+    if isinstance(masks, DelayBudget):
+        up_ok &= masks.delay[others, root] <= masks.up[root]
+        down_ok &= masks.delay[root, others] <= masks.down[root]
+    elif masks is not None:
         allowed_up, allowed_down = masks(root)
         up_ok &= allowed_up[others, root]
         down_ok &= allowed_down[root, others]
@@ -155,7 +199,7 @@ def _star(view: NetworkView, root: int, keep: np.ndarray, masks: Masks | None) -
 
 def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float = 1e-4,
                max_rounds: int = 5000, time_limit_s: float = 60.0,
-               smoothing: float = 0.8, variants: Sequence[Masks | None] = (None,),
+               smoothing: float = 0.8, variants: Sequence[Variant] = (None,),
                solver: str = "ipm") -> Packing:
     """Maximise the all-reduce rate over fractional packings of tree pairs.
 
@@ -174,7 +218,8 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     variants
         Link restrictions to price under, each round: ``None`` is the unrestricted problem;
         a :data:`Masks` restricts each root's trees to some links (e.g. links that make
-        progress toward the root, which bounds tree depth). Columns of every variant enter
+        progress toward the root, which bounds tree depth); a :class:`DelayBudget` prices
+        trees whose paths stay within a delay. Columns of every variant enter
         one master; the upper bound comes from the unrestricted pricing, and ``certified``
         is False unless that is the only variant.
     solver
@@ -234,6 +279,7 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
                 star[r] = -1
                 add(r, star, star)
     upper, center, rate, rounds = np.inf, None, 0.0, 0
+    feasible: np.ndarray | None = None
     while rounds < max_rounds and time.perf_counter() - started < time_limit_s:
         rounds += 1
         rate, duals = master.solve()
@@ -251,7 +297,7 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
                 if masks is None and cheapest > 0:  # only unrestricted prices bound the LP
                     bound_here = float(res.capacity @ prices) / cheapest
                     if bound_here < upper:
-                        upper, center = bound_here, prices
+                        upper, center, feasible = bound_here, prices, prices / cheapest
                 for r, up, down, _ in priced:
                     reduced = tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down)
                     if reduced < 1 - 1e-9:
@@ -270,7 +316,8 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
                  for i, (r, up, down) in enumerate(columns))
     return Packing(rate=rate * scale, upper_bound=upper * scale,
                    certified=not steiner and tuple(variants) == (None,),
-                   columns=_used(pool), rounds=rounds, pool=pool)
+                   columns=_used(pool), rounds=rounds, pool=pool,
+                   prices=None if feasible is None or steiner else feasible)
 
 
 def _used(columns: tuple[TreePair, ...] | list[TreePair]) -> tuple[TreePair, ...]:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netstorm.arborescence import min_arborescence, prune_leaves, tree_cost
+from netstorm.arborescence import budget_arborescence, min_arborescence, prune_leaves, tree_cost
 
 
 @st.composite
@@ -95,3 +95,34 @@ def test_prune_leaves_drops_only_unneeded_relays() -> None:
     keep = np.array([True, False, True, False, False])
     pruned = prune_leaves(parent, keep)
     assert pruned.tolist() == [-1, 0, 1, -2, -2]  # 4 then 3 go; relay 1 still leads to 2
+
+
+@settings(max_examples=60)
+@given(cost_matrices(max_n=8), st.integers(0, 2**32 - 1))
+def test_budget_tree_spans_and_keeps_its_budget(case: tuple[np.ndarray, int], seed: int) -> None:
+    cost, root = case
+    delay = np.where(np.isfinite(cost), np.random.default_rng(seed).random(cost.shape), np.inf)
+    us, vs = np.nonzero(np.isfinite(delay))
+    graph = nx.DiGraph([(u, v, {"d": delay[u, v]}) for u, v in zip(us, vs, strict=True)
+                        if u != v])
+    shortest = nx.single_source_dijkstra_path_length(graph, root, weight="d")
+
+    def path_delays(parent: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(parent))
+        for v in range(len(parent)):
+            u = v
+            while parent[u] >= 0:
+                out[v] += delay[parent[u], u]
+                u = parent[u]
+        return out
+
+    # no budget: a spanning arborescence, never cheaper than Edmonds' optimum
+    free = budget_arborescence(cost, delay, root, np.inf)
+    assert (free >= 0).sum() == len(cost) - 1 and free[root] == -1
+    assert tree_cost(cost, free) >= tree_cost(cost, min_arborescence(cost, root)) - 1e-9
+    # zero budget: nothing fits, so sites join by least path delay (Dijkstra's tree)
+    tight = path_delays(budget_arborescence(cost, delay, root, 0.0))
+    assert np.allclose(tight, [shortest[v] for v in range(len(cost))])
+    # a feasible budget (the slowest shortest path, doubled) is kept by every path
+    budget = 2 * max(shortest.values())
+    assert path_delays(budget_arborescence(cost, delay, root, budget)).max() <= budget + 1e-9
