@@ -92,7 +92,9 @@ def _add_common(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--model", "-m", default="resnet50",
                        help="named model (resnet50, vgg16, ...) or a size such as 100MB")
-        p.add_argument("--chunk", default=None, help="chunk size, e.g. 4MB (default 4 MB)")
+        p.add_argument("--chunk", default=None,
+                       help="the job's chunk size, e.g. 4MB (default 4 MB); treepack may "
+                            "choose a smaller one for its plan")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -115,8 +117,11 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     print(_table(["shard", "root", "fraction", "tree sites", "routed edges", "multipath"],
                  rows))
     t = result.predicted_time_s or 0.0
+    chunk = result.job_for(job).chunk_bytes
     print(f"\n{result.planner} on {view.name}, {job.label()}: predicted {t:.3f} s, "
-          f"bound {low.time_s:.3f} s ({t / low.time_s:.2f}x), planned in {elapsed:.3f} s")
+          f"bound {low.time_s:.3f} s ({t / low.time_s:.2f}x), chunk {chunk / 1e6:.3g} MB"
+          f"{'' if result.chunk_bytes is None else ' (chosen by the plan)'}, "
+          f"planned in {elapsed:.3f} s")
 
 
 def _cmd_bound(args: argparse.Namespace) -> None:
@@ -137,23 +142,25 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     view, job = load_topology(args.topology), _job(args)
     names = args.planners.split(",") if args.planners else planner_names()
     low = bound(view, job)
-    results = []
+    results: list[dict[str, Any]] = []
     for name in names:
         started = time.perf_counter()
         p = plan(view, job, name, seed=args.seed)
         elapsed = time.perf_counter() - started
         t = p.predicted_time_s or math.inf
         results.append({"planner": name, "predicted_time_s": t, "vs_bound": t / low.time_s,
-                        "shards": len(p.shards), "planning_s": elapsed})
+                        "shards": len(p.shards), "chunk_bytes": p.job_for(job).chunk_bytes,
+                        "planning_s": elapsed})
     if args.json:
         _emit({"topology": view.name, "model": job.label(), "bound_time_s": low.time_s,
                "results": results})
         return
     rows = [[r["planner"], r["predicted_time_s"], f"{r['vs_bound']:.2f}x", r["shards"],
-             r["planning_s"]] for r in sorted(results, key=lambda r: r["predicted_time_s"])]
-    rows.append([f"bound ({low.method})", low.time_s, "1.00x", "", low.solve_s])
+             r["chunk_bytes"] / 1e6, r["planning_s"]]
+            for r in sorted(results, key=lambda r: r["predicted_time_s"])]
+    rows.append([f"bound ({low.method})", low.time_s, "1.00x", "", "", low.solve_s])
     print(f"all-reduce of {job.label()} ({job.gradient_bytes / 1e6:.1f} MB) on {view.name}\n")
-    print(_table(["planner", "predicted s", "vs bound", "shards", "plan s"], rows))
+    print(_table(["planner", "predicted s", "vs bound", "shards", "chunk MB", "plan s"], rows))
 
 
 def _cmd_topo(args: argparse.Namespace) -> None:
@@ -187,7 +194,7 @@ def _cmd_sim(args: argparse.Namespace) -> None:
     print(f"simulated {doc['iterations']} iterations of {job.label()} on {view.name} "
           f"(dynamics: {doc['dynamics'] or 'static'})\n")
     print(_table(["planner", "iter mean s", "iter median s", "comm mean s", "total s",
-                  "replans", "predicted s"], sim_cli.table(doc)))
+                  "replans", "predicted s", "chunk MB"], sim_cli.table(doc)))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

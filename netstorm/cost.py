@@ -81,6 +81,7 @@ def link_loads(plan: Plan, view: NetworkView, job: Job, *,
     With ``chunked``, a multipath edge splits its bytes as the compiled plan does: whole
     chunks per path (:func:`netstorm.schedule.assign_paths`), which differs from the weights
     when a shard has few chunks (a one-chunk shard sends everything over its heaviest path).
+    Chunks are cut at the plan's chunk size when it has one (:meth:`Plan.job_for`).
     """
     n = view.n
     links = np.zeros((n, n))
@@ -300,7 +301,11 @@ def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
 
     with ``busy_e`` the load/capacity of e; ``fill_s = T - T_bw``. On a chain of equal links
     this is exactly ``(K + hops - 1) * k / c`` for K chunks of k bytes.
+
+    The chunk size k is the plan's ``chunk_bytes`` when it has one, else the job's
+    (:meth:`Plan.job_for`), as :func:`netstorm.compile` cuts them.
     """
+    job = plan.job_for(job)
     links, egress, ingress = link_loads(plan, view, job, chunked=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         link_t = np.where(links > 0, links / np.where(view.capacity > 0, view.capacity, 1), 0)

@@ -96,7 +96,8 @@ def draw_plan(plan: Plan, view: NetworkView, job: Job, path: str | Path) -> Path
     widths = 0.4 + 5 * loads / max(loads.max(initial=0), 1)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5))
     fig.suptitle(f"{plan.planner} on {view.name}, {job.label()}: {pred.time_s:.2f} s "
-                 f"predicted, bottleneck {pred.bottleneck}")
+                 f"predicted, bottleneck {pred.bottleneck}, "
+                 f"chunk {plan.job_for(job).chunk_bytes / 1e6:.3g} MB")
     order = sorted(range(len(plan.shards)), key=lambda i: -plan.shards[i].fraction)
     palette = [plt.cm.tab10(k) for k in range(10)]
     colour_of = {i: palette[k] for k, i in enumerate(order[:8])}

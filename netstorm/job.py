@@ -120,6 +120,15 @@ class Job:
             job = cls(buckets=nbytes, model=None, element_size=element)
         return replace(job, **overrides) if overrides else job  # type: ignore[arg-type]
 
+    def with_chunk(self, chunk_bytes: int) -> Job:
+        """This job with another pipelining chunk, made valid for it.
+
+        ``chunk_bytes`` is rounded down to a multiple of ``element_size`` and raised to one
+        element if smaller; the job itself is returned when its chunk is already that.
+        """
+        chunk = max(self.element_size, int(chunk_bytes) // self.element_size * self.element_size)
+        return self if chunk == self.chunk_bytes else replace(self, chunk_bytes=chunk)
+
     def label(self) -> str:
         """Human label: the model name or the size."""
         return self.model or f"{self.gradient_bytes / 1e6:.1f} MB"

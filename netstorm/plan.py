@@ -9,16 +9,23 @@ other tools::
                  "routes": [{"edge": [1, 0], "paths": [[1, 0], [1, 3, 0]],
                              "weights": [0.7, 0.3]}]}],
      "predicted_time_s": 1.9}
+
+A plan that picks its own pipelining chunk adds ``"chunk_bytes": 500000`` (absent: the
+job's chunk).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import Job
 
 __all__ = ["Plan", "Route", "Shard"]
 
@@ -149,7 +156,9 @@ class Plan:
     """A complete all-reduce plan: the shards, who made it, and its predicted time.
 
     ``version`` increases with every re-plan so all sites switch plans together;
-    ``predicted_time_s`` is filled by :func:`netstorm.plan` from the cost model.
+    ``predicted_time_s`` is filled by :func:`netstorm.plan` from the cost model;
+    ``chunk_bytes``, when set, is the pipelining chunk the plan was made for and replaces
+    the job's (:meth:`job_for`); ``None`` uses the job's.
     """
 
     version: int
@@ -157,6 +166,7 @@ class Plan:
     sites: tuple[str, ...]
     shards: tuple[Shard, ...]
     predicted_time_s: float | None = None
+    chunk_bytes: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", tuple(self.sites))
@@ -165,14 +175,34 @@ class Plan:
             raise ValueError(f"plan version must be a whole number >= 0, got {self.version!r}")
         if self.predicted_time_s is not None and not math.isfinite(self.predicted_time_s):
             raise ValueError("predicted_time_s must be finite")
+        if self.chunk_bytes is not None:
+            chunk = self.chunk_bytes
+            if (isinstance(chunk, bool) or not isinstance(chunk, numbers.Real)
+                    or not math.isfinite(chunk) or int(chunk) != chunk or chunk <= 0):
+                raise ValueError(f"plan chunk_bytes must be a whole number > 0 or None, "
+                                 f"got {chunk!r}")
+            object.__setattr__(self, "chunk_bytes", int(chunk))
 
     def with_prediction(self, seconds: float) -> Plan:
         return replace(self, predicted_time_s=float(seconds))
 
+    def job_for(self, job: Job) -> Job:
+        """``job`` with this plan's chunk, or ``job`` itself when the plan has none.
+
+        The chunk is made valid for the job (:meth:`netstorm.Job.with_chunk`: rounded down
+        to a multiple of the element size, at least one element). The cost model, the
+        compiler and everything built on them cut chunks from the job this returns.
+        """
+        return job if self.chunk_bytes is None else job.with_chunk(self.chunk_bytes)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "planner": self.planner, "sites": list(self.sites),
-                "shards": [s.to_dict() for s in self.shards],
-                "predicted_time_s": self.predicted_time_s}
+        out: dict[str, Any] = {
+            "version": self.version, "planner": self.planner, "sites": list(self.sites),
+            "shards": [s.to_dict() for s in self.shards],
+            "predicted_time_s": self.predicted_time_s}
+        if self.chunk_bytes is not None:
+            out["chunk_bytes"] = self.chunk_bytes
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -185,7 +215,8 @@ class Plan:
             return cls(version=data["version"], planner=data["planner"],
                        sites=tuple(data["sites"]),
                        shards=tuple(Shard.from_dict(s) for s in data["shards"]),
-                       predicted_time_s=data.get("predicted_time_s"))
+                       predicted_time_s=data.get("predicted_time_s"),
+                       chunk_bytes=data.get("chunk_bytes"))
         except KeyError as exc:
             raise ValueError(f"plan JSON lacks key {exc.args[0]!r}") from None
 

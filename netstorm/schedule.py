@@ -178,7 +178,8 @@ def chunk_layout(plan: Plan, job: Job, *, by_bucket: bool = False) -> list[list[
     Notes
     -----
     Flat layout (default): shard i is the contiguous range of :func:`shard_elements`, cut
-    into chunks of ``chunk_bytes // element_size`` elements (the last may be shorter).
+    into chunks of ``chunk_bytes // element_size`` elements (the last may be shorter);
+    ``chunk_bytes`` is the plan's when it has one, else the job's (:meth:`Plan.job_for`).
 
     Bucket layout: every bucket is all-reduced with the plan, as DDP all-reduces each
     bucket: bucket b's element range is split among the shards by their fractions (same
@@ -187,6 +188,7 @@ def chunk_layout(plan: Plan, job: Job, *, by_bucket: bool = False) -> list[list[
     so chunk order, and the send priorities derived from it, follow readiness. With one
     bucket the two layouts are identical.
     """
+    job = plan.job_for(job)
     chunk_elems = max(1, job.chunk_bytes // job.element_size)
     fractions = [s.fraction for s in plan.shards]
     if by_bucket:
@@ -271,7 +273,8 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
     plan
         A plan that passed :func:`netstorm.check_plan`.
     job
-        Gives the gradient size, element size and chunk size.
+        Gives the gradient size, element size and chunk size (the plan's ``chunk_bytes``
+        replaces the job's when set: :meth:`Plan.job_for`).
     workers
         Indices of the worker sites (``view.workers``). Default: every site that appears in
         a tree, which is right unless the view has relay-only sites; the simulator always
@@ -300,6 +303,7 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
     path each, chosen by :func:`assign_paths` per tree edge. The result is a pure,
     deterministic function of ``(plan, job, workers)``.
     """
+    job = plan.job_for(job)
     n = len(plan.sites)
     if workers is None:
         seen: set[int] = set()

@@ -150,4 +150,4 @@ def table(doc: dict[str, Any]) -> list[list[Any]]:
     """Rows for the readable table."""
     return [[r["planner"], r["iteration_time_s"]["mean"], r["iteration_time_s"]["median"],
              r["comm_time_s"]["mean"], r["total_time_s"], r["replans"],
-             r["predicted_time_s"]] for r in doc["results"]]
+             r["predicted_time_s"], r["chunk_bytes"] / 1e6] for r in doc["results"]]

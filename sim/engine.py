@@ -70,6 +70,9 @@ class SimResult:
         Times of dynamic capacity changes that happened during the run.
     predicted_s
         The cost model's prediction for the first plan on the starting view.
+    chunk_bytes
+        The pipelining chunk of the first plan: its own ``chunk_bytes`` when it sets one,
+        else the job's (:meth:`netstorm.Plan.job_for`).
     wall_s
         Wall-clock seconds the simulation took.
     log, computes
@@ -101,6 +104,7 @@ class SimResult:
     computes: tuple = ()
     workers: tuple[int, ...] = ()
     overlap: bool = False
+    chunk_bytes: int = 0
 
     @property
     def total_s(self) -> float:
@@ -144,6 +148,7 @@ class SimResult:
             "replan_times_s": [s.time_s for s in self.switches],
             "planning_s": float(sum(s.planning_s for s in self.switches)),
             "predicted_time_s": self.predicted_s,
+            "chunk_bytes": self.chunk_bytes,
             "transfers": self.transfers,
             "wall_s": self.wall_s,
             "link_utilisation": {f"{self.sites[u]}->{self.sites[v]}": float(util[u, v])
@@ -267,6 +272,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     current = plan(planner_view or view, job, target, seed=seed, state=state, **options)
     current = dataclasses.replace(current, version=1)
     predicted = predict(current, view, job).time_s
+    chunk_bytes = current.job_for(job).chunk_bytes
     workers = list(view.workers)
     reference = planner_view or view
     out: dict[str, list] = {"it": [], "comm": [], "start": [], "ver": [], "err": []}
@@ -352,7 +358,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         estimate_error=np.array(out["err"], dtype=float).reshape(-1, 2),
         changes_s=tuple(changes), predicted_s=predicted,
         wall_s=time.perf_counter() - started, log=tuple(net.log), computes=tuple(computes),
-        workers=tuple(workers), overlap=overlap)
+        workers=tuple(workers), overlap=overlap, chunk_bytes=chunk_bytes)
 
 
 def simulate_many(view: NetworkView, job: Job, planners: Sequence[str],

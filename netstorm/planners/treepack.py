@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +15,15 @@ from ..packing import Masks, TreePair, pack_trees, solve_master
 from ..plan import Plan, Shard
 from ..view import NetworkView
 
-__all__ = ["default_rounds", "progress_masks", "treepack"]
+__all__ = ["MIN_CHUNK_BYTES", "choose_chunk", "chunk_candidates", "default_rounds",
+           "progress_masks", "treepack"]
+
+#: Default floor of the chunk sizes ``treepack`` tries: 64 Ki fp32 elements.
+MIN_CHUNK_BYTES = 262_144
+#: ``treepack`` tries the job's chunk halved up to this many times.
+_HALVINGS = 4
+#: A larger chunk is kept while its predicted time is within this share of the best one.
+_CHUNK_TOLERANCE = 0.01
 
 
 def default_rounds(n: int) -> int:
@@ -86,9 +97,90 @@ _LARGE = 48
 _FILL_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
+def chunk_candidates(job: Job, min_chunk_bytes: int = MIN_CHUNK_BYTES) -> list[int]:
+    """Chunk sizes ``treepack`` tries, largest first.
+
+    ``job.chunk_bytes / 2**k`` for ``k = 0..4``, rounded down to a multiple of the element
+    size, keeping those of at least ``max(min_chunk_bytes, element_size)``; the job's own
+    chunk (rounded the same way) is always the first, even below the floor.
+    """
+    size = job.element_size
+    floor = max(int(min_chunk_bytes), size)
+    out = [job.with_chunk(job.chunk_bytes).chunk_bytes]
+    for k in range(1, _HALVINGS + 1):
+        chunk = job.chunk_bytes // 2**k // size * size
+        if chunk >= floor and chunk not in out:
+            out.append(chunk)
+    return out
+
+
+def choose_chunk(plan: Plan, view: NetworkView, job: Job,
+                 candidates: Sequence[int]) -> tuple[int, float]:
+    """The chunk size to run ``plan`` with, among ``candidates``.
+
+    Parameters
+    ----------
+    plan
+        The plan (its own ``chunk_bytes`` is ignored).
+    candidates
+        Chunk sizes in bytes, each a valid chunk of ``job`` (:func:`chunk_candidates`).
+
+    Returns
+    -------
+    tuple
+        ``(chunk_bytes, predicted seconds)`` of the chosen chunk.
+
+    Notes
+    -----
+    Each candidate c is judged by the cost model, ``T(c) = predict(plan with chunk c)``
+    (:func:`netstorm.predict`): smaller chunks pay less store-and-forward fill per hop,
+    ``c / capacity``, which matters on slow WAN links. The rule keeps the *largest* c with
+    ``T(c) <= 1.01 min_c' T(c')``: every chunk is one message, with per-message overhead
+    (headers, syscalls, reduction kernel launches, simulator events) that the cost model
+    does not charge, so a chunk size that buys less than 1 % is not worth its messages.
+    Ties go to the larger chunk, so the choice is deterministic. Every candidate is
+    evaluated because ``T`` need not fall as c does: a shard's pipeline term runs the rest
+    of the shard through its slowest hop after the first chunk's critical path, and when
+    that hop is off the critical path, smaller chunks shorten the path by less than they
+    lengthen the rest (seen on fast, latency-bound meshes).
+    """
+    if not candidates:
+        raise ValueError("choose_chunk needs at least one candidate chunk size")
+    times = {int(c): predict(replace(plan, chunk_bytes=int(c)), view, job).time_s
+             for c in candidates}
+    best = min(times.values())
+    chunk = max(c for c, t in times.items() if t <= best * (1 + _CHUNK_TOLERANCE))
+    return chunk, times[chunk]
+
+
+def _whole(value: object) -> bool:
+    """A whole number > 0 (not a bool)."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) > 0)
+
+
+def _chunk_option(job: Job, chunk_bytes: int | str | None,
+                  min_chunk_bytes: int) -> list[int] | None:
+    """Candidate chunks of the ``chunk_bytes`` option (``None``: keep the job's)."""
+    if not _whole(min_chunk_bytes):
+        raise ValueError(f"min_chunk_bytes must be a whole number > 0, got {min_chunk_bytes!r}")
+    if chunk_bytes is None:
+        return None
+    if isinstance(chunk_bytes, str):
+        if chunk_bytes != "auto":
+            raise ValueError(f"chunk_bytes must be 'auto', None or a whole number > 0, "
+                             f"got {chunk_bytes!r}")
+        return chunk_candidates(job, int(min_chunk_bytes))
+    if not _whole(chunk_bytes):
+        raise ValueError(f"chunk_bytes must be 'auto', None or a whole number > 0, "
+                         f"got {chunk_bytes!r}")
+    return [job.with_chunk(int(chunk_bytes)).chunk_bytes]
+
+
 def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any = None,
              rounds: int | None = None, tol: float = 1e-3, min_fraction: float = 1e-3,
-             depth_aware: bool = True) -> Plan:
+             depth_aware: bool = True, chunk_bytes: int | str | None = "auto",
+             min_chunk_bytes: int = MIN_CHUNK_BYTES) -> Plan:
     """Pack reduce/broadcast tree pairs by column generation; each tree pair is a shard.
 
     Parameters
@@ -103,6 +195,14 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     depth_aware
         Also pack trees restricted to :func:`progress_masks` and keep whichever plan the
         cost model predicts faster.
+    chunk_bytes
+        The plan's pipelining chunk (``Plan.chunk_bytes``). ``"auto"`` (default): choose
+        among :func:`chunk_candidates` -- the job's chunk and its halvings down to
+        ``min_chunk_bytes`` -- by :func:`choose_chunk`. A whole number: use that chunk
+        (rounded down to a multiple of the element size). ``None``: leave the plan's chunk
+        unset, so it runs with ``job.chunk_bytes``.
+    min_chunk_bytes
+        Floor of the ``"auto"`` candidates (default 262144 bytes, 64 Ki fp32 elements).
 
     Notes
     -----
@@ -112,18 +212,40 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     convergence when every site is a worker). The LP ignores latency and pipeline fill,
     which deep trees pay on every hop; the depth-aware packing trades some bandwidth for
     monotone, shallow trees, and the cost model (:func:`netstorm.predict`) picks the faster
-    plan. Trees use direct links only: relaying and multipath are expressed by the packing
+    plan. Candidate plans are compared, and depths measured, with the finest candidate
+    chunk, the fill the plan will really pay; the chunk for the winning plan is chosen
+    last. Trees use direct links only: relaying and multipath are expressed by the packing
     itself, as interior tree sites that aggregate and as several trees that spread a root's
     traffic over different paths. Relay-only sites appear as interior (aggregating) tree
     nodes where the pricing step's Steiner trees put them.
     """
     del seed, state
+    candidates = _chunk_option(job, chunk_bytes, min_chunk_bytes)
     if len(view.workers) < 2:
         root = view.workers[0]
-        return Plan(1, "treepack", view.sites, (Shard(1.0, root, {}, {}),))
+        return _set_chunk(Plan(1, "treepack", view.sites, (Shard(1.0, root, {}, {}),)),
+                           view, job, candidates)
     rounds = default_rounds(view.n) if rounds is None else int(rounds)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    finest = job if candidates is None else job.with_chunk(min(candidates))
+    plan = _pack(view, finest, rounds, tol, min_fraction, depth_aware)
+    return _set_chunk(plan, view, job, candidates)
+
+
+def _set_chunk(plan: Plan, view: NetworkView, job: Job,
+               candidates: list[int] | None) -> Plan:
+    """``plan`` with the chunk chosen among ``candidates`` (unchanged for ``None``)."""
+    if candidates is None:
+        return plan
+    if len(candidates) == 1:
+        return replace(plan, chunk_bytes=candidates[0])
+    return replace(plan, chunk_bytes=choose_chunk(plan, view, job, candidates)[0])
+
+
+def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: float,
+          depth_aware: bool) -> Plan:
+    """The best packed plan for ``job`` (its chunk sets the fill that ranks the plans)."""
     variants: list[Masks | None] = [None]
     if depth_aware and view.n > _LARGE:
         # Large networks price one depth-limited variant only: unrestricted pricing there is
