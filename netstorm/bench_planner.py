@@ -113,6 +113,7 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
         row: dict[str, Any] = {
             "view": view.name, "sites": view.n, "bound_time_s": low.time_s,
             "bound_bandwidth_s": low.bandwidth_s, "bound_latency_s": low.latency_s,
+            "bound_priced_s": low.priced_s,
             "bound_method": low.method, "bound_exact": low.exact,
             "predicted_time_s": {}, "bandwidth_s": {}, "fill_s": {}, "quality": {},
             "bandwidth_ratio": {}, "planning_s": {}}
@@ -216,7 +217,8 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
 
     Notes
     -----
-    Quality is ``predict(plan).time_s / bound.time_s`` and the bandwidth ratio
+    Quality is ``predict(plan).time_s / bound.time_s`` (the bound with its latency terms,
+    :class:`netstorm.Bound`) and the bandwidth ratio
     ``predict(plan).bandwidth_s / bound.bandwidth_s``; both are >= 1 when the bound holds.
     The speedup is the geometric mean over the netstorm9 redraws of
     ``predicted(netstorm) / predicted(treepack)``. Planning time is the wall time of

@@ -84,17 +84,24 @@ def link_loads(plan: Plan, view: NetworkView, job: Job, *,
     Chunks are cut at the plan's chunk size when it has one (:meth:`Plan.job_for`).
     """
     n = view.n
-    links = np.zeros((n, n))
     total = float(job.gradient_bytes)
     shares = _chunk_shares(plan, job) if chunked else [{} for _ in plan.shards]
+    tails: list[int] = []
+    heads: list[int] = []
+    amounts: list[float] = []
     for shard, share in zip(plan.shards, shares, strict=True):
         nbytes = shard.fraction * total
         for u, v in _tree_edges(shard):
             route = shard.route(u, v)
             weights = share.get(route.edge, route.weights)
             for path, weight in zip(route.paths, weights, strict=True):
-                hops = np.asarray(path)
-                links[hops[:-1], hops[1:]] += nbytes * weight
+                tails.extend(path[:-1])
+                heads.extend(path[1:])
+                amounts.extend([nbytes * weight] * (len(path) - 1))
+    flat = np.zeros(n * n)
+    if amounts:
+        np.add.at(flat, np.asarray(tails) * n + np.asarray(heads), np.asarray(amounts))
+    links = flat.reshape(n, n)
     return links, links.sum(axis=1), links.sum(axis=0)
 
 
@@ -177,22 +184,38 @@ def shard_fill(shard: Shard, view: NetworkView, job: Job) -> float:
     return up[0] + down[0] + up[1] + down[1] - max(up[2], down[2])
 
 
-def _edge_hops(view: NetworkView, route: Route, chunk: float,
+@dataclass(frozen=True)
+class _Hops:
+    """A view's per-hop figures as plain Python lists (the pipeline model's inner loops
+    index them hundreds of thousands of times; numpy scalars are slow there)."""
+
+    rate: list[list[float]]  # min(link, egress of tail, ingress of head), B/s
+    latency: list[list[float]]
+    egress_capped: list[bool]
+    ingress_capped: list[bool]
+
+    @classmethod
+    def of(cls, view: NetworkView) -> _Hops:
+        rate = np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
+        return cls(rate.tolist(), view.latency.tolist(), np.isfinite(view.egress).tolist(),
+                   np.isfinite(view.ingress).tolist())
+
+
+def _edge_hops(hop: _Hops, route: Route, chunk: float,
                shares: tuple[float, ...]) -> tuple[list, float]:
     """Per path that carries chunks: [(a, b, transfer s, latency s, byte share)]; and the
     one-chunk time over the path the first chunk takes (the heaviest)."""
     paths = []
     for path, weight in zip(route.paths, shares, strict=True):
         if weight > 0:
-            paths.append([(a, b, chunk / _hop_rate(view, a, b), float(view.latency[a, b]),
-                           weight) for a, b in itertools.pairwise(path)])
+            paths.append([(a, b, chunk / hop.rate[a][b], hop.latency[a][b], weight)
+                          for a, b in itertools.pairwise(path)])
     first = max(range(len(route.paths)), key=lambda i: (route.weights[i], -i))  # chunk 0's
-    hops = itertools.pairwise(route.paths[first])
-    return paths, sum(chunk / _hop_rate(view, a, b) + float(view.latency[a, b])
-                      for a, b in hops)
+    return paths, sum(chunk / hop.rate[a][b] + hop.latency[a][b]
+                      for a, b in itertools.pairwise(route.paths[first]))
 
 
-def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
+def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
                    head: dict, tail: dict) -> float:
     """Record, for every resource a shard's chunk crosses, the earliest time its first chunk
     can get there (head) and the least time from leaving it to the end (tail); return the
@@ -203,7 +226,7 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
     hops = {}
     for e in _tree_edges(shard):
         route = shard.route(*e)
-        hops[e] = _edge_hops(view, route, chunk, shares.get(route.edge, route.weights))
+        hops[e] = _edge_hops(hop, route, chunk, shares.get(route.edge, route.weights))
     up_kids: dict[int, list[int]] = {}
     for c, p in shard.reduce_tree.items():
         up_kids.setdefault(p, []).append(c)
@@ -244,9 +267,9 @@ def _shard_windows(shard: Shard, view: NetworkView, job: Job, shares: Shares,
                 rest -= x + lat
                 slowest_hop = max(slowest_hop, x * weight)
                 keys: list[tuple[object, ...]] = [("link", a, b)]
-                if np.isfinite(view.egress[a]):
+                if hop.egress_capped[a]:
                     keys.append(("egress", a))
-                if np.isfinite(view.ingress[b]):
+                if hop.ingress_capped[b]:
                     keys.append(("ingress", b))
                 for key in keys:
                     head[key] = min(head.get(key, np.inf), start + elapsed)
@@ -265,7 +288,8 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
                    out_t: np.ndarray, in_t: np.ndarray) -> float:
     head: dict = {}
     tail: dict = {}
-    longest = max((_shard_windows(s, view, job, share, head, tail)
+    hop = _Hops.of(view)
+    longest = max((_shard_windows(s, hop, job, share, head, tail)
                    for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)),
                   default=0.0)
     for key, start in head.items():

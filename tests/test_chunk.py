@@ -145,7 +145,7 @@ def test_simulated_time_drops_with_the_chosen_chunk_on_netstorm9() -> None:
 # --- treepack's option --------------------------------------------------------------------
 
 
-def _hand_candidates(job: Job, floor: int = 262_144) -> list[int]:
+def _hand_candidates(job: Job, floor: int = 131_072) -> list[int]:
     out = [job.chunk_bytes]
     for k in (1, 2, 3, 4):
         c = job.chunk_bytes // 2**k // job.element_size * job.element_size
@@ -159,7 +159,7 @@ def _hand_candidates(job: Job, floor: int = 262_144) -> list[int]:
 def test_treepack_auto_picks_the_largest_chunk_within_one_percent(view: object) -> None:
     p = plan(view, RESNET50, "treepack")  # type: ignore[arg-type]
     candidates = _hand_candidates(RESNET50)
-    assert candidates == [4_000_000, 2_000_000, 1_000_000, 500_000]
+    assert candidates == [4_000_000, 2_000_000, 1_000_000, 500_000, 250_000]
     assert p.chunk_bytes in candidates
     times = {c: predict(replace(p, chunk_bytes=c), view, RESNET50).time_s  # type: ignore
              for c in candidates}

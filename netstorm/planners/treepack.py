@@ -11,15 +11,15 @@ import numpy as np
 
 from ..cost import predict, shard_fill
 from ..job import Job
-from ..packing import Masks, TreePair, pack_trees, solve_master
+from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master
 from ..plan import Plan, Shard
 from ..view import NetworkView
 
 __all__ = ["MIN_CHUNK_BYTES", "choose_chunk", "chunk_candidates", "default_rounds",
-           "progress_masks", "treepack"]
+           "delay_budget", "progress_masks", "treepack"]
 
-#: Default floor of the chunk sizes ``treepack`` tries: 64 Ki fp32 elements.
-MIN_CHUNK_BYTES = 262_144
+#: Default floor of the chunk sizes ``treepack`` tries: 32 Ki fp32 elements.
+MIN_CHUNK_BYTES = 131_072
 #: ``treepack`` tries the job's chunk halved up to this many times.
 _HALVINGS = 4
 #: A larger chunk is kept while its predicted time is within this share of the best one.
@@ -58,6 +58,20 @@ def _shards(columns: tuple[TreePair, ...], min_fraction: float) -> list[Shard]:
     return shards
 
 
+def _chunk_paths(view: NetworkView, job: Job) -> tuple[np.ndarray, np.ndarray]:
+    """Per hop, latency plus one chunk's store-and-forward time (``inf`` where there is no
+    link), and the fastest path time between every pair (Floyd-Warshall)."""
+    with np.errstate(divide="ignore"):
+        hop = np.where(view.capacity > 0,
+                       view.latency + job.chunk_bytes / np.where(view.capacity > 0,
+                                                                  view.capacity, 1), np.inf)
+    dist = hop.copy()
+    np.fill_diagonal(dist, 0.0)
+    for k in range(view.n):
+        np.minimum(dist, dist[:, k, None] + dist[None, k, :], out=dist)
+    return hop, dist
+
+
 def progress_masks(view: NetworkView, job: Job, slack: float = 0.0) -> Masks:
     """Links that lie on near-fastest paths to (or from) the root.
 
@@ -67,14 +81,7 @@ def progress_masks(view: NetworkView, job: Job, slack: float = 0.0) -> Masks:
     closer to r; an out-tree symmetrically. With ``slack = 0`` trees are made of fastest
     paths only, so every chain's fill is the fastest path's.
     """
-    with np.errstate(divide="ignore"):
-        hop = np.where(view.capacity > 0,
-                       view.latency + job.chunk_bytes / np.where(view.capacity > 0,
-                                                                  view.capacity, 1), np.inf)
-    dist = hop.copy()
-    np.fill_diagonal(dist, 0.0)
-    for k in range(view.n):
-        np.minimum(dist, dist[:, k, None] + dist[None, k, :], out=dist)
+    hop, dist = _chunk_paths(view, job)
     link = view.capacity > 0
 
     def masks(root: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +96,25 @@ def progress_masks(view: NetworkView, job: Job, slack: float = 0.0) -> Masks:
     return masks
 
 
+def delay_budget(view: NetworkView, job: Job, scale: float = 1.0) -> DelayBudget:
+    """Trees no slower than ``scale`` times the root's unavoidable depth.
+
+    With ``d`` the fastest chunk path time (as in :func:`progress_masks`), root r's in-tree
+    paths get the budget ``scale * max_w d(w, r)`` over workers w and its out-tree paths
+    ``scale * max_w d(r, w)``: the farthest worker sets the depth every tree at r pays
+    anyway, so nearer sites may detour over fast links as long as they stay within it.
+    """
+    hop, dist = _chunk_paths(view, job)
+    workers = list(view.workers)
+    return DelayBudget(hop, scale * dist[workers, :].max(axis=0),
+                       scale * dist[:, workers].max(axis=1))
+
+
 #: Slacks of the depth-aware packings tried beside the unrestricted one.
 _SLACKS = (0.0, 0.3, 1.0)
+#: Scales of the delay-budget packings (each its own master), by largest site count. Above
+#: 24 sites they cost more planning time (0.4 s at 32) than the 1 s budget there allows.
+_BUDGETS = ((24, (1.0, 1.25, 1.5)), (10**9, ()))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
 #: Quantiles of the pooled trees' fills used as caps when re-packing.
@@ -193,8 +217,9 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     min_fraction
         Trees carrying less than this share of the rate are dropped (the rest rescaled).
     depth_aware
-        Also pack trees restricted to :func:`progress_masks` and keep whichever plan the
-        cost model predicts faster.
+        Also pack trees restricted to :func:`progress_masks`, and (up to 24 sites) trees
+        within :func:`delay_budget`, and keep whichever plan the cost model predicts
+        fastest.
     chunk_bytes
         The plan's pipelining chunk (``Plan.chunk_bytes``). ``"auto"`` (default): choose
         among :func:`chunk_candidates` -- the job's chunk and its halvings down to
@@ -202,7 +227,7 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
         (rounded down to a multiple of the element size). ``None``: leave the plan's chunk
         unset, so it runs with ``job.chunk_bytes``.
     min_chunk_bytes
-        Floor of the ``"auto"`` candidates (default 262144 bytes, 64 Ki fp32 elements).
+        Floor of the ``"auto"`` candidates (default 131072 bytes, 32 Ki fp32 elements).
 
     Notes
     -----
@@ -246,7 +271,7 @@ def _set_chunk(plan: Plan, view: NetworkView, job: Job,
 def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: float,
           depth_aware: bool) -> Plan:
     """The best packed plan for ``job`` (its chunk sets the fill that ranks the plans)."""
-    variants: list[Masks | None] = [None]
+    variants: list[Variant] = [None]
     if depth_aware and view.n > _LARGE:
         # Large networks price one depth-limited variant only: unrestricted pricing there is
         # slow (zero prices tie on most links, so Edmonds contracts level after level) and
@@ -260,6 +285,11 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
     if depth_aware:  # re-pack the pooled trees under a cap on each tree's fill
         for plan in _fill_capped(view, job, list(packing.pool), min_fraction):
             best = _better(best, plan, view, job)
+        scales = next(scales for most, scales in _BUDGETS if view.n <= most)
+        for scale in scales:  # each budget in its own master: the LP mixes them badly
+            packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
+                                 variants=[delay_budget(view, job, scale)], solver="simplex")
+            best = _better(best, _plan(view, packing.columns, min_fraction), view, job)
     return best[1]
 
 

