@@ -266,8 +266,12 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     Flow LP (M = gradient bytes): maximise ``sum_r y_r`` subject to, for every root r and
     worker v, a flow of value ``y_r`` from r to v inside allocation ``g_r`` and one from v to
     r inside ``h_r``, with ``sum_r g_r(e) + h_r(e) <= c_e`` per link and the same sums over a
-    site's out (in) links within its egress (ingress) cap. Time = ``M / sum_r y_r``, or the
-    least latency from every worker through one root to every worker if that is larger.
+    site's out (in) links within its egress (ingress) cap. Time = ``M / sum_r y_r``, raised
+    by propagation delay in two valid ways, whichever is larger: the least latency from
+    every worker through one root to every worker, and :func:`priced_time` with the LP's
+    dual prices (a resource cannot deliver in the last ``latency`` seconds what it sends
+    then, so the priced bottleneck's latency adds to ``M / rate``). Adding the round trip to
+    ``M / rate`` outright would not be valid: transfers overlap propagation.
     Tight for tree schemes by Edmonds' arborescence packing theorem (with relay-only sites
     it stays a valid, maybe loose, bound).
     """

@@ -131,7 +131,8 @@ def _cmd_bound(args: argparse.Namespace) -> None:
         _emit(low.to_dict())
         return
     rows = [["bound (" + low.method + ")", low.time_s], ["bandwidth term", low.bandwidth_s],
-            ["latency term", low.latency_s], ["volume bound", low.volume_time_s],
+            ["bandwidth + bottleneck latency", low.priced_s],
+            ["round-trip latency term", low.latency_s], ["volume bound", low.volume_time_s],
             ["cut bound", low.cut_time_s], ["per-site bound", low.site_time_s]]
     print(_table(["", "seconds"], rows))
     print(f"\nrate {low.rate_Bps * 8 / 1e9:.3f} Gbit/s of gradient, "
