@@ -186,7 +186,7 @@ def test_treepack_forced_and_kept_chunks() -> None:
 
 
 def test_chunk_candidates_floor() -> None:
-    from netstorm.planners.treepack import chunk_candidates
+    from netstorm.chunking import chunk_candidates
 
     assert chunk_candidates(RESNET50) == _hand_candidates(RESNET50)
     assert chunk_candidates(RESNET50, 1) == [4_000_000, 2_000_000, 1_000_000, 500_000,
