@@ -19,7 +19,7 @@ from .arborescence import budget_arborescence, min_arborescence, prune_leaves, t
 from .view import NetworkView
 
 __all__ = ["DelayBudget", "Masks", "Packing", "TreePair", "Variant", "pack_trees",
-           "resource_rows", "solve_master"]
+           "resource_rows", "solve_master", "star_columns"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,6 +197,21 @@ def _star(view: NetworkView, root: int, keep: np.ndarray, masks: Variant) -> boo
     return bool(up_ok.all() and down_ok.all())
 
 
+def _star_tree(keep: np.ndarray, root: int) -> tuple[np.ndarray, np.ndarray]:
+    star = np.where(keep, root, -2)
+    star[root] = -1
+    return star, star.copy()
+
+
+def star_columns(view: NetworkView) -> list[TreePair]:
+    """One direct star (every worker a child of the root, both phases) per worker that has
+    direct links to and from every other worker; rate 0 (for :func:`solve_master`)."""
+    keep = np.zeros(view.n, dtype=bool)
+    keep[list(view.workers)] = True
+    return [TreePair(r, *_star_tree(keep, r), 0.0) for r in view.workers
+            if _star(view, r, keep, None)]
+
+
 def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float = 1e-4,
                max_rounds: int = 5000, time_limit_s: float = 60.0,
                smoothing: float = 0.8, variants: Sequence[Variant] = (None,),
@@ -275,9 +290,7 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         for r in roots:
             add(r, *_trees(start_cost, r, keep, steiner, masks)[:2])
             if _star(view, r, keep, masks):  # direct stars: often optimal on dense meshes
-                star = np.where(keep, r, -2)
-                star[r] = -1
-                add(r, star, star)
+                add(r, *_star_tree(keep, r))
     upper, center, rate, rounds = np.inf, None, 0.0, 0
     feasible: np.ndarray | None = None
     while rounds < max_rounds and time.perf_counter() - started < time_limit_s:

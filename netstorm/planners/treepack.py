@@ -10,7 +10,7 @@ import numpy as np
 from ..chunking import MIN_CHUNK_BYTES, choose_chunk, chunk_option
 from ..cost import predict, shard_fill
 from ..job import Job
-from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master
+from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master, star_columns
 from ..plan import Plan, Shard
 from ..view import NetworkView
 
@@ -195,6 +195,10 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
     if depth_aware:  # re-pack the pooled trees under a cap on each tree's fill
         for plan in _fill_capped(view, job, list(packing.pool), min_fraction):
             best = _better(best, plan, view, job)
+        stars = star_columns(view)  # the best split over direct stars: a tuned PS
+        if stars:
+            best = _better(best, _plan(view, solve_master(view, [stars])[0][1], min_fraction),
+                           view, job)
         scales = next(scales for most, scales in _BUDGETS if view.n <= most)
         for scale in scales:  # each budget in its own master: the LP mixes them badly
             packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
