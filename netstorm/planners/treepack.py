@@ -86,25 +86,39 @@ def progress_masks(view: NetworkView, job: Job, slack: float = 0.0) -> Masks:
     return masks
 
 
-def delay_budget(view: NetworkView, job: Job, scale: float = 1.0) -> DelayBudget:
-    """Trees no slower than ``scale`` times the root's unavoidable depth.
+def delay_budget(view: NetworkView, job: Job, scale: float = 1.0,
+                 shared: bool = False) -> DelayBudget:
+    """Trees no slower than ``scale`` times an unavoidable depth.
 
-    With ``d`` the fastest chunk path time (as in :func:`progress_masks`), root r's in-tree
-    paths get the budget ``scale * max_w d(w, r)`` over workers w and its out-tree paths
-    ``scale * max_w d(r, w)``: the farthest worker sets the depth every tree at r pays
-    anyway, so nearer sites may detour over fast links as long as they stay within it.
+    With ``d`` the fastest chunk path time (as in :func:`progress_masks`), ``D_r = max_w
+    d(w, r)`` and ``U_r = max_w d(r, w)`` over workers w are the depths every in-tree and
+    out-tree at root r pays anyway. Per root (``shared=False``): r's in-tree paths get the
+    budget ``scale * D_r`` and its out-tree paths ``scale * U_r``, so nearer sites may detour
+    over fast links within the farthest worker's depth. Shared: one round trip
+    ``L = scale * min_r (D_r + U_r)`` for every root, split in proportion to ``D_r`` and
+    ``U_r``; roots far from the middle get less than their own depth (their trees overrun
+    it, see :func:`netstorm.arborescence.budget_arborescence`), which steers the rate to
+    central roots, as the slowest shard's round trip sets the pipeline fill.
     """
     hop, dist = _chunk_paths(view, job)
     workers = list(view.workers)
-    return DelayBudget(hop, scale * dist[workers, :].max(axis=0),
-                       scale * dist[:, workers].max(axis=1))
+    into, out = dist[workers, :].max(axis=0), dist[:, workers].max(axis=1)
+    if shared:
+        trip = into + out
+        limit = scale * float(trip.min())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(trip > 0, into / trip, 0.5)
+        return DelayBudget(hop, limit * share, limit * (1 - share))
+    return DelayBudget(hop, scale * into, scale * out)
 
 
 #: Slacks of the depth-aware packings tried beside the unrestricted one.
 _SLACKS = (0.0, 0.3, 1.0)
-#: Scales of the delay-budget packings (each its own master), by largest site count. Above
-#: 24 sites they cost more planning time (0.4 s at 32) than the 1 s budget there allows.
-_BUDGETS = ((24, (1.0, 1.25, 1.5)), (10**9, ()))
+#: (scale, shared) of the delay-budget packings (each its own master), by largest site count.
+#: Above 24 sites they cost more planning time (0.4 s at 32) than the 1 s target allows.
+_BUDGETS: tuple[tuple[int, tuple[tuple[float, bool], ...]], ...] = (
+    (24, ((1.0, False), (1.25, False), (1.5, False), (1.5, True), (1.75, True))),
+    (10**9, ()))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
 #: Quantiles of the pooled trees' fills used as caps when re-packing.
@@ -199,10 +213,11 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
         if stars:
             best = _better(best, _plan(view, solve_master(view, [stars])[0][1], min_fraction),
                            view, job)
-        scales = next(scales for most, scales in _BUDGETS if view.n <= most)
-        for scale in scales:  # each budget in its own master: the LP mixes them badly
+        budgets = next(budgets for most, budgets in _BUDGETS if view.n <= most)
+        for scale, shared in budgets:  # each in its own master: the LP mixes them badly
             packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
-                                 variants=[delay_budget(view, job, scale)], solver="simplex")
+                                 variants=[delay_budget(view, job, scale, shared)],
+                                 solver="simplex")
             best = _better(best, _plan(view, packing.columns, min_fraction), view, job)
     return best[1]
 
