@@ -54,6 +54,8 @@ def _chunk_shares(plan: Plan, job: Job) -> list[Shares]:
     chunks are dealt to paths as :func:`netstorm.schedule.compile` deals them."""
     from .schedule import assign_paths, chunk_layout
 
+    if not any(len(r.paths) > 1 for shard in plan.shards for r in shard.routes):
+        return [{} for _ in plan.shards]  # no multipath edge: nothing to deal
     out = []
     for shard, chunks in zip(plan.shards, chunk_layout(plan, job), strict=True):
         sizes = [elems for _, elems in chunks]
@@ -187,8 +189,11 @@ def shard_fill(shard: Shard, view: NetworkView, job: Job) -> float:
 @dataclass(frozen=True)
 class _Hops:
     """A view's per-hop figures as plain Python lists (the pipeline model's inner loops
-    index them hundreds of thousands of times; numpy scalars are slow there)."""
+    index them hundreds of thousands of times; numpy scalars are slow there). Resources are
+    keyed by integers: link a -> b is ``a * n + b``, a's egress ``n * n + a``, b's ingress
+    ``n * n + n + b``."""
 
+    n: int
     rate: list[list[float]]  # min(link, egress of tail, ingress of head), B/s
     latency: list[list[float]]
     egress_capped: list[bool]
@@ -197,14 +202,27 @@ class _Hops:
     @classmethod
     def of(cls, view: NetworkView) -> _Hops:
         rate = np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
-        return cls(rate.tolist(), view.latency.tolist(), np.isfinite(view.egress).tolist(),
-                   np.isfinite(view.ingress).tolist())
+        return cls(view.n, rate.tolist(), view.latency.tolist(),
+                   np.isfinite(view.egress).tolist(), np.isfinite(view.ingress).tolist())
+
+    def keys(self, a: int, b: int) -> list[int]:
+        """The resources a byte on link a -> b uses: the link and any capped site."""
+        out = [a * self.n + b]
+        if self.egress_capped[a]:
+            out.append(self.n * self.n + a)
+        if self.ingress_capped[b]:
+            out.append(self.n * self.n + self.n + b)
+        return out
 
 
 def _edge_hops(hop: _Hops, route: Route, chunk: float,
                shares: tuple[float, ...]) -> tuple[list, float]:
     """Per path that carries chunks: [(a, b, transfer s, latency s, byte share)]; and the
     one-chunk time over the path the first chunk takes (the heaviest)."""
+    if len(route.paths) == 1 and len(route.paths[0]) == 2:  # the direct link: most edges
+        a, b = route.paths[0]
+        x, lat = chunk / hop.rate[a][b], hop.latency[a][b]
+        return [[(a, b, x, lat, shares[0])]], x + lat
     paths = []
     for path, weight in zip(route.paths, shares, strict=True):
         if weight > 0:
@@ -257,6 +275,7 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
         got[site] = got[parent] + hops[(parent, site)][1]
 
     slowest_hop = 0.0
+    inf = float("inf")
 
     def mark(paths: list, start: float, after: float) -> None:
         nonlocal slowest_hop
@@ -266,14 +285,12 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
             for a, b, x, lat, weight in path:
                 rest -= x + lat
                 slowest_hop = max(slowest_hop, x * weight)
-                keys: list[tuple[object, ...]] = [("link", a, b)]
-                if hop.egress_capped[a]:
-                    keys.append(("egress", a))
-                if hop.ingress_capped[b]:
-                    keys.append(("ingress", b))
-                for key in keys:
-                    head[key] = min(head.get(key, np.inf), start + elapsed)
-                    tail[key] = min(tail.get(key, np.inf), lat + rest + after)
+                first, last = start + elapsed, lat + rest + after
+                for key in hop.keys(a, b):
+                    if first < head.get(key, inf):
+                        head[key] = first
+                    if last < tail.get(key, inf):
+                        tail[key] = last
                 elapsed += x + lat
 
     for c, p in shard.reduce_tree.items():
@@ -292,14 +309,14 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
     longest = max((_shard_windows(s, hop, job, share, head, tail)
                    for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)),
                   default=0.0)
-    for key, start in head.items():
-        if key[0] == "link":
-            busy = links[key[1], key[2]] / view.capacity[key[1], key[2]]
-        elif key[0] == "egress":
-            busy = out_t[key[1]]
-        else:
-            busy = in_t[key[1]]
-        longest = max(longest, start + busy + tail[key])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        busy = np.concatenate([np.where(links > 0, links / view.capacity, 0.0).ravel(),
+                               out_t, in_t])
+    if head:
+        keys = np.fromiter(head.keys(), dtype=np.int64, count=len(head))
+        starts = np.fromiter(head.values(), dtype=float, count=len(head))
+        ends = np.fromiter((tail[k] for k in head), dtype=float, count=len(head))
+        longest = max(longest, float((starts + busy[keys] + ends).max()))
     return float(longest)
 
 
