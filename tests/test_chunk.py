@@ -39,17 +39,6 @@ def test_json_round_trip_with_and_without_chunk() -> None:
     assert json.loads(_hand_plan(chunk_bytes=500_000).to_json())["chunk_bytes"] == 500_000
 
 
-def test_old_json_without_the_key_loads() -> None:
-    doc = {"version": 3, "planner": "treepack", "sites": ["a", "b", "c", "d"],
-           "shards": [{"fraction": 1.0, "root": 2, "reduce_tree": {"0": 2, "1": 0},
-                       "broadcast_tree": {"0": 2, "1": 0},
-                       "routes": [{"edge": [1, 0], "paths": [[1, 0], [1, 3, 0]],
-                                   "weights": [0.7, 0.3]}]}], "predicted_time_s": 1.9}
-    p = Plan.from_dict(doc)
-    assert p.chunk_bytes is None and p.to_dict() == doc
-    assert Plan.from_dict({**doc, "chunk_bytes": 1024}).chunk_bytes == 1024
-
-
 @pytest.mark.parametrize("bad", [0, -4, 1.5, "4MB", True, math.nan, math.inf])
 def test_invalid_chunk_is_rejected(bad: object) -> None:
     with pytest.raises(ValueError, match="chunk_bytes") as err:

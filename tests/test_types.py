@@ -117,6 +117,8 @@ def test_design_example_plan_loads() -> None:
     assert p.shards[0].route(1, 0).weights == (0.7, 0.3)
     assert p.shards[0].route(0, 2) == Route.direct(0, 2)
     assert p.to_dict() == doc
+    assert p.chunk_bytes is None  # written before plans carried a chunk: the job's is used
+    assert Plan.from_dict({**doc, "chunk_bytes": 1024}).chunk_bytes == 1024
 
 
 def _shard(**kw: object) -> Shard:
