@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -234,11 +235,12 @@ def _edge_hops(hop: _Hops, route: Route, chunk: float,
 
 
 def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
-                   head: dict, tail: dict) -> float:
+                   head: dict, tail: dict, crossings: dict) -> float:
     """Record, for every resource a shard's chunk crosses, the earliest time its first chunk
-    can get there (head) and the least time from leaving it to the end (tail); return the
-    shard's own pipeline time (one chunk's critical path plus the rest of the shard through
-    its slowest hop, a multipath hop carrying its weight's share)."""
+    can get there (head) and the least time from leaving it to the end (tail), and for every
+    link each crossing as ``(head, bytes, tail)``; return the shard's own pipeline time (one
+    chunk's critical path plus the rest of the shard through its slowest hop, a multipath
+    hop carrying its weight's share)."""
     size = shard.fraction * job.gradient_bytes
     chunk = min(float(job.chunk_bytes), size)
     hops = {}
@@ -286,6 +288,7 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
                 rest -= x + lat
                 slowest_hop = max(slowest_hop, x * weight)
                 first, last = start + elapsed, lat + rest + after
+                crossings.setdefault(a * hop.n + b, []).append((first, size * weight, last))
                 for key in hop.keys(a, b):
                     if first < head.get(key, inf):
                         head[key] = first
@@ -305,8 +308,9 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
                    out_t: np.ndarray, in_t: np.ndarray) -> float:
     head: dict = {}
     tail: dict = {}
+    crossings: dict = {}
     hop = _Hops.of(view)
-    longest = max((_shard_windows(s, hop, job, share, head, tail)
+    longest = max((_shard_windows(s, hop, job, share, head, tail, crossings)
                    for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)),
                   default=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -317,7 +321,51 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
         starts = np.fromiter(head.values(), dtype=float, count=len(head))
         ends = np.fromiter((tail[k] for k in head), dtype=float, count=len(head))
         longest = max(longest, float((starts + busy[keys] + ends).max()))
-    return float(longest)
+    return max(longest, _link_schedules(crossings, view.capacity.ravel(), longest))
+
+
+def _link_schedules(crossings: dict[int, list[tuple[float, float, float]]],
+                    capacity: np.ndarray, known: float) -> float:
+    """The latest end any link's best preemptive schedule allows, where it beats ``known``.
+
+    A link serves its crossings ``(head, bytes, tail)`` one at a time; a crossing cannot
+    start before its head, and the all-reduce ends no sooner than its finish plus its tail.
+    The best order is Jackson's preemptive rule (always serve the released crossing with
+    the longest tail), which is optimal for this one-machine problem. Links whose crossings
+    all start at the latest head and run back to back would still end by ``known`` are
+    skipped: their optimum cannot exceed it.
+    """
+    for key, jobs in crossings.items():
+        if len(jobs) < 2:
+            continue  # one crossing: head + busy + tail, already counted
+        rate = float(capacity[key])
+        work = sum(nbytes for _, nbytes, _ in jobs) / rate
+        if max(h for h, _, _ in jobs) + work + max(t for _, _, t in jobs) <= known:
+            continue
+        known = max(known, _jackson([(h, nbytes / rate, t) for h, nbytes, t in jobs]))
+    return known
+
+
+def _jackson(jobs: list[tuple[float, float, float]]) -> float:
+    """max(finish + tail) of the preemptive longest-tail-first schedule of
+    ``(release, processing, tail)`` jobs on one machine (optimal; Jackson 1955, Horn 1974)."""
+    jobs = sorted(jobs)
+    now, i, end = 0.0, 0, 0.0
+    ready: list[tuple[float, float]] = []  # (-tail, processing left)
+    while i < len(jobs) or ready:
+        if not ready:
+            now = max(now, jobs[i][0])
+        while i < len(jobs) and jobs[i][0] <= now:
+            heapq.heappush(ready, (-jobs[i][2], jobs[i][1]))
+            i += 1
+        neg_tail, left = heapq.heappop(ready)
+        run = min(left, (jobs[i][0] if i < len(jobs) else np.inf) - now)
+        now += run
+        if run < left:
+            heapq.heappush(ready, (neg_tail, left - run))
+        else:
+            end = max(end, now - neg_tail)
+    return end
 
 
 def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
@@ -342,6 +390,15 @@ def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:
 
     with ``busy_e`` the load/capacity of e; ``fill_s = T - T_bw``. On a chain of equal links
     this is exactly ``(K + hops - 1) * k / c`` for K chunks of k bytes.
+
+    ``head_e + busy_e + tail_e`` pairs the earliest head with the shortest tail, which may
+    belong to different shards (one shard's reduce reaches the link early, another's
+    broadcast leaves it close to the end). A link serves one byte at a time, so each link
+    also gets the best preemptive schedule of its crossings ``(head, bytes / c_e, tail)``
+    (Jackson's longest-tail-first rule, optimal for one machine with release and delivery
+    times), and ``T`` is at least its latest finish plus tail. Without this term the model
+    ran 1.45x faster than the simulator on the ``cities`` mesh for treepack's plan; with
+    it, 1.14x.
 
     The chunk size k is the plan's ``chunk_bytes`` when it has one, else the job's
     (:meth:`Plan.job_for`), as :func:`netstorm.compile` cuts them.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netstorm import Job, NetworkView, Plan, Route, Shard, link_loads, predict
 
@@ -112,3 +116,17 @@ def test_site_cap_shared_max_min_among_its_links() -> None:
     assert pred.egress_bytes[0] == pytest.approx(1.25 * M)
     assert pred.bottleneck == "egress of a"
     assert pred.bandwidth_s == pytest.approx(2 + 3.75)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.floats(0, 5), st.floats(0.01, 3), st.floats(0, 5)),
+                min_size=1, max_size=6))
+def test_jackson_is_the_preemptive_optimum(jobs: list[tuple[float, float, float]]) -> None:
+    # for one machine with release times r, processing p and delivery times q, the best
+    # preemptive schedule's max(C + q) is max over job subsets S of
+    # min_S r + sum_S p + min_S q (Carlier 1982): brute force over the subsets
+    from netstorm.cost import _jackson
+
+    best = max(min(r for r, _, _ in sub) + sum(p for _, p, _ in sub) + min(q for _, _, q in sub)
+               for k in range(1, len(jobs) + 1) for sub in itertools.combinations(jobs, k))
+    assert _jackson(jobs) == pytest.approx(best, rel=1e-9, abs=1e-9)
