@@ -40,7 +40,7 @@ class Bound:
     priced_s
         ``bandwidth_s`` plus the bottleneck's propagation delay, weighted by the LP's dual
         prices (see :func:`priced_time`); equals ``bandwidth_s`` when the method gives no
-        prices (flow LP, simple bounds) or the bottleneck has no latency.
+        prices (simple bounds, uncertified packings) or the bottleneck has no latency.
     method
         ``"flow-lp"`` (exact), ``"tree-packing"`` (exact to ``gap`` when ``exact``),
         or ``"simple"`` (volume, cut and per-site bounds only).
@@ -127,11 +127,11 @@ def priced_time(m_bytes: float, weights: np.ndarray, latency: np.ndarray) -> flo
     order = np.argsort(lat, kind="stable")
     w, lat = w[order], lat[order]
     cum_w, cum_wl = np.cumsum(w), np.cumsum(w * lat)
-    for k in range(len(w)):  # T in [lat_k, lat_k+1]: the first k+1 resources deliver
+    for k in range(len(w) - 1):  # T in [lat_k, lat_k+1]: the first k+1 resources deliver
         t = (m_bytes + cum_wl[k]) / cum_w[k]
-        if k + 1 == len(w) or t <= lat[k + 1]:
+        if t <= lat[k + 1]:
             return float(t)
-    raise AssertionError("unreachable")
+    return float((m_bytes + cum_wl[-1]) / cum_w[-1])
 
 
 def simple_bounds(view: NetworkView) -> dict[str, float]:

@@ -16,6 +16,7 @@ from ..view import NetworkView
 
 __all__ = ["default_rounds", "delay_budget", "progress_masks", "treepack"]
 
+
 def default_rounds(n: int) -> int:
     """Column-generation rounds by network size, tuned on random full meshes: 32 sites plan in
     under a second, 128 in about six (extra rounds there bought no better plans)."""
@@ -161,7 +162,10 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     convergence when every site is a worker). The LP ignores latency and pipeline fill,
     which deep trees pay on every hop; the depth-aware packing trades some bandwidth for
     monotone, shallow trees, and the cost model (:func:`netstorm.predict`) picks the faster
-    plan. Candidate plans are compared, and depths measured, with the finest candidate
+    plan. The delay-budget packings hold every tree's paths within a multiple of the
+    unavoidable depth, for latency-bound meshes; the best split over direct stars (a PS
+    with tuned shard sizes) is a candidate too, as it wins where site caps bind. Candidate
+    plans are compared, and depths measured, with the finest candidate
     chunk, the fill the plan will really pay; the chunk for the winning plan is chosen
     last. Trees use direct links only: relaying and multipath are expressed by the packing
     itself, as interior tree sites that aggregate and as several trees that spread a root's
