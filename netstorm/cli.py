@@ -121,7 +121,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     print(f"\n{result.planner} on {view.name}, {job.label()}: predicted {t:.3f} s, "
           f"bound {low.time_s:.3f} s ({t / low.time_s:.2f}x), chunk {chunk / 1e6:.3g} MB"
           f"{'' if result.chunk_bytes is None else ' (chosen by the plan)'}, "
-          f"planned in {elapsed:.3f} s")
+          f"send order {result.send_order}, planned in {elapsed:.3f} s")
 
 
 def _cmd_bound(args: argparse.Namespace) -> None:

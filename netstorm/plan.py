@@ -11,7 +11,8 @@ other tools::
      "predicted_time_s": 1.9}
 
 A plan that picks its own pipelining chunk adds ``"chunk_bytes": 500000`` (absent: the
-job's chunk).
+job's chunk), and one scheduled least-slack-first ``"send_order": "slack"`` (absent:
+``"progress"``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ class Plan:
     ``version`` increases with every re-plan so all sites switch plans together;
     ``predicted_time_s`` is filled by :func:`netstorm.plan` from the cost model;
     ``chunk_bytes``, when set, is the pipelining chunk the plan was made for and replaces
-    the job's (:meth:`job_for`); ``None`` uses the job's.
+    the job's (:meth:`job_for`); ``None`` uses the job's. ``send_order`` is the order in
+    which links serve waiting chunks (:mod:`netstorm.send_order`): ``"progress"`` (the
+    default) or ``"slack"``, which needs the view at compile time.
     """
 
     version: int
@@ -167,6 +170,7 @@ class Plan:
     shards: tuple[Shard, ...]
     predicted_time_s: float | None = None
     chunk_bytes: int | None = None
+    send_order: str = "progress"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", tuple(self.sites))
@@ -182,6 +186,9 @@ class Plan:
                 raise ValueError(f"plan chunk_bytes must be a whole number > 0 or None, "
                                  f"got {chunk!r}")
             object.__setattr__(self, "chunk_bytes", int(chunk))
+        if self.send_order not in ("progress", "slack"):
+            raise ValueError(f"plan send_order must be 'progress' or 'slack', "
+                             f"got {self.send_order!r}")
 
     def with_prediction(self, seconds: float) -> Plan:
         return replace(self, predicted_time_s=float(seconds))
@@ -202,6 +209,8 @@ class Plan:
             "predicted_time_s": self.predicted_time_s}
         if self.chunk_bytes is not None:
             out["chunk_bytes"] = self.chunk_bytes
+        if self.send_order != "progress":
+            out["send_order"] = self.send_order
         return out
 
     def to_json(self, **kwargs: Any) -> str:
@@ -216,7 +225,8 @@ class Plan:
                        sites=tuple(data["sites"]),
                        shards=tuple(Shard.from_dict(s) for s in data["shards"]),
                        predicted_time_s=data.get("predicted_time_s"),
-                       chunk_bytes=data.get("chunk_bytes"))
+                       chunk_bytes=data.get("chunk_bytes"),
+                       send_order=data.get("send_order", "progress"))
         except KeyError as exc:
             raise ValueError(f"plan JSON lacks key {exc.args[0]!r}") from None
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from .job import Job
 from .plan import Plan, Route, Shard
+from .send_order import Tails, slack_terms
+from .view import NetworkView
 
 __all__ = ["BROADCAST", "REDUCE", "ChunkRef", "Message", "NodeProgram", "Send", "Step",
            "assign_paths", "bucket_bounds", "chunk_layout", "compile", "shard_elements"]
@@ -100,7 +102,9 @@ class Step:
         before the next chunk's). Serving a link's
         queue in this order keeps every shard moving at its share of the link, as the fluid
         cost model assumes; first-come-first-served would let one tree edge's whole shard
-        go ahead of another edge's first chunk and stall the aggregation above it.
+        go ahead of another edge's first chunk and stall the aggregation above it. Under a
+        plan's ``"slack"`` send order the progress is in seconds and the step's tail is
+        subtracted (:mod:`netstorm.send_order`).
     """
 
     kind: str
@@ -264,8 +268,13 @@ def _paths(shard: Shard, edges: list[tuple[int, int]], chunks: int) -> dict:
     return {e: assign_paths(shard.route(*e).weights, chunks) for e in edges}
 
 
+def _priority(progress: float, tails: Tails | None, key: tuple[int, int, str]) -> float:
+    """A step's send priority: its progress, less its tail under the slack order."""
+    return progress if tails is None else progress - tails[key]
+
+
 def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
-            by_bucket: bool = False) -> dict[int, NodeProgram]:
+            by_bucket: bool = False, view: NetworkView | None = None) -> dict[int, NodeProgram]:
     """Compile ``plan`` for ``job`` into one :class:`NodeProgram` per site.
 
     Parameters
@@ -282,6 +291,10 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
     by_bucket
         Lay the shards out inside every gradient bucket (:func:`chunk_layout`), so that a
         bucket's chunks can start as soon as the backward pass has produced that bucket.
+    view
+        The network the plan runs on; needed only by a plan whose ``send_order`` is
+        ``"slack"`` (:mod:`netstorm.send_order`), whose priorities are then
+        ``progress * span - tail`` in seconds.
 
     Returns
     -------
@@ -305,6 +318,11 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
     """
     job = plan.job_for(job)
     n = len(plan.sites)
+    span, tails = 1.0, None
+    if plan.send_order == "slack":
+        if view is None:
+            raise ValueError("a plan with send_order 'slack' compiles only with its view")
+        span, tails = slack_terms(plan, view, job)
     if workers is None:
         seen: set[int] = set()
         for s in plan.shards:
@@ -326,34 +344,38 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
         down_members = sorted(set(shard.broadcast_tree))
         for k, (start, size) in enumerate(chunks):
             ref = ChunkRef(s_idx, k, start, size, size * job.element_size)
-            up = (k + 0.5) / count
-            down = up + 0.5 / count
+            up = (k + 0.5) / count * span
+            down = up + 0.5 / count * span
+
             for site in members:
                 waits = tuple(Message(s_idx, k, REDUCE, c, site)
                               for c in sorted(up_kids.get(site, ())))
                 local = site in worker_set
                 if site == shard.root:
+                    prio = _priority(down, tails, (s_idx, site, "root"))
                     sends = tuple(
                         b.send(shard.route(site, c), down_paths[(site, c)][k],
-                               Message(s_idx, k, BROADCAST, site, c), ref, down)
+                               Message(s_idx, k, BROADCAST, site, c), ref, prio)
                         for c in sorted(down_kids.get(site, ())))
                     b.steps[site].append(Step("root", ref, waits, local, scale, local,
-                                              sends, down))
+                                              sends, prio))
                 else:
+                    prio = _priority(up, tails, (s_idx, site, "reduce"))
                     parent = shard.reduce_tree[site]
                     send = b.send(shard.route(site, parent), up_paths[(site, parent)][k],
-                                  Message(s_idx, k, REDUCE, site, parent), ref, up)
+                                  Message(s_idx, k, REDUCE, site, parent), ref, prio)
                     b.steps[site].append(Step("reduce", ref, waits, local, 1.0, False,
-                                              (send,), up))
+                                              (send,), prio))
             for site in down_members:
+                prio = _priority(down, tails, (s_idx, site, "broadcast"))
                 parent = shard.broadcast_tree[site]
                 sends = tuple(
                     b.send(shard.route(site, c), down_paths[(site, c)][k],
-                           Message(s_idx, k, BROADCAST, site, c), ref, down)
+                           Message(s_idx, k, BROADCAST, site, c), ref, prio)
                     for c in sorted(down_kids.get(site, ())))
                 b.steps[site].append(Step("broadcast", ref,
                                           (Message(s_idx, k, BROADCAST, parent, site),),
-                                          False, 1.0, site in worker_set, sends, down))
+                                          False, 1.0, site in worker_set, sends, prio))
     programs = {}
     for site in range(n):
         steps = tuple(b.steps[site])

@@ -188,7 +188,7 @@ def allreduce(plan_: Plan, view: NetworkView, job: Job, *,
     """
     env = simpy.Environment()
     net = Network(env, view, window_bytes=window_bytes)
-    progs = Programs(compile(plan_, job, view.workers))
+    progs = Programs(compile(plan_, job, view.workers, view=view))
     job0 = dataclasses.replace(job, compute_s=0.0)
     result = None
     if payload is not None:
@@ -284,7 +284,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
 
     def driver() -> Any:
         nonlocal current, reference
-        progs = Programs(compile(current, job, view.workers, by_bucket=overlap))
+        progs = Programs(compile(current, job, view.workers, by_bucket=overlap,
+                                 view=reference))
         last_switch = -np.inf
         for it in range(iterations):
             if it and estimator is not None:
@@ -306,7 +307,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                     reference = estimate
                 if decision.plan is not None:
                     current = dataclasses.replace(decision.plan, version=current.version + 1)
-                    progs = Programs(compile(current, job, view.workers, by_bucket=overlap))
+                    progs = Programs(compile(current, job, view.workers, by_bucket=overlap,
+                                 view=reference))
                     last_switch = env.now
                     switches.append(Switch(it, env.now, current.version,
                                            sum(made) or time.perf_counter() - t0,

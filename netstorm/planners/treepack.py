@@ -129,7 +129,7 @@ _FILL_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any = None,
              rounds: int | None = None, tol: float = 1e-3, min_fraction: float = 1e-3,
              depth_aware: bool = True, chunk_bytes: int | str | None = "auto",
-             min_chunk_bytes: int = MIN_CHUNK_BYTES) -> Plan:
+             min_chunk_bytes: int = MIN_CHUNK_BYTES, send_order: str = "slack") -> Plan:
     """Pack reduce/broadcast tree pairs by column generation; each tree pair is a shard.
 
     Parameters
@@ -153,6 +153,10 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
         leave the plan's chunk unset, so it runs with ``job.chunk_bytes``.
     min_chunk_bytes
         Floor of the ``"auto"`` candidates (default 131072 bytes, 32 Ki fp32 elements).
+    send_order
+        ``Plan.send_order`` (:mod:`netstorm.send_order`). ``"slack"`` (default): links
+        serve the chunk with the least slack first, which treepack's many shards of
+        different depths need; ``"progress"``: by progress alone.
 
     Notes
     -----
@@ -176,14 +180,15 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     candidates = chunk_option(job, chunk_bytes, min_chunk_bytes)
     if len(view.workers) < 2:
         root = view.workers[0]
-        return _set_chunk(Plan(1, "treepack", view.sites, (Shard(1.0, root, {}, {}),)),
+        return _set_chunk(Plan(1, "treepack", view.sites, (Shard(1.0, root, {}, {}),),
+                               send_order=send_order),
                            view, job, candidates)
     rounds = default_rounds(view.n) if rounds is None else int(rounds)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     finest = job if candidates is None else job.with_chunk(min(candidates))
     plan = _pack(view, finest, rounds, tol, min_fraction, depth_aware)
-    return _set_chunk(plan, view, job, candidates)
+    return _set_chunk(replace(plan, send_order=send_order), view, job, candidates)
 
 
 def _set_chunk(plan: Plan, view: NetworkView, job: Job,

@@ -114,8 +114,8 @@ def test_payload_catches_a_broken_program(monkeypatch: pytest.MonkeyPatch) -> No
 
     real = engine.compile
 
-    def broken(plan, job, workers=None):
-        programs = dict(real(plan, job, workers))
+    def broken(plan, job, workers=None, **kwargs):
+        programs = dict(real(plan, job, workers, **kwargs))
         prog = programs[1]
         i = next(i for i, s in enumerate(prog.steps) if s.add_local and s.waits)
         steps = list(prog.steps)
@@ -191,8 +191,11 @@ def test_link_schedules_bring_predict_to_the_simulator_on_cities(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # the plan treepack made while the cost model paired the earliest head with the shortest
     # tail of a link alone: it mixes early reduce and late broadcast traffic of different
-    # shards on the same links. That model predicted 0.38 s against 0.55 s simulated; the
-    # per-link schedules predict 0.48 s
+    # shards on the same links. That model predicted 0.38 s; the per-link schedules predict
+    # 0.48 s; the simulator, serving least slack first, runs it in 0.49 s (0.55 s in
+    # progress order)
+    import dataclasses
+
     import netstorm.cost as cost
 
     view = builtin("cities")
@@ -202,5 +205,7 @@ def test_link_schedules_bring_predict_to_the_simulator_on_cities(
         plan = netstorm.plan(view, job, "treepack")
         optimistic = netstorm.predict(plan, view, job).time_s
     sim_t, _ = allreduce(plan, view, job)
-    assert sim_t / optimistic > 1.30
-    assert 0.95 <= sim_t / netstorm.predict(plan, view, job).time_s <= 1.20
+    assert sim_t / optimistic > 1.20
+    assert 0.95 <= sim_t / netstorm.predict(plan, view, job).time_s <= 1.10
+    progress_t, _ = allreduce(dataclasses.replace(plan, send_order="progress"), view, job)
+    assert sim_t < progress_t * 0.95

@@ -72,7 +72,7 @@ def run_symbolic(programs: dict, workers: tuple[int, ...]) -> dict[int, dict]:
 
 
 def check_programs(plan: Plan, view: NetworkView, job: Job, by_bucket: bool = False) -> None:
-    programs = compile(plan, job, view.workers, by_bucket=by_bucket)
+    programs = compile(plan, job, view.workers, by_bucket=by_bucket, view=view)
     stored = run_symbolic(programs, view.workers)
     elems = job.gradient_bytes // job.element_size
     want = Counter({w: 1 for w in view.workers})
@@ -118,7 +118,7 @@ def test_multipath_and_relay_root() -> None:
     view, plan = multipath_plan()
     netstorm.check_plan(plan, view)
     check_programs(plan, view, SMALL)
-    programs = compile(plan, SMALL, view.workers)
+    programs = compile(plan, SMALL, view.workers, view=view)
     # the relay-only root scales by 1/3 and stores nothing
     roots = [s for s in programs[3].steps if s.kind == "root"]
     assert roots and all(s.scale == pytest.approx(1 / 3) and not s.store for s in roots)
@@ -136,7 +136,8 @@ def test_multipath_and_relay_root() -> None:
 def test_message_phases_and_determinism() -> None:
     view = builtin("netstorm9")
     plan = netstorm.plan(view, SMALL, "ps")
-    a, b = compile(plan, SMALL, view.workers), compile(plan, SMALL, view.workers)
+    a, b = (compile(plan, SMALL, view.workers, view=view),
+            compile(plan, SMALL, view.workers, view=view))
     assert a == b
     phases = {m.phase for p in a.values() for s in p.steps for m in s.waits}
     assert phases == {REDUCE, BROADCAST}
@@ -183,6 +184,6 @@ def test_bucket_layout_by_hand() -> None:
     assert chunk_layout(plan, job) == [[(0, 8), (8, 8), (16, 5)], [(21, 8), (29, 1)]]
     single = Job(buckets=4 * 30, chunk_bytes=4 * 8)
     assert chunk_layout(plan, single, by_bucket=True) == chunk_layout(plan, single)
-    for prog in compile(plan, job, view.workers, by_bucket=True).values():
+    for prog in compile(plan, job, view.workers, by_bucket=True, view=view).values():
         for step in prog.steps:  # no chunk crosses a bucket boundary
             assert (step.ref.offset < 10) == (step.ref.offset + step.ref.elems <= 10)
