@@ -125,8 +125,8 @@ def test_jackson_is_the_preemptive_optimum(jobs: list[tuple[float, float, float]
     # for one machine with release times r, processing p and delivery times q, the best
     # preemptive schedule's max(C + q) is max over job subsets S of
     # min_S r + sum_S p + min_S q (Carlier 1982): brute force over the subsets
-    from netstorm.cost import _jackson
+    from netstorm.link_schedule import jackson
 
     best = max(min(r for r, _, _ in sub) + sum(p for _, p, _ in sub) + min(q for _, _, q in sub)
                for k in range(1, len(jobs) + 1) for sub in itertools.combinations(jobs, k))
-    assert _jackson(jobs) == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert jackson(jobs) == pytest.approx(best, rel=1e-9, abs=1e-9)
