@@ -28,7 +28,7 @@ from .plan import Plan
 from .registry import plan
 from .view import NetworkView
 
-__all__ = ["PLANNERS", "noisy", "redraw", "run"]
+__all__ = ["PLANNERS", "SIMULATED", "noisy", "redraw", "run"]
 
 #: The planners compared, baselines first, ours last.
 PLANNERS = ("ps", "ring", "mlnet", "tsengine", "netstorm", "treepack")
@@ -41,6 +41,8 @@ REDRAW_MBITS = (20, 155)
 #: Multiplicative estimate error of the robustness experiment (uniform in 1 +- ERROR).
 ERROR = 0.3
 SEED = 0  # planners' seed (tsengine explores at random)
+#: Planners whose plans are also run in the simulator, to check the predictions.
+SIMULATED = ("netstorm", "treepack")
 
 
 def redraw(view: NetworkView, seed: int, mbits: tuple[int, int] = REDRAW_MBITS) -> NetworkView:
@@ -116,7 +118,7 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             "bound_priced_s": low.priced_s,
             "bound_method": low.method, "bound_exact": low.exact,
             "predicted_time_s": {}, "bandwidth_s": {}, "fill_s": {}, "quality": {},
-            "bandwidth_ratio": {}, "planning_s": {}}
+            "bandwidth_ratio": {}, "planning_s": {}, "simulated_time_s": {}}
         for name in planners:
             started = time.perf_counter()
             result = plan(view, job, name, seed=SEED)
@@ -129,6 +131,10 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             row["quality"][name] = pred.time_s / low.time_s
             row["bandwidth_ratio"][name] = pred.bandwidth_s / low.bandwidth_s
             row["planning_s"][name] = seconds
+            if name in SIMULATED:
+                from .sim import allreduce
+
+                row["simulated_time_s"][name] = allreduce(result, view, job)[0]
             bar.step(f"{name} on {view.name}")
         rows.append(row)
     return rows, plans
@@ -182,6 +188,9 @@ def _table(doc: dict[str, Any], planners: Sequence[str]) -> list[dict[str, Any]]
             rows.append({"view": stat, "metric": metric,
                          **{p: doc["summary"][p][f"{key}_{stat}"] for p in planners}})
     blank = dict.fromkeys(planners)
+    for stat in ("min", "max"):
+        rows.append({"view": stat, "metric": "simulated / predicted", **blank,
+                     **{p: r[stat] for p, r in doc["simulated_over_predicted"].items()}})
     sp = doc["treepack_speedup_vs_netstorm"]
     rows.append({"view": "netstorm9 redraws (geomean)", "metric": "speedup vs netstorm",
                  **blank, "treepack": sp["geomean"]})
@@ -210,10 +219,11 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     -------
     dict
         ``views`` (per view: bound, and per planner predicted time with its bandwidth and
-        fill terms, quality, bandwidth ratio, planning time), ``summary`` (per planner
-        geometric mean and worst), ``treepack_speedup_vs_netstorm``, ``planning_time``,
-        ``robustness``, and ``results``: the same figures as table rows for
-        :func:`netstorm.bench.format_table`.
+        fill terms, quality, bandwidth ratio, planning time, and for :data:`SIMULATED`
+        planners the simulated time), ``summary`` (per planner geometric mean and worst),
+        ``simulated_over_predicted`` (range per simulated planner),
+        ``treepack_speedup_vs_netstorm``, ``planning_time``, ``robustness``, and
+        ``results``: the same figures as table rows for :func:`netstorm.bench.format_table`.
 
     Notes
     -----
@@ -221,7 +231,9 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     :class:`netstorm.Bound`) and the bandwidth ratio
     ``predict(plan).bandwidth_s / bound.bandwidth_s``; both are >= 1 when the bound holds.
     The speedup is the geometric mean over the netstorm9 redraws of
-    ``predicted(netstorm) / predicted(treepack)``. Planning time is the wall time of
+    ``predicted(netstorm) / predicted(treepack)``. Simulated times come from
+    :func:`netstorm.sim.allreduce` on the same view (static, no compute). Planning time is
+    the wall time of
     :func:`netstorm.plan` (planning, validation and prediction) on ``random:N:1`` full
     meshes, after one warm-up call on a 5-site view so that loading numba's compiled
     kernels is excluded; the median of 3 calls up to 32 sites, one call above. Robustness:
@@ -254,6 +266,8 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
                    for key in ("quality", "bandwidth_ratio")
                    for stat, fn in (("geomean", _geomean), ("worst", max))}
                for p in PLANNERS}
+    fidelity = {p: [r["simulated_time_s"][p] / r["predicted_time_s"][p] for r in rows]
+                for p in SIMULATED}
     ratios = [r["predicted_time_s"]["netstorm"] / r["predicted_time_s"]["treepack"]
               for r in rows if r["view"] in {v.name for v in redraws}]
     doc: dict[str, Any] = {
@@ -263,6 +277,8 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
         "treepack_speedup_vs_netstorm": {
             "views": [v.name for v in redraws], "per_view": ratios,
             "geomean": _geomean(ratios)},
+        "simulated_over_predicted": {p: {"min": min(v), "max": max(v)}
+                                     for p, v in fidelity.items()},
         "planning_time": timing,
         "planning_time_note": "wall time of netstorm.plan on random:N:1 full meshes after "
                               "one warm-up call on random:5:1 (numba load excluded)",

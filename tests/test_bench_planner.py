@@ -11,7 +11,7 @@ import pytest
 
 from netstorm import builtin_topologies
 from netstorm.bench import format_table
-from netstorm.bench_planner import PLANNERS, noisy, redraw
+from netstorm.bench_planner import PLANNERS, SIMULATED, noisy, redraw
 
 TOL = 1e-6
 
@@ -36,6 +36,10 @@ def test_quick_has_every_figure(quick: dict) -> None:
         for key in ("quality", "bandwidth_ratio", "predicted_time_s", "bandwidth_s", "fill_s",
                     "planning_s"):
             assert set(view[key]) == set(PLANNERS)
+    for view in quick["views"]:  # the simulator runs the same plans; bound <= simulated
+        assert set(view["simulated_time_s"]) == set(SIMULATED)
+        assert min(view["simulated_time_s"].values()) >= view["bound_time_s"] * (1 - 1e-6)
+    assert set(quick["simulated_over_predicted"]) == set(SIMULATED)
     for name in PLANNERS:
         assert set(quick["summary"][name]) == {
             "quality_geomean", "quality_worst", "bandwidth_ratio_geomean",
