@@ -108,6 +108,8 @@ class _Progress:
 
 def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
              bar: _Progress) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Plan]]:
+    from .sim import allreduce  # the simulator is an optional layer over the core
+
     rows, plans = [], {}
     for view in views:
         low = bound(view, job)
@@ -132,8 +134,6 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             row["bandwidth_ratio"][name] = pred.bandwidth_s / low.bandwidth_s
             row["planning_s"][name] = seconds
             if name in SIMULATED:
-                from .sim import allreduce
-
                 row["simulated_time_s"][name] = allreduce(result, view, job)[0]
             bar.step(f"{name} on {view.name}")
         rows.append(row)

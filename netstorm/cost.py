@@ -10,10 +10,10 @@ import numpy as np
 
 from .job import Job
 from .link_schedule import latest_end as _link_schedules
-from .plan import Plan, Route, Shard
+from .plan import Plan, Route, Shard, children
 from .view import NetworkView
 
-__all__ = ["Prediction", "link_loads", "predict", "shard_fill"]
+__all__ = ["Prediction", "edge_time", "link_loads", "predict", "shard_fill"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,6 +159,12 @@ def _edge_chain(view: NetworkView, route: Route, chunk: float) -> tuple[float, f
     return best
 
 
+def edge_time(view: NetworkView, route: Route, chunk: float) -> float:
+    """One chunk's time over a tree edge's slowest path: latency plus store-and-forward."""
+    latency, transfer, _ = _edge_chain(view, route, chunk)
+    return latency + transfer
+
+
 def _deepest(tree: dict[int, int], root: int,
              cost: Mapping[tuple[int, int], tuple[float, float, float]],
              upward: bool) -> tuple[float, float, float]:
@@ -247,12 +253,7 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
     for e in _tree_edges(shard):
         route = shard.route(*e)
         hops[e] = _edge_hops(hop, route, chunk, shares.get(route.edge, route.weights))
-    up_kids: dict[int, list[int]] = {}
-    for c, p in shard.reduce_tree.items():
-        up_kids.setdefault(p, []).append(c)
-    down_kids: dict[int, list[int]] = {}
-    for c, p in shard.broadcast_tree.items():
-        down_kids.setdefault(p, []).append(c)
+    up_kids, down_kids = children(shard.reduce_tree), children(shard.broadcast_tree)
 
     order = [shard.root]  # root first, then breadth first: parents before children
     for site in order:

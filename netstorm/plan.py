@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .job import Job
 
-__all__ = ["Plan", "Route", "Shard"]
+__all__ = ["SEND_ORDERS", "Plan", "Route", "Shard", "children"]
+
+#: The send orders a plan may name (:mod:`netstorm.send_order`).
+SEND_ORDERS = ("progress", "slack")
 
 Edge = tuple[int, int]
 Path = tuple[int, ...]
@@ -73,6 +76,14 @@ class Route:
 
 
 _DIRECT: dict[Edge, Route] = {}
+
+
+def children(tree: Mapping[int, int]) -> dict[int, list[int]]:
+    """``{parent: [children]}`` of a ``{site: parent}`` tree, children in the tree's order."""
+    kids: dict[int, list[int]] = {}
+    for child, parent in tree.items():
+        kids.setdefault(parent, []).append(child)
+    return kids
 
 
 def _tree(mapping: Mapping[Any, Any], what: str) -> Mapping[int, int]:
@@ -186,7 +197,7 @@ class Plan:
                 raise ValueError(f"plan chunk_bytes must be a whole number > 0 or None, "
                                  f"got {chunk!r}")
             object.__setattr__(self, "chunk_bytes", int(chunk))
-        if self.send_order not in ("progress", "slack"):
+        if self.send_order not in SEND_ORDERS:
             raise ValueError(f"plan send_order must be 'progress' or 'slack', "
                              f"got {self.send_order!r}")
 

@@ -9,11 +9,10 @@ types.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .job import Job
-from .plan import Plan, Route, Shard
+from .plan import Plan, Route, Shard, children
 from .send_order import Tails, slack_terms
 from .view import NetworkView
 
@@ -239,13 +238,6 @@ def assign_paths(weights: tuple[float, ...], count: int) -> list[int]:
     return out
 
 
-def _children(tree: Mapping[int, int]) -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for child, parent in tree.items():
-        kids.setdefault(parent, []).append(child)
-    return kids
-
-
 class _Builder:
     def __init__(self, n: int) -> None:
         self.steps: list[list[Step]] = [[] for _ in range(n)]
@@ -337,7 +329,7 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
         count = len(chunks)
         if not count:
             continue
-        up_kids, down_kids = _children(shard.reduce_tree), _children(shard.broadcast_tree)
+        up_kids, down_kids = children(shard.reduce_tree), children(shard.broadcast_tree)
         up_paths = _paths(shard, list(shard.reduce_edges()), count)
         down_paths = _paths(shard, list(shard.broadcast_edges()), count)
         members = sorted(set(shard.reduce_tree) | {shard.root})

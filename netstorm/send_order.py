@@ -15,17 +15,13 @@ Every step of a compiled program has a priority; a link's queue serves the small
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .job import Job
-from .plan import Plan, Route, Shard
+from .plan import SEND_ORDERS, Plan, Shard, children
 from .view import NetworkView
 
 __all__ = ["SEND_ORDERS", "Tails", "slack_terms"]
-
-#: The send orders a plan may name.
-SEND_ORDERS = ("progress", "slack")
 
 #: ``(shard index, site, step kind) -> seconds``.
 Tails = Mapping[tuple[int, int, str], float]
@@ -48,59 +44,48 @@ def slack_terms(plan: Plan, view: NetworkView, job: Job) -> tuple[float, Tails]:
 
     Notes
     -----
-    One chunk crosses a tree edge in its route's primary path time, ``sum(chunk / rate +
-    latency)`` over its hops. A reduce step's tail is its path to the root plus the deepest
-    broadcast path from the root; a root or broadcast step's tail is the deepest broadcast
-    path below its site.
+    One chunk crosses a tree edge in :func:`netstorm.cost.edge_time` (latency plus
+    store-and-forward over its route). A reduce step's tail is its path to the root plus
+    the deepest broadcast path from the root; a root or broadcast step's tail is the
+    deepest broadcast path below its site.
     """
-    from .cost import link_loads
+    from .cost import edge_time, link_loads
 
     job = plan.job_for(job)
     links, egress, ingress = link_loads(plan, view, job)
-    loads = [links[view.capacity > 0] / view.capacity[view.capacity > 0],
-             egress / view.egress, ingress / view.ingress]
-    span = max((float(part.max()) for part in loads if part.size), default=0.0)
+    used = view.capacity > 0
+    span = float(max((links[used] / view.capacity[used]).max(initial=0.0),
+                     (egress / view.egress).max(initial=0.0),
+                     (ingress / view.ingress).max(initial=0.0)))
     tails: dict[tuple[int, int, str], float] = {}
     for index, shard in enumerate(plan.shards):
         chunk = min(float(job.chunk_bytes), shard.fraction * job.gradient_bytes)
-        below = _depths(shard, view, chunk)
-        to_root: dict[int, float] = {shard.root: 0.0}
+
+        def hop(u: int, v: int, shard: Shard = shard, chunk: float = chunk) -> float:
+            return edge_time(view, shard.route(u, v), chunk)
+
+        below = _depths(shard, hop)
+        to_root = {shard.root: 0.0}
         order = [shard.root]
-        kids = _children(shard.reduce_tree)
+        kids = children(shard.reduce_tree)
         for site in order:
             for child in kids.get(site, ()):
-                to_root[child] = _hop(view, shard.route(child, site), chunk) + to_root[site]
+                to_root[child] = hop(child, site) + to_root[site]
                 order.append(child)
-        for site, seconds in to_root.items():
-            if site != shard.root:
-                tails[(index, site, "reduce")] = seconds + below[shard.root]
+                tails[(index, child, "reduce")] = to_root[child] + below[shard.root]
         tails[(index, shard.root, "root")] = below[shard.root]
         for site in shard.broadcast_tree:
             tails[(index, site, "broadcast")] = below[site]
     return span, tails
 
 
-def _children(tree: Mapping[int, int]) -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for child, parent in tree.items():
-        kids.setdefault(parent, []).append(child)
-    return kids
-
-
-def _hop(view: NetworkView, route: Route, chunk: float) -> float:
-    return sum(chunk / min(float(view.capacity[a, b]), float(view.egress[a]),
-                           float(view.ingress[b])) + float(view.latency[a, b])
-               for a, b in itertools.pairwise(route.paths[0]))
-
-
-def _depths(shard: Shard, view: NetworkView, chunk: float) -> dict[int, float]:
+def _depths(shard: Shard, hop: Callable[[int, int], float]) -> dict[int, float]:
     """Deepest broadcast path time below every site of the shard's broadcast tree."""
-    kids = _children(shard.broadcast_tree)
+    kids = children(shard.broadcast_tree)
     order = [shard.root]
     for site in order:
         order.extend(kids.get(site, ()))
     below: dict[int, float] = {}
     for site in reversed(order):
-        below[site] = max((_hop(view, shard.route(site, c), chunk) + below[c]
-                           for c in kids.get(site, ())), default=0.0)
+        below[site] = max((hop(site, c) + below[c] for c in kids.get(site, ())), default=0.0)
     return below
