@@ -117,7 +117,7 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
         row: dict[str, Any] = {
             "view": view.name, "sites": view.n, "bound_time_s": low.time_s,
             "bound_bandwidth_s": low.bandwidth_s, "bound_latency_s": low.latency_s,
-            "bound_priced_s": low.priced_s,
+            "bound_priced_s": low.priced_s, "bound_reach_s": low.reach_s,
             "bound_method": low.method, "bound_exact": low.exact,
             "predicted_time_s": {}, "bandwidth_s": {}, "fill_s": {}, "quality": {},
             "bandwidth_ratio": {}, "planning_s": {}, "simulated_time_s": {}}

@@ -14,6 +14,7 @@ from scipy.sparse.csgraph import maximum_flow
 from .errors import TopologyError
 from .job import Job
 from .packing import pack_trees, resource_rows
+from .reach import fastest_paths, priced_rows, reach_time
 from .view import NetworkView
 
 __all__ = ["Bound", "bound", "priced_time", "simple_bounds"]
@@ -30,7 +31,7 @@ class Bound:
     Attributes
     ----------
     time_s
-        ``max(bandwidth_s, priced_s, latency_s)``: no tree scheme finishes sooner.
+        ``max(bandwidth_s, priced_s, reach_s, latency_s)``: no tree scheme finishes sooner.
     rate_Bps
         The largest all-reduce rate (gradient bytes per second) the network admits.
     bandwidth_s
@@ -41,6 +42,10 @@ class Bound:
         ``bandwidth_s`` plus the bottleneck's propagation delay, weighted by the LP's dual
         prices (see :func:`priced_time`); equals ``bandwidth_s`` when the method gives no
         prices (simple bounds, uncertified packings) or the bottleneck has no latency.
+    reach_s
+        The least time by which each site's own links can carry every worker's data out to
+        (and in from) every other worker, latency included
+        (:func:`netstorm.reach.reach_time`); it holds for any scheme, not only trees.
     method
         ``"flow-lp"`` (exact), ``"tree-packing"`` (exact to ``gap`` when ``exact``),
         or ``"simple"`` (volume, cut and per-site bounds only).
@@ -71,6 +76,7 @@ class Bound:
     solve_s: float
     root_rates_Bps: dict[int, float] = field(default_factory=dict)
     priced_s: float = 0.0
+    reach_s: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """JSON keys of ``netstorm bound --json`` (``bound_time_s`` first)."""
@@ -79,7 +85,7 @@ class Bound:
                 "method": self.method, "exact": self.exact, "gap": self.gap,
                 "simple_time_s": self.simple_time_s, "volume_time_s": self.volume_time_s,
                 "cut_time_s": self.cut_time_s, "site_time_s": self.site_time_s,
-                "solve_s": self.solve_s, "priced_s": self.priced_s,
+                "solve_s": self.solve_s, "priced_s": self.priced_s, "reach_s": self.reach_s,
                 "root_rates_Bps": {str(k): v for k, v in self.root_rates_Bps.items()}}
 
 
@@ -88,10 +94,7 @@ def _worker_latency(view: NetworkView) -> float:
     shard's root and from there to every worker, so it is at least
     ``min over roots r of (max_u d(u, r) + max_v d(r, v))`` with d the lowest-latency path
     (Floyd-Warshall, O(N^3))."""
-    dist = np.where(view.capacity > 0, view.latency, np.inf)
-    np.fill_diagonal(dist, 0.0)
-    for k in range(view.n):
-        np.minimum(dist, dist[:, k, None] + dist[None, k, :], out=dist)
+    dist = fastest_paths(np.where(view.capacity > 0, view.latency, np.inf))
     workers = list(view.workers)
     into = dist[workers, :].max(axis=0)  # max_u d(u, r) for every candidate root r
     out_of = dist[:, workers].max(axis=1)  # max_v d(r, v)
@@ -121,17 +124,9 @@ def priced_time(m_bytes: float, weights: np.ndarray, latency: np.ndarray) -> flo
     every ``l_i <= T``.
     """
     keep = weights > 0
-    w, lat = weights[keep], latency[keep]
-    if not w.size:
+    if not keep.any():
         return 0.0
-    order = np.argsort(lat, kind="stable")
-    w, lat = w[order], lat[order]
-    cum_w, cum_wl = np.cumsum(w), np.cumsum(w * lat)
-    for k in range(len(w) - 1):  # T in [lat_k, lat_k+1]: the first k+1 resources deliver
-        t = (m_bytes + cum_wl[k]) / cum_w[k]
-        if t <= lat[k + 1]:
-            return float(t)
-    return float((m_bytes + cum_wl[-1]) / cum_w[-1])
+    return float(priced_rows(m_bytes, weights[keep], latency[keep][None, :])[0])
 
 
 def simple_bounds(view: NetworkView) -> dict[str, float]:
@@ -271,7 +266,10 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     every worker through one root to every worker, and :func:`priced_time` with the LP's
     dual prices (a resource cannot deliver in the last ``latency`` seconds what it sends
     then, so the priced bottleneck's latency adds to ``M / rate``). Adding the round trip to
-    ``M / rate`` outright would not be valid: transfers overlap propagation.
+    ``M / rate`` outright would not be valid: transfers overlap propagation. Third,
+    :func:`netstorm.reach.reach_time`: every worker's data must leave it over its own links
+    early enough to reach every other worker, and enter every worker late enough to carry
+    every other worker's data (any scheme).
     Tight for tree schemes by Edmonds' arborescence packing theorem (with relay-only sites
     it stays a valid, maybe loose, bound).
     """
@@ -321,9 +319,10 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     if prices is not None:
         capacity, delay = resource_rows(view)
         priced = max(priced, priced_time(m_bytes, prices * capacity, delay))
-    return Bound(time_s=max(priced, latency), rate_Bps=rate, bandwidth_s=m_bytes / rate,
+    reach = reach_time(view, m_bytes) if phases == PHASES else 0.0  # all-reduce only
+    return Bound(time_s=max(priced, latency, reach), rate_Bps=rate, bandwidth_s=m_bytes / rate,
                  latency_s=latency, method=method, exact=exact, gap=gap,
                  simple_time_s=float(max(times.values())), volume_time_s=times["volume"],
                  cut_time_s=times["cut"], site_time_s=times["site"],
                  solve_s=time.perf_counter() - started, root_rates_Bps=per_root,
-                 priced_s=priced)
+                 priced_s=priced, reach_s=reach)

@@ -132,6 +132,7 @@ def _cmd_bound(args: argparse.Namespace) -> None:
         return
     rows = [["bound (" + low.method + ")", low.time_s], ["bandwidth term", low.bandwidth_s],
             ["bandwidth + bottleneck latency", low.priced_s],
+            ["per-site reach (latency included)", low.reach_s],
             ["round-trip latency term", low.latency_s], ["volume bound", low.volume_time_s],
             ["cut bound", low.cut_time_s], ["per-site bound", low.site_time_s]]
     print(_table(["", "seconds"], rows))

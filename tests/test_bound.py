@@ -175,7 +175,9 @@ def test_two_sites_priced_bound_adds_the_link_latency() -> None:
                        latency=np.array([[0, 0.03], [0.05, 0]]))
     result = bound(view, JOB)
     assert M / c + 0.03 - 1e-9 <= result.priced_s <= M / c + 0.05 + 1e-9
-    assert result.time_s == pytest.approx(max(result.priced_s, result.latency_s))
+    assert result.reach_s == pytest.approx(M / c + 0.05)  # the slower direction, alone
+    assert result.time_s == pytest.approx(max(result.priced_s, result.reach_s,
+                                              result.latency_s))
     assert result.time_s > result.bandwidth_s
 
 
