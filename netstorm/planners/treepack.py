@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from ..chunking import MIN_CHUNK_BYTES, choose_chunk, chunk_option
-from ..cost import predict, shard_fill
+from ..cost import predict
 from ..job import Job
 from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master, star_columns
 from ..plan import Plan, Shard
 from ..view import NetworkView
 
-__all__ = ["default_rounds", "delay_budget", "progress_masks", "treepack"]
+__all__ = ["column_fills", "default_rounds", "delay_budget", "progress_masks", "treepack"]
 
 
 def default_rounds(n: int) -> int:
@@ -214,21 +214,21 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
         variants += [progress_masks(view, job, slack) for slack in _SLACKS]
     packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
                          variants=variants, solver="simplex")
-    best = _better(None, _plan(view, packing.columns, min_fraction), view, job)
+    best = _Best(view, job, min_fraction)
+    best.offer(packing.rate, packing.columns)
     if depth_aware:  # re-pack the pooled trees under a cap on each tree's fill
-        for plan in _fill_capped(view, job, list(packing.pool), min_fraction):
-            best = _better(best, plan, view, job)
+        for rate, columns in reversed(_fill_capped(view, job, list(packing.pool))):
+            best.offer(rate, columns)  # highest cap first: the low-rate ones may be skipped
         stars = star_columns(view)  # the best split over direct stars: a tuned PS
         if stars:
-            best = _better(best, _plan(view, solve_master(view, [stars])[0][1], min_fraction),
-                           view, job)
+            best.offer(*solve_master(view, [stars])[0])
         budgets = next(budgets for most, budgets in _BUDGETS if view.n <= most)
         for scale, shared in budgets:  # each in its own master: the LP mixes them badly
             packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
                                  variants=[delay_budget(view, job, scale, shared)],
                                  solver="simplex")
-            best = _better(best, _plan(view, packing.columns, min_fraction), view, job)
-    return best[1]
+            best.offer(packing.rate, packing.columns)
+    return best.plan
 
 
 def _key(col: TreePair) -> tuple[int, bytes, bytes]:
@@ -240,15 +240,81 @@ def _plan(view: NetworkView, columns: tuple[TreePair, ...], min_fraction: float)
                 shards=tuple(_shards(columns, min_fraction)))
 
 
-def _better(best: tuple[float, Plan] | None, plan: Plan, view: NetworkView,
-            job: Job) -> tuple[float, Plan]:
-    seconds = predict(plan, view, job).time_s
-    return (seconds, plan) if best is None or seconds < best[0] * (1 - 1e-9) else best
+class _Best:
+    """The fastest plan offered so far, by the cost model."""
+
+    def __init__(self, view: NetworkView, job: Job, min_fraction: float) -> None:
+        self.view, self.job, self.min_fraction = view, job, min_fraction
+        self.seconds, self._plan, self._seen = np.inf, None, set()
+
+    @property
+    def plan(self) -> Plan:
+        assert self._plan is not None, "no plan was offered"
+        return self._plan
+
+    def offer(self, rate: float, columns: tuple[TreePair, ...]) -> None:
+        """Consider the plan of ``columns``, a master LP solution of total ``rate`` (B/s).
+
+        Notes
+        -----
+        The plan's bandwidth term, hence its predicted time, is at least ``M / rate``: the
+        plan is a point of the same master LP, whose optimum is ``rate``. A plan that cannot
+        beat the best by that measure, or that was offered before, is not predicted (the
+        slow part of planning).
+        """
+        key = tuple(sorted((_key(c), c.rate) for c in columns))
+        if not columns or key in self._seen or self.job.gradient_bytes / rate >= self.seconds:
+            return
+        self._seen.add(key)
+        plan = _plan(self.view, columns, self.min_fraction)
+        seconds = predict(plan, self.view, self.job).time_s
+        if seconds < self.seconds * (1 - 1e-9):
+            self.seconds, self._plan = seconds, plan
 
 
-def _fill_capped(view: NetworkView, job: Job, pool: list[TreePair],
-                 min_fraction: float) -> list[Plan]:
-    """Plans from the pooled trees whose fill is at most each of a few caps.
+def _chains(parent: np.ndarray, lat: np.ndarray, xfer: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per column, (latency, transfer, largest transfer) of the chain with the most latency
+    plus transfer between the root and any site; ``lat``/``xfer`` hold each site's hop to
+    (from) its parent. Pointer jumping: O(K N log N)."""
+    k, n = parent.shape
+    rows = np.arange(k)[:, None]
+    up = np.where(parent >= 0, parent, np.arange(n)[None, :])  # root and outsiders: self
+    lat, xfer, top = lat.copy(), xfer.copy(), xfer.copy()
+    for _ in range(max(1, int(np.ceil(np.log2(n))) + 1)):
+        lat, xfer = lat + lat[rows, up], xfer + xfer[rows, up]
+        top = np.maximum(top, top[rows, up])
+        up = up[rows, up]
+    deepest = np.argmax(lat + xfer, axis=1)[:, None]
+    return lat[rows, deepest][:, 0], xfer[rows, deepest][:, 0], top[rows, deepest][:, 0]
+
+
+def column_fills(view: NetworkView, job: Job, columns: list[TreePair]) -> np.ndarray:
+    """:func:`netstorm.cost.shard_fill` of each column as a whole-job shard (direct links),
+    vectorised over the columns."""
+    if not columns:
+        return np.zeros(0)
+    chunk = min(float(job.chunk_bytes), float(job.gradient_bytes))
+    rate = np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
+    with np.errstate(divide="ignore"):
+        hop_x = np.where(rate > 0, chunk / np.where(rate > 0, rate, 1), 0.0)
+    sites = np.arange(view.n)[None, :]
+    chains = []
+    for parents, upward in (([c.reduce_parent for c in columns], True),
+                            ([c.broadcast_parent for c in columns], False)):
+        parent = np.stack(parents)
+        other = np.maximum(parent, 0)
+        a, b = (sites, other) if upward else (other, sites)  # the hop's link a -> b
+        edge = parent >= 0
+        chains.append(_chains(parent, np.where(edge, view.latency[a, b], 0.0),
+                              np.where(edge, hop_x[a, b], 0.0)))
+    (ul, ux, uh), (dl, dx, dh) = chains
+    return ul + dl + ux + dx - np.maximum(uh, dh)
+
+
+def _fill_capped(view: NetworkView, job: Job,
+                 pool: list[TreePair]) -> list[tuple[float, tuple[TreePair, ...]]]:
+    """Master LP solutions (rate, columns) over the pooled trees whose fill is at most each
+    of a few caps.
 
     Notes
     -----
@@ -257,8 +323,7 @@ def _fill_capped(view: NetworkView, job: Job, pool: list[TreePair],
     size, the worst case), the master LP re-packs only trees with fill <= F, trading rate
     for fill; the cost model then judges each plan.
     """
-    fills = np.array([shard_fill(Shard(1.0, c.root, _tree(c.reduce_parent),
-                                       _tree(c.broadcast_parent)), view, job) for c in pool])
+    fills = column_fills(view, job, pool)
     order = np.argsort(fills, kind="stable")
     quantiles = _FILL_QUANTILES if view.n <= _LARGE else _FILL_QUANTILES[3::2]
     caps = sorted(set(np.quantile(fills, quantiles).tolist()))
@@ -267,5 +332,4 @@ def _fill_capped(view: NetworkView, job: Job, pool: list[TreePair],
         stop = int(np.searchsorted(fills[order], cap, side="right"))
         batches.append([pool[i] for i in order[start:stop]])
         start = stop
-    return [_plan(view, columns, min_fraction)
-            for _, columns in solve_master(view, batches) if columns]
+    return solve_master(view, batches)
