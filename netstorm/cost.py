@@ -11,6 +11,7 @@ import numpy as np
 from .job import Job
 from .link_schedule import latest_end as _link_schedules
 from .plan import Plan, Route, Shard, children
+from .tree_timing import Crossings, direct_windows
 from .view import NetworkView
 
 __all__ = ["Prediction", "edge_time", "link_loads", "predict", "shard_fill"]
@@ -94,6 +95,14 @@ def link_loads(plan: Plan, view: NetworkView, job: Job, *,
     amounts: list[float] = []
     for shard, share in zip(plan.shards, shares, strict=True):
         nbytes = shard.fraction * total
+        if not shard.routes:  # direct links only: each tree edge is one hop
+            up, down = shard.reduce_tree, shard.broadcast_tree
+            tails.extend(up.keys())
+            tails.extend(down.values())
+            heads.extend(up.values())
+            heads.extend(down.keys())
+            amounts.extend([nbytes] * (len(up) + len(down)))
+            continue
         for u, v in _tree_edges(shard):
             route = shard.route(u, v)
             weights = share.get(route.edge, route.weights)
@@ -203,23 +212,15 @@ class _Hops:
     n: int
     rate: list[list[float]]  # min(link, egress of tail, ingress of head), B/s
     latency: list[list[float]]
-    egress_capped: list[bool]
-    ingress_capped: list[bool]
 
     @classmethod
     def of(cls, view: NetworkView) -> _Hops:
-        rate = np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
-        return cls(view.n, rate.tolist(), view.latency.tolist(),
-                   np.isfinite(view.egress).tolist(), np.isfinite(view.ingress).tolist())
+        return cls(view.n, _hop_rates(view).tolist(), view.latency.tolist())
 
-    def keys(self, a: int, b: int) -> list[int]:
-        """The resources a byte on link a -> b uses: the link and any capped site."""
-        out = [a * self.n + b]
-        if self.egress_capped[a]:
-            out.append(self.n * self.n + a)
-        if self.ingress_capped[b]:
-            out.append(self.n * self.n + self.n + b)
-        return out
+
+def _hop_rates(view: NetworkView) -> np.ndarray:
+    """Per link, min(capacity, egress of its tail, ingress of its head), B/s."""
+    return np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
 
 
 def _edge_hops(hop: _Hops, route: Route, chunk: float,
@@ -241,12 +242,12 @@ def _edge_hops(hop: _Hops, route: Route, chunk: float,
 
 
 def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
-                   head: dict, tail: dict, crossings: dict) -> float:
-    """Record, for every resource a shard's chunk crosses, the earliest time its first chunk
-    can get there (head) and the least time from leaving it to the end (tail), and for every
-    link each crossing as ``(head, bytes, tail)``; return the shard's own pipeline time (one
-    chunk's critical path plus the rest of the shard through its slowest hop, a multipath
-    hop carrying its weight's share)."""
+                   crossings: list[tuple[int, float, float, float]]) -> float:
+    """Record every link crossing of a routed shard as ``(link key, head, bytes, tail)``:
+    the earliest time its first chunk can get there and the least time from leaving it to
+    the end; return the shard's own pipeline time (one chunk's critical path plus the rest
+    of the shard through its slowest hop, a multipath hop carrying its weight's share).
+    :func:`netstorm.tree_timing.direct_windows` is the same model for direct-link shards."""
     size = shard.fraction * job.gradient_bytes
     chunk = min(float(job.chunk_bytes), size)
     hops = {}
@@ -278,7 +279,6 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
         got[site] = got[parent] + hops[(parent, site)][1]
 
     slowest_hop = 0.0
-    inf = float("inf")
 
     def mark(paths: list, start: float, after: float) -> None:
         nonlocal slowest_hop
@@ -288,13 +288,8 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
             for a, b, x, lat, weight in path:
                 rest -= x + lat
                 slowest_hop = max(slowest_hop, x * weight)
-                first, last = start + elapsed, lat + rest + after
-                crossings.setdefault(a * hop.n + b, []).append((first, size * weight, last))
-                for key in hop.keys(a, b):
-                    if first < head.get(key, inf):
-                        head[key] = first
-                    if last < tail.get(key, inf):
-                        tail[key] = last
+                crossings.append((a * hop.n + b, start + elapsed, size * weight,
+                                  lat + rest + after))
                 elapsed += x + lat
 
     for c, p in shard.reduce_tree.items():
@@ -307,21 +302,44 @@ def _shard_windows(shard: Shard, hop: _Hops, job: Job, shares: Shares,
 
 def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
                    out_t: np.ndarray, in_t: np.ndarray) -> float:
-    head: dict = {}
-    tail: dict = {}
-    crossings: dict = {}
-    hop = _Hops.of(view)
-    longest = max((_shard_windows(s, hop, job, share, head, tail, crossings)
-                   for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)),
-                  default=0.0)
+    routed: list[tuple[int, float, float, float]] = []
+    longest = 0.0
+    if any(s.routes for s in plan.shards):  # the per-shard walk, for routed shards
+        hop = _Hops.of(view)
+        longest = max(_shard_windows(s, hop, job, share, routed)
+                      for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)
+                      if s.routes)
+    parts = [Crossings(*(np.array(col, dtype=dtype) for col, dtype in zip(
+        zip(*routed, strict=True) if routed else ((),) * 4,
+        (np.int64, float, float, float), strict=True)))]
+    direct = [s for s in plan.shards if not s.routes]
+    if direct:
+        found, pipeline = direct_windows(direct, _hop_rates(view), view.latency,
+                                         job.chunk_bytes, job.gradient_bytes)
+        parts.append(found)
+        longest = max(longest, float(pipeline.max()))
+    crossings = Crossings(*(np.concatenate(cols) for cols in zip(
+        *((c.key, c.head, c.nbytes, c.tail) for c in parts), strict=True)))
+    n = view.n
     with np.errstate(divide="ignore", invalid="ignore"):
         busy = np.concatenate([np.where(links > 0, links / view.capacity, 0.0).ravel(),
                                out_t, in_t])
-    if head:
-        keys = np.fromiter(head.keys(), dtype=np.int64, count=len(head))
-        starts = np.fromiter(head.values(), dtype=float, count=len(head))
-        ends = np.fromiter((tail[k] for k in head), dtype=float, count=len(head))
-        longest = max(longest, float((starts + busy[keys] + ends).max()))
+    # every resource a crossing uses: its link, and the capped egress and ingress at its ends
+    tails, heads = np.divmod(crossings.key, n)
+    keys, index = [crossings.key], [np.arange(len(crossings.key))]
+    for capped, site, offset in ((np.isfinite(view.egress), tails, n * n),
+                                 (np.isfinite(view.ingress), heads, n * n + n)):
+        pick = np.flatnonzero(capped[site])
+        keys.append(offset + site[pick])
+        index.append(pick)
+    key, pick = np.concatenate(keys), np.concatenate(index)
+    if key.size:
+        first = np.full(len(busy), np.inf)
+        last = np.full(len(busy), np.inf)
+        np.minimum.at(first, key, crossings.head[pick])
+        np.minimum.at(last, key, crossings.tail[pick])
+        used = np.isfinite(first)
+        longest = max(longest, float((first[used] + busy[used] + last[used]).max()))
     return max(longest, _link_schedules(crossings, view.capacity.ravel(), longest))
 
 

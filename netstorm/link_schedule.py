@@ -12,14 +12,15 @@ import heapq
 
 import numpy as np
 
+from .tree_timing import Crossings
+
 __all__ = ["jackson", "latest_end"]
 
 
-def latest_end(crossings: dict[int, list[tuple[float, float, float]]],
-               capacity: np.ndarray, known: float) -> float:
+def latest_end(crossings: Crossings, capacity: np.ndarray, known: float) -> float:
     """The latest end any link's best preemptive schedule allows, where it beats ``known``.
 
-    ``crossings[key]`` lists ``(head s, bytes, tail s)`` on link ``key`` (``a * n + b``),
+    ``crossings`` lists ``(link key, head s, bytes, tail s)`` (key ``a * n + b``),
     ``capacity`` is the flattened capacity matrix. A link serves its crossings one at a
     time; a crossing cannot start before its head, and the all-reduce ends no sooner than
     its finish plus its tail.
@@ -28,14 +29,23 @@ def latest_end(crossings: dict[int, list[tuple[float, float, float]]],
     all start at the latest head and run back to back would still end by ``known`` are
     skipped: their optimum cannot exceed it.
     """
-    for key, jobs in crossings.items():
-        if len(jobs) < 2:
-            continue  # one crossing: head + busy + tail, already counted
-        rate = float(capacity[key])
-        work = sum(nbytes for _, nbytes, _ in jobs) / rate
-        if max(h for h, _, _ in jobs) + work + max(t for _, _, t in jobs) <= known:
-            continue
-        known = max(known, jackson([(h, nbytes / rate, t) for h, nbytes, t in jobs]))
+    if not len(crossings.key):
+        return known
+    order = np.argsort(crossings.key, kind="stable")
+    key = crossings.key[order]
+    head, nbytes, tail = crossings.head[order], crossings.nbytes[order], crossings.tail[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    counts = np.diff(np.r_[starts, len(key)])
+    work = np.add.reduceat(nbytes, starts) / capacity[key[starts]]
+    worst = np.maximum.reduceat(head, starts) + work + np.maximum.reduceat(tail, starts)
+    for g in np.flatnonzero((counts > 1) & (worst > known)):
+        if worst[g] <= known:
+            continue  # ``known`` grew since the check above
+        lo, hi = starts[g], starts[g] + counts[g]
+        rate = float(capacity[key[lo]])
+        known = max(known, jackson(list(zip(head[lo:hi].tolist(),
+                                            (nbytes[lo:hi] / rate).tolist(),
+                                            tail[lo:hi].tolist(), strict=True))))
     return known
 
 

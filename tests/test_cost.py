@@ -130,3 +130,32 @@ def test_jackson_is_the_preemptive_optimum(jobs: list[tuple[float, float, float]
     best = max(min(r for r, _, _ in sub) + sum(p for _, p, _ in sub) + min(q for _, _, q in sub)
                for k in range(1, len(jobs) + 1) for sub in itertools.combinations(jobs, k))
     assert jackson(jobs) == pytest.approx(best, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(("name", "planner"), [("random:9:2", "treepack"), ("netstorm9", "ps"),
+                                               ("waxman:12:1", "mlnet"), ("cities", "ring")])
+def test_direct_shards_time_as_routed_ones(name: str, planner: str) -> None:
+    # predict times direct-link shards all at once (netstorm.tree_timing) and routed shards
+    # by walking each tree; a plan whose every edge names its direct link as an explicit
+    # route takes the walk, and must be timed the same (site caps included)
+    from netstorm import plan
+    from netstorm.builtin_topologies import builtin
+
+    view = builtin(name)
+    view = NetworkView(sites=view.sites, capacity=view.capacity, latency=view.latency,
+                       egress=np.where(np.arange(view.n) % 3 == 0,
+                                       view.capacity.sum(axis=1) / 3, np.inf))
+    job = Job(buckets=50_000_000, chunk_bytes=1_000_000)
+    direct = plan(view, job, planner)
+
+    def spelled_out(s: Shard) -> Shard:  # every tree edge with its route, direct or not
+        edges = [*s.reduce_tree.items(), *((p, c) for c, p in s.broadcast_tree.items())]
+        routes = tuple(Route(r.edge, r.paths, r.weights) for r in (s.route(*e) for e in edges))
+        return Shard(s.fraction, s.root, s.reduce_tree, s.broadcast_tree, routes)
+
+    routed = Plan(1, "hand", view.sites, tuple(map(spelled_out, direct.shards)),
+                  chunk_bytes=direct.chunk_bytes, send_order=direct.send_order)
+    assert all(s.routes for s in routed.shards if s.reduce_tree)
+    a, b = predict(direct, view, job), predict(routed, view, job)
+    assert a.time_s == pytest.approx(b.time_s, rel=1e-12)
+    assert a.fill_s > 0  # latency and chunks count, so the timing is exercised

@@ -12,6 +12,7 @@ from ..cost import predict
 from ..job import Job
 from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master, star_columns
 from ..plan import Plan, Shard
+from ..tree_timing import path_sums
 from ..view import NetworkView
 
 __all__ = ["column_fills", "default_rounds", "delay_budget", "progress_masks", "treepack"]
@@ -245,7 +246,9 @@ class _Best:
 
     def __init__(self, view: NetworkView, job: Job, min_fraction: float) -> None:
         self.view, self.job, self.min_fraction = view, job, min_fraction
-        self.seconds, self._plan, self._seen = np.inf, None, set()
+        self.seconds: float = np.inf
+        self._plan: Plan | None = None
+        self._seen: set[tuple[object, ...]] = set()
 
     @property
     def plan(self) -> Plan:
@@ -275,16 +278,11 @@ class _Best:
 def _chains(parent: np.ndarray, lat: np.ndarray, xfer: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per column, (latency, transfer, largest transfer) of the chain with the most latency
     plus transfer between the root and any site; ``lat``/``xfer`` hold each site's hop to
-    (from) its parent. Pointer jumping: O(K N log N)."""
-    k, n = parent.shape
-    rows = np.arange(k)[:, None]
-    up = np.where(parent >= 0, parent, np.arange(n)[None, :])  # root and outsiders: self
-    lat, xfer, top = lat.copy(), xfer.copy(), xfer.copy()
-    for _ in range(max(1, int(np.ceil(np.log2(n))) + 1)):
-        lat, xfer = lat + lat[rows, up], xfer + xfer[rows, up]
-        top = np.maximum(top, top[rows, up])
-        up = up[rows, up]
+    (from) its parent."""
+    lat, top, xfer = path_sums(parent, lat), path_sums(parent, xfer, np.maximum), path_sums(
+        parent, xfer)
     deepest = np.argmax(lat + xfer, axis=1)[:, None]
+    rows = np.arange(len(parent))[:, None]
     return lat[rows, deepest][:, 0], xfer[rows, deepest][:, 0], top[rows, deepest][:, 0]
 
 
