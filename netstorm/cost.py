@@ -11,7 +11,7 @@ import numpy as np
 from .job import Job
 from .link_schedule import latest_end as _link_schedules
 from .plan import Plan, Route, Shard, children
-from .tree_timing import Crossings, direct_windows
+from .tree_timing import Crossings, direct_windows, hop_rates
 from .view import NetworkView
 
 __all__ = ["Prediction", "edge_time", "link_loads", "predict", "shard_fill"]
@@ -215,12 +215,7 @@ class _Hops:
 
     @classmethod
     def of(cls, view: NetworkView) -> _Hops:
-        return cls(view.n, _hop_rates(view).tolist(), view.latency.tolist())
-
-
-def _hop_rates(view: NetworkView) -> np.ndarray:
-    """Per link, min(capacity, egress of its tail, ingress of its head), B/s."""
-    return np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
+        return cls(view.n, hop_rates(view).tolist(), view.latency.tolist())
 
 
 def _edge_hops(hop: _Hops, route: Route, chunk: float,
@@ -314,7 +309,7 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
         (np.int64, float, float, float), strict=True)))]
     direct = [s for s in plan.shards if not s.routes]
     if direct:
-        found, pipeline = direct_windows(direct, _hop_rates(view), view.latency,
+        found, pipeline = direct_windows(direct, hop_rates(view), view.latency,
                                          job.chunk_bytes, job.gradient_bytes)
         parts.append(found)
         longest = max(longest, float(pipeline.max()))

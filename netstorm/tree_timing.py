@@ -14,8 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .plan import Shard
+from .view import NetworkView
 
-__all__ = ["Crossings", "direct_windows", "parent_arrays", "path_sums"]
+__all__ = ["Crossings", "chain_fills", "direct_windows", "hop_rates", "parent_arrays",
+           "path_sums"]
+
+
+def hop_rates(view: NetworkView) -> np.ndarray:
+    """Per link, ``min(capacity, egress of its tail, ingress of its head)`` in B/s."""
+    return np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
 
 
 def parent_arrays(shards: Sequence[Shard], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +52,36 @@ def path_sums(parent: np.ndarray, weight: np.ndarray,
         total = combine(total, total[rows, hop])
         hop = hop[rows, hop]
     return total
+
+
+def _hops(parent: np.ndarray, rate: np.ndarray, latency: np.ndarray, chunk: np.ndarray | float,
+          upward: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (tree, site): whether the site has a tree edge, and that edge's chunk transfer time
+    and latency (reduce: site -> parent; broadcast: parent -> site); 0 where no edge."""
+    edge = parent >= 0
+    sites, other = np.arange(parent.shape[1])[None, :], np.maximum(parent, 0)
+    a, b = (sites, other) if upward else (other, sites)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(edge, chunk / rate[a, b], 0.0)
+    return edge, x, np.where(edge, latency[a, b], 0.0)
+
+
+def chain_fills(up: np.ndarray, down: np.ndarray, rate: np.ndarray, latency: np.ndarray,
+                chunk: float) -> np.ndarray:
+    """Per tree pair (rows of the parent arrays ``up``/``down``), one chunk's latency plus
+    store-and-forward time along its deepest reduce chain and its deepest broadcast chain,
+    less the slowest hop on them: :func:`netstorm.cost.shard_fill` for direct-link trees."""
+    chains = []
+    for parent, upward in ((up, True), (down, False)):
+        _, x, lat = _hops(parent, rate, latency, chunk, upward)
+        lat, top, x = path_sums(parent, lat), path_sums(parent, x, np.maximum), path_sums(
+            parent, x)
+        deepest = np.argmax(lat + x, axis=1)[:, None]
+        rows = np.arange(len(parent))[:, None]
+        chains.append((lat[rows, deepest][:, 0], x[rows, deepest][:, 0],
+                       top[rows, deepest][:, 0]))
+    (ul, ux, uh), (dl, dx, dh) = chains
+    return ul + dl + ux + dx - np.maximum(uh, dh)
 
 
 def _levels(parent: np.ndarray) -> np.ndarray:
@@ -103,22 +140,10 @@ def direct_windows(shards: Sequence[Shard], rate: np.ndarray, latency: np.ndarra
     up, down = parent_arrays(shards, n)
     size = np.array([s.fraction for s in shards]) * gradient_bytes
     chunk = np.minimum(float(chunk_bytes), size)[:, None]
-    sites = np.arange(n)[None, :]
     rows = np.arange(k_count)
     roots = np.array([s.root for s in shards], dtype=np.int64)
-
-    def edge_times(parent: np.ndarray, upward: bool) -> tuple[np.ndarray, ...]:
-        """Per (shard, site): whether it has a tree edge, the edge's chunk transfer time and
-        latency (reduce: site -> parent; broadcast: parent -> site)."""
-        edge = parent >= 0
-        other = np.maximum(parent, 0)
-        a, b = (sites, other) if upward else (other, sites)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = np.where(edge, chunk / rate[a, b], 0.0)
-        return edge, x, np.where(edge, latency[a, b], 0.0)
-
-    up_edge, up_x, up_lat = edge_times(up, True)
-    dn_edge, dn_x, dn_lat = edge_times(down, False)
+    up_edge, up_x, up_lat = _hops(up, rate, latency, chunk, True)
+    dn_edge, dn_x, dn_lat = _hops(down, rate, latency, chunk, False)
     ready = _subtree_max(up, up_x + up_lat)
     to_root = path_sums(up, up_x + up_lat)
     depth = _subtree_max(down, dn_x + dn_lat)

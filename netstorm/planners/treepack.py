@@ -12,7 +12,7 @@ from ..cost import predict
 from ..job import Job
 from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master, star_columns
 from ..plan import Plan, Shard
-from ..tree_timing import path_sums
+from ..tree_timing import chain_fills, hop_rates
 from ..view import NetworkView
 
 __all__ = ["column_fills", "default_rounds", "delay_budget", "progress_masks", "treepack"]
@@ -275,38 +275,14 @@ class _Best:
             self.seconds, self._plan = seconds, plan
 
 
-def _chains(parent: np.ndarray, lat: np.ndarray, xfer: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per column, (latency, transfer, largest transfer) of the chain with the most latency
-    plus transfer between the root and any site; ``lat``/``xfer`` hold each site's hop to
-    (from) its parent."""
-    lat, top, xfer = path_sums(parent, lat), path_sums(parent, xfer, np.maximum), path_sums(
-        parent, xfer)
-    deepest = np.argmax(lat + xfer, axis=1)[:, None]
-    rows = np.arange(len(parent))[:, None]
-    return lat[rows, deepest][:, 0], xfer[rows, deepest][:, 0], top[rows, deepest][:, 0]
-
-
 def column_fills(view: NetworkView, job: Job, columns: list[TreePair]) -> np.ndarray:
-    """:func:`netstorm.cost.shard_fill` of each column as a whole-job shard (direct links),
-    vectorised over the columns."""
+    """:func:`netstorm.cost.shard_fill` of each column as a whole-job shard, vectorised over
+    the columns (:func:`netstorm.tree_timing.chain_fills`)."""
     if not columns:
         return np.zeros(0)
-    chunk = min(float(job.chunk_bytes), float(job.gradient_bytes))
-    rate = np.minimum(np.minimum(view.capacity, view.egress[:, None]), view.ingress[None, :])
-    with np.errstate(divide="ignore"):
-        hop_x = np.where(rate > 0, chunk / np.where(rate > 0, rate, 1), 0.0)
-    sites = np.arange(view.n)[None, :]
-    chains = []
-    for parents, upward in (([c.reduce_parent for c in columns], True),
-                            ([c.broadcast_parent for c in columns], False)):
-        parent = np.stack(parents)
-        other = np.maximum(parent, 0)
-        a, b = (sites, other) if upward else (other, sites)  # the hop's link a -> b
-        edge = parent >= 0
-        chains.append(_chains(parent, np.where(edge, view.latency[a, b], 0.0),
-                              np.where(edge, hop_x[a, b], 0.0)))
-    (ul, ux, uh), (dl, dx, dh) = chains
-    return ul + dl + ux + dx - np.maximum(uh, dh)
+    return chain_fills(np.stack([c.reduce_parent for c in columns]),
+                       np.stack([c.broadcast_parent for c in columns]), hop_rates(view),
+                       view.latency, min(float(job.chunk_bytes), float(job.gradient_bytes)))
 
 
 def _fill_capped(view: NetworkView, job: Job,
