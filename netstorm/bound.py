@@ -45,7 +45,8 @@ class Bound:
     reach_s
         The least time by which each site's own links can carry every worker's data out to
         (and in from) every other worker, latency included
-        (:func:`netstorm.reach.reach_time`); it holds for any scheme, not only trees.
+        (:func:`netstorm.reach.reach_time`); it holds for any scheme, not only trees. 0 when
+        bounding a single phase.
     method
         ``"flow-lp"`` (exact), ``"tree-packing"`` (exact to ``gap`` when ``exact``),
         or ``"simple"`` (volume, cut and per-site bounds only).

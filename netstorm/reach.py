@@ -61,7 +61,7 @@ def reach_time(view: NetworkView, m_bytes: float) -> float:
     Returns
     -------
     float
-        Seconds; 0 with fewer than two workers.
+        Seconds; 0 with fewer than two workers, ``inf`` when a worker has no link out (in).
 
     Notes
     -----
