@@ -304,22 +304,25 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
         longest = max(_shard_windows(s, hop, job, share, routed)
                       for s, share in zip(plan.shards, _chunk_shares(plan, job), strict=True)
                       if s.routes)
-    parts = [Crossings(*(np.array(col, dtype=dtype) for col, dtype in zip(
-        zip(*routed, strict=True) if routed else ((),) * 4,
-        (np.int64, float, float, float), strict=True)))]
+    parts = [Crossings.of_rows(routed)]
     direct = [s for s in plan.shards if not s.routes]
     if direct:
         found, pipeline = direct_windows(direct, hop_rates(view), view.latency,
                                          job.chunk_bytes, job.gradient_bytes)
         parts.append(found)
         longest = max(longest, float(pipeline.max()))
-    crossings = Crossings(*(np.concatenate(cols) for cols in zip(
-        *((c.key, c.head, c.nbytes, c.tail) for c in parts), strict=True)))
-    n = view.n
+    crossings = Crossings.concat(parts)
     with np.errstate(divide="ignore", invalid="ignore"):
         busy = np.concatenate([np.where(links > 0, links / view.capacity, 0.0).ravel(),
                                out_t, in_t])
-    # every resource a crossing uses: its link, and the capped egress and ingress at its ends
+    longest = max(longest, _resource_windows(crossings, busy, view))
+    return max(longest, _link_schedules(crossings, view.capacity.ravel(), longest))
+
+
+def _resource_windows(crossings: Crossings, busy: np.ndarray, view: NetworkView) -> float:
+    """``max_e (head_e + busy_e + tail_e)`` over the resources the crossings use: their links
+    and the capped egress and ingress at their ends (keys as in :class:`_Hops`)."""
+    n = view.n
     tails, heads = np.divmod(crossings.key, n)
     keys, index = [crossings.key], [np.arange(len(crossings.key))]
     for capped, site, offset in ((np.isfinite(view.egress), tails, n * n),
@@ -328,14 +331,14 @@ def _pipeline_time(plan: Plan, view: NetworkView, job: Job, links: np.ndarray,
         keys.append(offset + site[pick])
         index.append(pick)
     key, pick = np.concatenate(keys), np.concatenate(index)
-    if key.size:
-        first = np.full(len(busy), np.inf)
-        last = np.full(len(busy), np.inf)
-        np.minimum.at(first, key, crossings.head[pick])
-        np.minimum.at(last, key, crossings.tail[pick])
-        used = np.isfinite(first)
-        longest = max(longest, float((first[used] + busy[used] + last[used]).max()))
-    return max(longest, _link_schedules(crossings, view.capacity.ravel(), longest))
+    if not key.size:
+        return 0.0
+    first = np.full(len(busy), np.inf)
+    last = np.full(len(busy), np.inf)
+    np.minimum.at(first, key, crossings.head[pick])
+    np.minimum.at(last, key, crossings.tail[pick])
+    used = np.isfinite(first)
+    return float((first[used] + busy[used] + last[used]).max())
 
 
 def predict(plan: Plan, view: NetworkView, job: Job) -> Prediction:

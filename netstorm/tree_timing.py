@@ -112,6 +112,18 @@ class Crossings:
     nbytes: np.ndarray
     tail: np.ndarray
 
+    @classmethod
+    def of_rows(cls, rows: Sequence[tuple[int, float, float, float]]) -> Crossings:
+        """From ``(key, head, bytes, tail)`` rows."""
+        table = np.array(rows, dtype=float).reshape(-1, 4)
+        return cls(table[:, 0].astype(np.int64), table[:, 1], table[:, 2], table[:, 3])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Crossings]) -> Crossings:
+        """All crossings of ``parts``, in order."""
+        return cls(*(np.concatenate([getattr(c, f) for c in parts])
+                     for f in ("key", "head", "nbytes", "tail")))
+
 
 def direct_windows(shards: Sequence[Shard], rate: np.ndarray, latency: np.ndarray,
                    chunk_bytes: float, gradient_bytes: float) -> tuple[Crossings, np.ndarray]:
