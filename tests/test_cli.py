@@ -51,8 +51,8 @@ def test_bound_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and doc["exact"] is True
     assert doc["bound_time_s"] == pytest.approx(102_228_128 / 36.5e6, rel=1e-6)
     assert doc["cut_time_s"] <= doc["bound_time_s"] * (1 + 1e-6)
-    # netstorm9 is bandwidth-bound: its latency terms sit below the LP's
-    assert 0 < doc["reach_s"] <= doc["bound_time_s"] and doc["priced_s"] <= doc["bound_time_s"]
+    # netstorm9 is bandwidth-bound: the reach term (a JSON key) binds below the LP's
+    assert 0 < doc["reach_s"] < doc["bound_time_s"]
 
 
 def test_compare_lists_every_planner(capsys: pytest.CaptureFixture[str]) -> None:
