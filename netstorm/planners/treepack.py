@@ -116,14 +116,19 @@ def delay_budget(view: NetworkView, job: Job, scale: float = 1.0,
 
 #: Slacks of the depth-aware packings tried beside the unrestricted one.
 _SLACKS = (0.0, 0.3, 1.0)
-#: (scale, shared) of the delay-budget packings (each its own master), by largest site count.
+#: ``(largest site count, rounds, ((scale, shared), ...))``: the delay-budget packings (each
+#: its own master) and their column-generation rounds (``None``: the packing's own).
 #: The per-root budgets won only on small meshes (random:8:3 by 7 %); from 13 sites the two
 #: shared ones found the same plans on every mesh tried, in half the time (9.9 s instead of
-#: 20.9 s at 24 sites). Above 24 sites they would cost more than the 1 s target allows.
-_BUDGETS: tuple[tuple[int, tuple[tuple[float, bool], ...]], ...] = (
-    (12, ((1.0, False), (1.25, False), (1.5, False), (1.5, True), (1.75, True))),
-    (24, ((1.5, True), (1.75, True))),
-    (10**9, ()))
+#: 20.9 s at 24 sites). At 25-48 sites five rounds of the 1.5 one (the other added
+#: nothing) cost about 0.1 s at 32 sites and cut the predicted time on random 28-40 site
+#: meshes by 8-27 %; more rounds or budgets there would put the 1 s target at 32 sites at
+#: risk on this noisy 2-core machine.
+_BUDGETS: tuple[tuple[int, int | None, tuple[tuple[float, bool], ...]], ...] = (
+    (12, None, ((1.0, False), (1.25, False), (1.5, False), (1.5, True), (1.75, True))),
+    (24, None, ((1.5, True), (1.75, True))),
+    (48, 5, ((1.5, True),)),
+    (10**9, None, ()))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
 #: Quantiles of the pooled trees' fills used as caps when re-packing.
@@ -146,7 +151,7 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     min_fraction
         Trees carrying less than this share of the rate are dropped (the rest rescaled).
     depth_aware
-        Also pack trees restricted to :func:`progress_masks`, and (up to 24 sites) trees
+        Also pack trees restricted to :func:`progress_masks`, and (up to 48 sites) trees
         within :func:`delay_budget`, and keep whichever plan the cost model predicts
         fastest.
     chunk_bytes
@@ -226,9 +231,10 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
         stars = star_columns(view)  # the best split over direct stars: a tuned PS
         if stars:
             best.offer(*solve_master(view, [stars])[0])
-        budgets = next(budgets for most, budgets in _BUDGETS if view.n <= most)
+        budget_rounds, budgets = next((r, b) for most, r, b in _BUDGETS if view.n <= most)
         for scale, shared in budgets:  # each in its own master: the LP mixes them badly
-            packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
+            packing = pack_trees(view, tol=tol, max_rounds=budget_rounds or rounds,
+                                 time_limit_s=np.inf,
                                  variants=[delay_budget(view, job, scale, shared)],
                                  solver="simplex")
             best.offer(packing.rate, packing.columns)
