@@ -263,20 +263,3 @@ def test_column_fills_equal_shard_fill(name: str) -> None:
     want = [shard_fill(Shard(1.0, c.root, module._tree(c.reduce_parent),
                              module._tree(c.broadcast_parent)), view, job) for c in pool]
     assert module.column_fills(view, job, pool) == pytest.approx(want, rel=1e-12, abs=1e-15)
-
-
-@pytest.mark.parametrize("name", ["random:12:1", "cloud:aws:8", "waxman:16:2"])
-def test_a_master_solution_predicts_no_faster_than_its_rate(name: str) -> None:
-    # treepack skips predicting plans whose M / rate cannot beat the best so far: exact only
-    # because a plan's bandwidth term is never below its master LP's M / rate
-    from netstorm.packing import pack_trees, solve_master
-
-    module = importlib.import_module("netstorm.planners.treepack")
-    view, job = builtin(name), Job.from_model("resnet50")
-    packing = pack_trees(view, max_rounds=8, solver="simplex")
-    pool = list(packing.pool)
-    solutions = [(packing.rate, packing.columns),
-                 *solve_master(view, [pool[: len(pool) // 3], pool[len(pool) // 3:]])]
-    for rate, columns in solutions:
-        pred = predict(module._plan(view, columns, 1e-3), view, job)
-        assert pred.bandwidth_s >= job.gradient_bytes / rate * (1 - 1e-9)

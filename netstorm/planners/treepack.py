@@ -223,65 +223,25 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
         variants += [progress_masks(view, job, slack) for slack in _SLACKS]
     packing = pack_trees(view, tol=tol, max_rounds=rounds, time_limit_s=np.inf,
                          variants=variants, solver="simplex")
-    best = _Best(view, job, min_fraction)
-    best.offer(packing.rate, packing.columns)
+    candidates = [packing.columns]
     if depth_aware:  # re-pack the pooled trees under a cap on each tree's fill
-        for rate, columns in reversed(_fill_capped(view, job, list(packing.pool))):
-            best.offer(rate, columns)  # highest cap first: the low-rate ones may be skipped
+        candidates += _fill_capped(view, job, list(packing.pool))
         stars = star_columns(view)  # the best split over direct stars: a tuned PS
         if stars:
-            best.offer(*solve_master(view, [stars])[0])
+            candidates.append(solve_master(view, [stars])[0][1])
         budget_rounds, budgets = next((r, b) for most, r, b in _BUDGETS if view.n <= most)
         for scale, shared in budgets:  # each in its own master: the LP mixes them badly
-            packing = pack_trees(view, tol=tol, max_rounds=budget_rounds or rounds,
-                                 time_limit_s=np.inf,
-                                 variants=[delay_budget(view, job, scale, shared)],
-                                 solver="simplex")
-            best.offer(packing.rate, packing.columns)
-    return best.plan
-
-
-def _key(col: TreePair) -> tuple[int, bytes, bytes]:
-    return col.root, col.reduce_parent.tobytes(), col.broadcast_parent.tobytes()
+            candidates.append(pack_trees(view, tol=tol, max_rounds=budget_rounds or rounds,
+                                         time_limit_s=np.inf,
+                                         variants=[delay_budget(view, job, scale, shared)],
+                                         solver="simplex").columns)
+    plans = [_plan(view, columns, min_fraction) for columns in candidates if columns]
+    return min(plans, key=lambda p: predict(p, view, job).time_s)  # the first of equals
 
 
 def _plan(view: NetworkView, columns: tuple[TreePair, ...], min_fraction: float) -> Plan:
     return Plan(version=1, planner="treepack", sites=view.sites,
                 shards=tuple(_shards(columns, min_fraction)))
-
-
-class _Best:
-    """The fastest plan offered so far, by the cost model."""
-
-    def __init__(self, view: NetworkView, job: Job, min_fraction: float) -> None:
-        self.view, self.job, self.min_fraction = view, job, min_fraction
-        self.seconds: float = np.inf
-        self._plan: Plan | None = None
-        self._seen: set[tuple[object, ...]] = set()
-
-    @property
-    def plan(self) -> Plan:
-        assert self._plan is not None, "no plan was offered"
-        return self._plan
-
-    def offer(self, rate: float, columns: tuple[TreePair, ...]) -> None:
-        """Consider the plan of ``columns``, a master LP solution of total ``rate`` (B/s).
-
-        Notes
-        -----
-        The plan's bandwidth term, hence its predicted time, is at least ``M / rate``: the
-        plan is a point of the same master LP, whose optimum is ``rate``. A plan that cannot
-        beat the best by that measure, or that was offered before, is not predicted (the
-        slow part of planning).
-        """
-        key = tuple(sorted((_key(c), c.rate) for c in columns))
-        if not columns or key in self._seen or self.job.gradient_bytes / rate >= self.seconds:
-            return
-        self._seen.add(key)
-        plan = _plan(self.view, columns, self.min_fraction)
-        seconds = predict(plan, self.view, self.job).time_s
-        if seconds < self.seconds * (1 - 1e-9):
-            self.seconds, self._plan = seconds, plan
 
 
 def column_fills(view: NetworkView, job: Job, columns: list[TreePair]) -> np.ndarray:
@@ -295,9 +255,9 @@ def column_fills(view: NetworkView, job: Job, columns: list[TreePair]) -> np.nda
 
 
 def _fill_capped(view: NetworkView, job: Job,
-                 pool: list[TreePair]) -> list[tuple[float, tuple[TreePair, ...]]]:
-    """Master LP solutions (rate, columns) over the pooled trees whose fill is at most each
-    of a few caps.
+                 pool: list[TreePair]) -> list[tuple[TreePair, ...]]:
+    """Master LP solutions (their trees in use) over the pooled trees whose fill is at most
+    each of a few caps.
 
     Notes
     -----
@@ -315,4 +275,4 @@ def _fill_capped(view: NetworkView, job: Job,
         stop = int(np.searchsorted(fills[order], cap, side="right"))
         batches.append([pool[i] for i in order[start:stop]])
         start = stop
-    return solve_master(view, batches)
+    return [columns for _, columns in solve_master(view, batches)]
