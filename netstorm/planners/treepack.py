@@ -12,6 +12,7 @@ from ..cost import predict
 from ..job import Job
 from ..packing import DelayBudget, Masks, TreePair, Variant, pack_trees, solve_master, star_columns
 from ..plan import Plan, Shard
+from ..reach import fastest_paths
 from ..tree_timing import chain_fills, hop_rates
 from ..view import NetworkView
 
@@ -52,16 +53,12 @@ def _shards(columns: tuple[TreePair, ...], min_fraction: float) -> list[Shard]:
 
 def _chunk_paths(view: NetworkView, job: Job) -> tuple[np.ndarray, np.ndarray]:
     """Per hop, latency plus one chunk's store-and-forward time (``inf`` where there is no
-    link), and the fastest path time between every pair (Floyd-Warshall)."""
+    link), and the fastest path time between every pair."""
     with np.errstate(divide="ignore"):
         hop = np.where(view.capacity > 0,
                        view.latency + job.chunk_bytes / np.where(view.capacity > 0,
                                                                   view.capacity, 1), np.inf)
-    dist = hop.copy()
-    np.fill_diagonal(dist, 0.0)
-    for k in range(view.n):
-        np.minimum(dist, dist[:, k, None] + dist[None, k, :], out=dist)
-    return hop, dist
+    return hop, fastest_paths(hop)
 
 
 def progress_masks(view: NetworkView, job: Job, slack: float = 0.0) -> Masks:
