@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +75,17 @@ def test_redraw_and_noise_keep_the_links_and_are_seeded() -> None:
     ratio = est.capacity[links] / one.capacity[links]
     assert np.array_equal(est.capacity > 0, links)
     assert ratio.min() >= 0.7 and ratio.max() <= 1.3 and noisy(one, seed=7) == est
+
+
+def test_latency_front_script_runs_above_the_bound() -> None:
+    """``benchmarks/latency_front.py`` on a small latency mesh: every family's best plan is
+    predicted no faster than the bound, as any tree plan must be."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_front.py"
+    proc = subprocess.run([sys.executable, str(script), "random:6:5", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["view"] == "random:6:5" and row["pool_trees"] > 0
+    assert len(row["per_budget"]) == 10
+    for key in ("treepack", "budgets", "capped"):
+        assert row[key] >= 1 - TOL

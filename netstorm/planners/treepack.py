@@ -16,7 +16,8 @@ from ..reach import fastest_paths
 from ..tree_timing import chain_fills, hop_rates
 from ..view import NetworkView
 
-__all__ = ["column_fills", "default_rounds", "delay_budget", "progress_masks", "treepack"]
+__all__ = ["column_fills", "columns_plan", "default_rounds", "delay_budget", "progress_masks",
+           "treepack"]
 
 
 def default_rounds(n: int) -> int:
@@ -232,11 +233,14 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
                                          time_limit_s=np.inf,
                                          variants=[delay_budget(view, job, scale, shared)],
                                          solver="simplex").columns)
-    plans = [_plan(view, columns, min_fraction) for columns in candidates if columns]
+    plans = [columns_plan(view, columns, min_fraction) for columns in candidates if columns]
     return min(plans, key=lambda p: predict(p, view, job).time_s)  # the first of equals
 
 
-def _plan(view: NetworkView, columns: tuple[TreePair, ...], min_fraction: float) -> Plan:
+def columns_plan(view: NetworkView, columns: tuple[TreePair, ...],
+                 min_fraction: float = 1e-3) -> Plan:
+    """A treepack plan with one shard per distinct tree pair of ``columns``, its fraction the
+    pair's share of the total rate (pairs below ``min_fraction`` of it dropped)."""
     return Plan(version=1, planner="treepack", sites=view.sites,
                 shards=tuple(_shards(columns, min_fraction)))
 
