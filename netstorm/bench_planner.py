@@ -194,6 +194,9 @@ def _table(doc: dict[str, Any], planners: Sequence[str]) -> list[dict[str, Any]]
     sp = doc["treepack_speedup_vs_netstorm"]
     rows.append({"view": "netstorm9 redraws (geomean)", "metric": "speedup vs netstorm",
                  **blank, "treepack": sp["geomean"]})
+    rows.append({"view": "netstorm9 redraws (geomean)",
+                 "metric": "simulated speedup vs netstorm", **blank,
+                 "treepack": sp["simulated_geomean"]})
     for t in doc["planning_time"]:
         rows.append({"view": f"{t['topology']} ({t['sites']} sites)", "metric": "plan s",
                      **blank, "treepack": t["planning_s"]})
@@ -231,7 +234,9 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     :class:`netstorm.Bound`) and the bandwidth ratio
     ``predict(plan).bandwidth_s / bound.bandwidth_s``; both are >= 1 when the bound holds.
     The speedup is the geometric mean over the netstorm9 redraws of
-    ``predicted(netstorm) / predicted(treepack)``. Simulated times come from
+    ``predicted(netstorm) / predicted(treepack)``, and the simulated speedup the same of the
+    simulated times (the cost model is optimistic for netstorm's relayed multipath plans,
+    whose relays idle while they wait for chunks, so this one is larger). Simulated times come from
     :func:`netstorm.sim.allreduce` on the same view (static, no compute). Planning time is
     the wall time of
     :func:`netstorm.plan` (planning, validation and prediction) on ``random:N:1`` full
@@ -268,15 +273,18 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
                for p in PLANNERS}
     fidelity = {p: [r["simulated_time_s"][p] / r["predicted_time_s"][p] for r in rows]
                 for p in SIMULATED}
-    ratios = [r["predicted_time_s"]["netstorm"] / r["predicted_time_s"]["treepack"]
-              for r in rows if r["view"] in {v.name for v in redraws}]
+    redrawn = [r for r in rows if r["view"] in {v.name for v in redraws}]
+    ratios = {key: [r[key]["netstorm"] / r[key]["treepack"] for r in redrawn]
+              for key in ("predicted_time_s", "simulated_time_s")}
     doc: dict[str, Any] = {
         "benchmark": "planner", "model": job.label(), "gradient_bytes": job.gradient_bytes,
         "chunk_bytes": job.chunk_bytes, "quick": quick, "planners": list(PLANNERS),
         "redraw_mbits": list(REDRAW_MBITS), "views": rows, "summary": summary,
         "treepack_speedup_vs_netstorm": {
-            "views": [v.name for v in redraws], "per_view": ratios,
-            "geomean": _geomean(ratios)},
+            "views": [v.name for v in redraws], "per_view": ratios["predicted_time_s"],
+            "geomean": _geomean(ratios["predicted_time_s"]),
+            "simulated_per_view": ratios["simulated_time_s"],
+            "simulated_geomean": _geomean(ratios["simulated_time_s"])},
         "simulated_over_predicted": {p: {"min": min(v), "max": max(v)}
                                      for p, v in fidelity.items()},
         "planning_time": timing,

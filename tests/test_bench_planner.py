@@ -47,6 +47,11 @@ def test_quick_has_every_figure(quick: dict) -> None:
             "bandwidth_ratio_worst"}
     speedup = quick["treepack_speedup_vs_netstorm"]
     assert speedup["views"] == ["netstorm9~r0"] and speedup["geomean"] > 0
+    (redrawn,) = [v for v in quick["views"] if v["view"] == "netstorm9~r0"]
+    for kind, key in (("", "predicted_time_s"), ("simulated_", "simulated_time_s")):
+        ratio = redrawn[key]["netstorm"] / redrawn[key]["treepack"]
+        assert speedup[f"{kind}per_view"] == pytest.approx([ratio])
+        assert speedup[f"{kind}geomean"] == pytest.approx(ratio)
     assert [t["sites"] for t in quick["planning_time"]] == [16]
     assert all(t["planning_s"] > 0 for t in quick["planning_time"])
     assert {(r["view"], r["planner"]) for r in quick["robustness"]} == {
