@@ -39,7 +39,8 @@ def _nodes(ax, view: NetworkView, pos: dict) -> None:  # type: ignore[no-untyped
     colors = ["#4C72B0" if graph.nodes[i]["worker"] else "#BBBBBB" for i in graph]
     nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=colors, node_size=520)
     nx.draw_networkx_labels(graph, pos, ax=ax, labels=dict(enumerate(view.sites)),
-                            font_size=7, font_color="white")
+                            font_size=7, bbox={"facecolor": "white", "alpha": 0.8,
+                                               "edgecolor": "none", "pad": 1})
 
 
 def draw_topology(view: NetworkView, path: str | Path) -> Path:
