@@ -19,6 +19,7 @@ searching harder among tree packings with this cost model.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -75,16 +76,20 @@ def front(name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    names = [a for a in argv if not a.startswith("--")] or list(VIEWS)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("views", nargs="*", default=list(VIEWS),
+                        help=f"topologies (default: {' '.join(VIEWS)})")
+    parser.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    args = parser.parse_args(argv)
     rows = []
-    for name in names:
+    for name in args.views:
         rows.append(front(name))
-        if "--json" not in argv:
+        if not args.json:
             r = rows[-1]
             print(f"{r['view']:<12} bound {r['bound_s']:.3f} s  treepack {r['treepack']:.3f}  "
                   f"budgets {r['budgets']:.3f}  capped {r['capped']:.3f}  "
                   f"({r['pool_trees']} trees, {r['search_s']:.1f} s)", flush=True)
-    if "--json" in argv:
+    if args.json:
         print(json.dumps(rows, indent=1))
 
 
