@@ -128,7 +128,12 @@ def test_a_callable_planner_is_checked() -> None:
         plan(mesh(3, MB), JOB, not_a_plan)
 
 
-def test_registered_planner_is_found_by_name() -> None:
+def test_registered_planner_is_found_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netstorm import registry
+
+    planner_names()  # load the built-ins and plug-ins, then register into a copy
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+
     @register_planner("half-ps", replace=True)
     def half(view: NetworkView, job: Job, *, seed: object = None,
              state: object = None) -> Plan:
