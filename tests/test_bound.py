@@ -150,6 +150,15 @@ def test_tree_packing_at_scale_reports_a_small_gap() -> None:
     assert result.rate_Bps <= min(simple_bounds(view).values()) * (1 + 1e-9)
 
 
+def test_a_bound_stopped_early_is_looser_and_says_so() -> None:
+    view = builtin("random:12:3")
+    full = bound(view, JOB)
+    early = bound(view, JOB, time_limit_s=1e-9)  # no column-generation round at all
+    assert full.gap < 1e-3 < early.gap
+    assert early.rate_Bps >= full.rate_Bps * (1 - 1e-9)  # a higher rate: a lower time
+    assert early.time_s <= full.time_s * (1 + 1e-9)
+
+
 def test_bound_rejects_bad_phases_and_methods() -> None:
     with pytest.raises(ValueError, match="phases"):
         bound(mesh(3, MB), JOB, phases=["sideways"])

@@ -25,7 +25,8 @@ def test_plan_json_has_the_design_keys(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0 and err == ""
     doc = json.loads(out)  # exactly one JSON object on stdout
     assert {"version", "planner", "sites", "shards", "predicted_time_s",
-            "bound_time_s"} <= set(doc)
+            "bound_time_s", "bound_gap"} <= set(doc)
+    assert 0 <= doc["bound_gap"] < 1e-3  # netstorm9's LP converges within the time budget
     assert doc["planner"] == "ps" and len(doc["shards"]) == 9
     assert doc["bound_time_s"] <= doc["predicted_time_s"]
     check_plan(Plan.from_dict(doc), load_topology("netstorm9"))  # loads back, still valid
@@ -60,6 +61,7 @@ def test_compare_lists_every_planner(capsys: pytest.CaptureFixture[str]) -> None
                        "--json")
     doc = json.loads(out)
     assert code == 0 and [r["planner"] for r in doc["results"]] == ["ps", "ring"]
+    assert 0 <= doc["bound_gap"] < 1e-3
     assert all(r["vs_bound"] >= 1 for r in doc["results"])
 
 
@@ -78,6 +80,7 @@ def test_topo_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (["plan", "-t", "netstorm9", "-p", "ps", "-o", "servers=99"], "servers must be in"),
     (["plan", "-t", "netstorm9", "-p", "ps", "-o", "nokey"], "expected KEY=VALUE"),
     (["bound", "-t", "cloud:ibm"], "unknown built-in topology"),
+    (["bound", "-t", "netstorm9", "--time-limit", "0"], "--time-limit must be > 0"),
     (["plan"], "required: --topology"),
     (["frobnicate"], "invalid choice"),
 ])
