@@ -123,14 +123,16 @@ _SLACKS = (0.0, 0.3, 1.0)
 #: and 1.25 shared never won (``benchmarks/latency_front.py`` prints every budget's plan).
 #: From 13 sites the two shared ones found the same plans as the per-root ones on every
 #: mesh tried, in half the time (9.9 s instead of 20.9 s at 24 sites). At 25-48 sites five
-#: rounds of the 1.5 one (the other added nothing) cost about 0.1 s at 32 sites and cut the
-#: predicted time on random 28-40 site meshes by 8-27 %; more rounds or budgets there would
-#: put the 1 s target at 32 sites at risk on this noisy 2-core machine.
+#: rounds each of the 1.25 and 1.5 shared ones cost about 0.15 s at 32 sites: the 1.5 one
+#: cut the predicted time on random 28-40 site meshes by 8-27 %, and the 1.25 one by up to
+#: 10 % more on 11 of 20 meshes of 26-48 sites (random and waxman); fewer rounds of both
+#: were worse than five of one on 9 of them, and more rounds would put the 1 s target at 32
+#: sites at risk on this noisy 2-core machine.
 _BUDGETS: tuple[tuple[int, int | None, tuple[tuple[float, bool], ...]], ...] = (
     (12, 100, ((1.25, False), (1.5, False), (1.75, False), (1.5, True), (1.75, True),
                (2.0, True))),
     (24, None, ((1.5, True), (1.75, True))),
-    (48, 5, ((1.5, True),)),
+    (48, 5, ((1.25, True), (1.5, True))),
     (10**9, None, ()))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
