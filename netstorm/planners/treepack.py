@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -114,8 +114,17 @@ def delay_budget(view: NetworkView, job: Job, scale: float = 1.0,
 
 #: Slacks of the depth-aware packings tried beside the unrestricted one.
 _SLACKS = (0.0, 0.3, 1.0)
-#: ``(largest site count, rounds, ((scale, shared), ...))``: the delay-budget packings (each
-#: its own master) and their column-generation rounds (``None``: the packing's own).
+
+
+class _Budgets(NamedTuple):
+    """The delay-budget packings treepack tries on networks of up to ``sites`` sites."""
+
+    sites: int
+    rounds: int | None  #: column-generation rounds of each (``None``: the packing's own)
+    scales: tuple[tuple[float, bool], ...]  #: ``(scale, shared)`` of each, its own master
+    mixed: bool = False  #: also solve one master LP over all their trees together
+
+
 #: Up to 12 sites, six budgets of 100 rounds: on 40 meshes of 5-12 sites (random:5..12:1..4,
 #: cities, netstorm9, cloud and waxman views) they beat the earlier five (1.0 and 1.25 per
 #: root instead of 1.75 per root and 2.0 shared, 150 rounds) on 16 meshes, by up to 14.5 %
@@ -126,14 +135,17 @@ _SLACKS = (0.0, 0.3, 1.0)
 #: rounds each of the 1.25 and 1.5 shared ones cost about 0.15 s at 32 sites: the 1.5 one
 #: cut the predicted time on random 28-40 site meshes by 8-27 %, and the 1.25 one by up to
 #: 10 % more on 11 of 20 meshes of 26-48 sites (random and waxman); fewer rounds of both
-#: were worse than five of one on 9 of them, and more rounds would put the 1 s target at 32
-#: sites at risk on this noisy 2-core machine.
-_BUDGETS: tuple[tuple[int, int | None, tuple[tuple[float, bool], ...]], ...] = (
-    (12, 100, ((1.25, False), (1.5, False), (1.75, False), (1.5, True), (1.75, True),
-               (2.0, True))),
-    (24, None, ((1.5, True), (1.75, True))),
-    (48, 5, ((1.25, True), (1.5, True))),
-    (10**9, None, ()))
+#: (three or four rounds) were worse than five of one on 7-10 of them, and more rounds would
+#: put the 1 s target at 32 sites at risk on this noisy 2-core machine. One master LP over
+#: the trees of both gained 1.4-10 % more on 17 of those 20 meshes (as much as re-packing
+#: them under seven fill caps), for about 0.1 s at 32 sites; adding the main packing's trees
+#: gained up to 6.5 % more again but cost 0.3-0.4 s.
+_BUDGETS = (
+    _Budgets(12, 100, ((1.25, False), (1.5, False), (1.75, False), (1.5, True), (1.75, True),
+                       (2.0, True))),
+    _Budgets(24, None, ((1.5, True), (1.75, True))),
+    _Budgets(48, 5, ((1.25, True), (1.5, True)), mixed=True),
+    _Budgets(10**9, None, ()))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
 #: Quantiles of the pooled trees' fills used as caps when re-packing.
@@ -234,12 +246,16 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
         stars = star_columns(view)  # the best split over direct stars: a tuned PS
         if stars:
             candidates.append(solve_master(view, [stars])[0][1])
-        budget_rounds, budgets = next((r, b) for most, r, b in _BUDGETS if view.n <= most)
-        for scale, shared in budgets:  # each in its own master: the LP mixes them badly
-            candidates.append(pack_trees(view, tol=tol, max_rounds=budget_rounds or rounds,
-                                         time_limit_s=np.inf,
-                                         variants=[delay_budget(view, job, scale, shared)],
-                                         solver="simplex").columns)
+        budgets = next(b for b in _BUDGETS if view.n <= b.sites)
+        pooled: list[TreePair] = []
+        for scale, shared in budgets.scales:  # each in its own master: the LP mixes them badly
+            packed = pack_trees(view, tol=tol, max_rounds=budgets.rounds or rounds,
+                                time_limit_s=np.inf, solver="simplex",
+                                variants=[delay_budget(view, job, scale, shared)])
+            candidates.append(packed.columns)
+            pooled += packed.pool
+        if budgets.mixed:  # ... while the master alone mixes their trees well
+            candidates.append(solve_master(view, [pooled])[0][1])
     plans = [columns_plan(view, columns, min_fraction) for columns in candidates if columns]
     return min(plans, key=lambda p: predict(p, view, job).time_s)  # the first of equals
 
