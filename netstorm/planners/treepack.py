@@ -126,8 +126,8 @@ class _Budgets(NamedTuple):
 
 
 #: Up to 12 sites, six budgets of 100 rounds: on 40 meshes of 5-12 sites (random:5..12:1..4,
-#: cities, netstorm9, cloud and waxman views) they beat the earlier five (1.0 and 1.25 per
-#: root instead of 1.75 per root and 2.0 shared, 150 rounds) on 16 meshes, by up to 14.5 %
+#: cities, netstorm9, cloud and waxman views) they beat the earlier five (1.0 per root
+#: instead of 1.75 per root and 2.0 shared, 150 rounds) on 16 meshes, by up to 14.5 %
 #: (2 % geomean), lost 0.3 % on one, and plan in at most 1.9 s (was 1.4 s); scales 1.0
 #: and 1.25 shared never won (``benchmarks/latency_front.py`` prints every budget's plan).
 #: From 13 sites the two shared ones found the same plans as the per-root ones on every
