@@ -62,7 +62,20 @@ def test_compare_lists_every_planner(capsys: pytest.CaptureFixture[str]) -> None
     doc = json.loads(out)
     assert code == 0 and [r["planner"] for r in doc["results"]] == ["ps", "ring"]
     assert 0 <= doc["bound_gap"] < 1e-3
+    assert all("simulated_time_s" not in r for r in doc["results"])  # only with --simulate
     assert all(r["vs_bound"] >= 1 for r in doc["results"])
+
+
+def test_compare_can_simulate_every_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "compare", "-t", "netstorm9", "--planners", "ps,treepack",
+                       "--simulate", "--json")
+    doc = json.loads(out)
+    assert code == 0 and {r["planner"] for r in doc["results"]} == {"ps", "treepack"}
+    for r in doc["results"]:  # the bound holds for the simulator too, and it agrees here
+        assert r["simulated_time_s"] >= doc["bound_time_s"] * (1 - 1e-6)
+        assert r["simulated_time_s"] == pytest.approx(r["predicted_time_s"], rel=0.1)
+    code, out, _ = run(capsys, "compare", "-t", "netstorm9", "--planners", "ps", "--simulate")
+    assert code == 0 and "simulated s" in out.splitlines()[2]
 
 
 def test_topo_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
