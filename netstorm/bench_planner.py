@@ -231,8 +231,7 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
         fill terms, quality, bandwidth ratio, planning time, simulated time and simulated
         quality), ``summary`` (per planner geometric mean and worst of the quality, the
         simulated quality and the bandwidth ratio), ``simulated_over_predicted`` (range per
-        planner),
-        ``treepack_speedup_vs_netstorm``, ``planning_time``, ``robustness``, and
+        planner), ``treepack_speedup_vs_netstorm``, ``planning_time``, ``robustness``, and
         ``results``: the same figures as table rows for :func:`netstorm.bench.format_table`.
 
     Notes
@@ -249,11 +248,10 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     simulated times. Planning time is the wall time of :func:`netstorm.plan` (planning,
     validation and prediction) on ``random:N:1`` full meshes, after one warm-up call on a
     5-site view so that loading numba's compiled kernels is excluded; the median of 3 calls
-    up to 32 sites, one call above. Robustness:
-    each planner plans on the view with every link capacity multiplied by an independent
-    uniform factor in [0.7, 1.3] (seeded), the plan is evaluated with ``predict`` on the
-    true view, and ``loss`` is that time over the time of the plan made on the true view,
-    minus one.
+    up to 32 sites, one call above. Robustness: each planner plans on the view with every
+    link capacity multiplied by an independent uniform factor in [0.7, 1.3] (seeded), the
+    plan is evaluated with ``predict`` on the true view, and ``loss`` is that time over the
+    time of the plan made on the true view, minus one.
     """
     progress = (not quick) if progress is None else progress
     job = Job.from_model("resnet50")

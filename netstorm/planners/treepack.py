@@ -248,13 +248,13 @@ def _pack(view: NetworkView, job: Job, rounds: int, tol: float, min_fraction: fl
             candidates.append(solve_master(view, [stars])[0][1])
         budgets = next(b for b in _BUDGETS if view.n <= b.sites)
         pooled: list[TreePair] = []
-        for scale, shared in budgets.scales:  # each in its own master: the LP mixes them badly
+        for scale, shared in budgets.scales:  # apart: one column generation mixes them badly
             packed = pack_trees(view, tol=tol, max_rounds=budgets.rounds or rounds,
                                 time_limit_s=np.inf, solver="simplex",
                                 variants=[delay_budget(view, job, scale, shared)])
             candidates.append(packed.columns)
             pooled += packed.pool
-        if budgets.mixed:  # ... while the master alone mixes their trees well
+        if budgets.mixed:  # one LP over the trees they found can mix them well
             candidates.append(solve_master(view, [pooled])[0][1])
     plans = [columns_plan(view, columns, min_fraction) for columns in candidates if columns]
     return min(plans, key=lambda p: predict(p, view, job).time_s)  # the first of equals
