@@ -83,6 +83,16 @@ def reach_time(view: NetworkView, m_bytes: float) -> float:
     (:func:`priced_rows`), O(W^2 N log N). It ignores serialisation and store-and-forward,
     so it holds for any pipelining, and it is tightest where a few far or slow links must
     carry a site's share: where the fluid bound's overlap of latency is least realistic.
+
+    Two richer relaxations for tree schemes were tried and proved *weaker* than this one on
+    ``random:16:2`` (ResNet-50; this bound: 0.207 s), so they are not used:
+
+    - per root r, the same windows on every worker's own links, shortened by r's round trip
+      (``max_u d(u, r)`` before a broadcast, ``max_j d(r, j)`` after a reduce), with the
+      root shares an LP variable: 0.193 s;
+    - the flow LP of :func:`netstorm.bound` with every (phase, root) allocation on every link
+      confined to such a window (EDF conditions per link): at T = 0.207 s it still admits
+      130 MB of the 102 MB (a 123k-variable LP; about 4 minutes).
     """
     workers = np.asarray(view.workers)
     if len(workers) < 2:
