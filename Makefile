@@ -28,7 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy netstorm
+	$(BIN)/mypy netstorm sim
 
 bench: $(STAMP)
 	$(BIN)/netstorm bench --json

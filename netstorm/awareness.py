@@ -166,7 +166,9 @@ class Decision:
 class Policy(Protocol):
     """The interface every re-plan policy implements."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The policy's name (CLI and results)."""
 
     def decide(self, *, now: float, last_switch_s: float, current: Plan,
                reference: NetworkView, estimate: NetworkView, job: Job,

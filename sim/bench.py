@@ -42,7 +42,8 @@ def _headline(quick: bool) -> list[dict[str, Any]]:
     view, job = builtin("netstorm9"), Job.from_model("resnet50")
     dyn = Redraw(180.0, 20e6 / 8, 155e6 / 8, seed=1, at_start=True)
     iterations = 20 if quick else 200
-    rows, base = [], None
+    rows: list[dict[str, Any]] = []
+    base: float | None = None
     for planner in ("ps", "mlnet", "tsengine", "netstorm", "treepack", "ring"):
         try:
             r = simulate(view, job, planner, iterations=iterations, dynamics=dyn)

@@ -259,10 +259,9 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     name, _ = get_planner(planner)
     target = planner if callable(planner) else name
     options = dict(planner_options or {})
-    if isinstance(policy, str) or policy is None:
-        policy = policy_for(name, policy)
-    if not aware:
-        policy = StaticPolicy()
+    rule: Policy = (StaticPolicy() if not aware else
+                    policy_for(name, policy) if isinstance(policy, str) or policy is None
+                    else policy)
     started = time.perf_counter()
     env = simpy.Environment()
     estimator = BandwidthEstimator(view, clock=lambda: env.now) if aware else None
@@ -300,7 +299,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                     made.append(time.perf_counter() - tp)
                     return p
 
-                decision = policy.decide(now=env.now, last_switch_s=last_switch,
+                decision = rule.decide(now=env.now, last_switch_s=last_switch,
                                          current=current, reference=reference,
                                          estimate=estimate, job=job, candidate=candidate)
                 if decision.considered:

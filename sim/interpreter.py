@@ -9,6 +9,7 @@ and sends go through the :class:`~netstorm.sim.network.Network`.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -132,8 +133,9 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
         from netstorm.kernels import fused_reduce
 
     def fire(g: int) -> None:
-        value = None
+        value: np.ndarray | None = None
         if inbox is not None:
+            assert payload is not None and result is not None  # payload mode
             step = steps[g]
             ref = step.ref
             inputs = inbox[g]
@@ -156,7 +158,7 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
 
     def _arrival(target: int, value: np.ndarray | None) -> Callable[[], None]:
         def arrive() -> None:
-            if inbox is not None:
+            if inbox is not None and value is not None:
                 inbox[target].append(value)
             pending[target] -= 1
             if pending[target] == 0:
@@ -175,6 +177,9 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
         else:
             action()
 
+    def computed(report: Callable[[int, float, float], None], site: int) -> None:
+        report(site, start, env.now)
+
     start = env.now
     for g, count in enumerate(pending):
         if count == 0:
@@ -184,7 +189,7 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
         seconds = job.compute_time(site)
         local = progs.local.get(site, [])
         if on_compute is not None:
-            at(seconds, lambda s=site: on_compute(s, start, env.now))
+            at(seconds, functools.partial(computed, on_compute, site))
         if overlap and len(bounds) > 2:
             times = bucket_ready_s(job, seconds, backward_fraction)
             groups: dict[int, list[int]] = {}
@@ -192,9 +197,9 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
                 b = bisect.bisect_right(bounds, steps[g].ref.offset) - 1
                 groups.setdefault(b, []).append(g)
             for b in sorted(groups, reverse=True):
-                at(times[b], lambda grp=groups[b]: ready(grp))
+                at(times[b], functools.partial(ready, groups[b]))
         else:
-            at(seconds, lambda grp=local: ready(grp))
+            at(seconds, functools.partial(ready, local))
     if not pending:
         done.succeed(env.now)
     return done

@@ -148,7 +148,7 @@ class Network:
             return  # stalled until the capacity changes
         token = t.token
         event = self.env.timeout(t.remaining / rate)
-        event.callbacks.append(lambda _e, t=t, token=token: self._finish(t, token))
+        event.callbacks.append(lambda _e: self._finish(t, token))
 
     def _advance(self) -> None:
         now = self.env.now

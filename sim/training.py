@@ -86,10 +86,11 @@ def _train(result: SimResult, *, seed: int, batch: int, lr: float,
             loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
             loss.backward()
             for g, p in zip(grads, params, strict=True):
+                assert p.grad is not None  # every parameter takes part in the loss
                 g += p.grad
         with torch.no_grad():
             for g, p in zip(grads, params, strict=True):
-                p -= lr * g / len(shards)
+                p.sub_(lr * g / len(shards))
         clock += seconds
         if (i + 1) % eval_every == 0 or i + 1 == len(result.iteration_s):
             times.append(clock)
