@@ -300,8 +300,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                     return p
 
                 decision = rule.decide(now=env.now, last_switch_s=last_switch,
-                                         current=current, reference=reference,
-                                         estimate=estimate, job=job, candidate=candidate)
+                                       current=current, reference=reference,
+                                       estimate=estimate, job=job, candidate=candidate)
                 if decision.considered:
                     reference = estimate
                 if decision.plan is not None:
