@@ -28,7 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy netstorm sim
+	$(BIN)/mypy netstorm sim kernels
 
 bench: $(STAMP)
 	$(BIN)/netstorm bench --json

@@ -35,7 +35,7 @@ THREADS = 128
 """Threads per block."""
 SIM_MAX_BLOCKS = 4
 """Grid cap under the simulator (so 1025 elements take three trips round the stride loop)."""
-SIMULATOR: bool = bool(config.ENABLE_CUDASIM)
+SIMULATOR: bool = bool(config.ENABLE_CUDASIM)  # type: ignore[attr-defined]  # set at import
 
 if SIMULATOR:
 

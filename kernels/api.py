@@ -23,6 +23,9 @@ from .reference import WIRE_DTYPES
 
 __all__ = ["fused_reduce", "pack", "unpack_accumulate"]
 
+#: A scale factor: any real number (applied in float32, see ``check_scale``).
+Scale = float | np.floating[Any]
+
 _REDUCE_ELEMS = ("f32", "f16", "u16", "bf16")
 _ELEM_KIND = {"f32": "f32", "f16": "fp16", "u16": "bf16", "bf16": "bf16"}
 _WIRE_ELEMS = {"fp16": ("f16", "u16"), "bf16": ("u16", "bf16")}
@@ -53,7 +56,7 @@ def _same_types(flats: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
 
 
 def fused_reduce(
-    out: Any, inputs: Sequence[Any], scale: float = 1.0, accumulate: bool = False
+    out: Any, inputs: Sequence[Any], scale: Scale = 1.0, accumulate: bool = False
 ) -> Any:
     """Sum ``inputs`` into ``out`` in one pass: ``out = scale * sum(inputs)``.
 
@@ -131,7 +134,7 @@ def _new_packed_cpu(src: Buffer, dtype: str) -> Any:
     return np.empty(src.shape, dtype=np.float16 if dtype == "fp16" else np.uint16)
 
 
-def pack(src: Any, scale: float = 1.0, dtype: str = "fp16", out: Any = None) -> Any:
+def pack(src: Any, scale: Scale = 1.0, dtype: str = "fp16", out: Any = None) -> Any:
     """Encode ``scale * src`` for the wire, rounding to nearest even.
 
     Parameters
@@ -183,7 +186,7 @@ def pack(src: Any, scale: float = 1.0, dtype: str = "fp16", out: Any = None) -> 
 
 
 def unpack_accumulate(
-    acc: Any, packed: Any, scale: float = 1.0, dtype: str | None = None
+    acc: Any, packed: Any, scale: Scale = 1.0, dtype: str | None = None
 ) -> Any:
     """Decode ``packed`` and add it into ``acc``: ``acc += scale * decode(packed)``, fused.
 

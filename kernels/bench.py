@@ -14,6 +14,7 @@ kernel's GB/s over triad's.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,12 +124,12 @@ def _cpu_results(n: int, k: int, repeat: int) -> list[dict[str, Any]]:
     for dt in reference.WIRE_DTYPES:
         rows += versus(
             f"pack_{dt}", 6 * n,
-            _best(lambda dt=dt: pack(x0, s, dt, out=packed[dt]), repeat),
+            _best(functools.partial(pack, x0, s, dt, out=packed[dt]), repeat),
             _best(np_pack[dt], repeat), f"(x*s).astype({dt})",
         )
         rows += versus(
             f"unpack_accumulate_{dt}", 10 * n,
-            _best(lambda dt=dt: unpack_accumulate(acc, packed[dt], s, dt), repeat),
+            _best(functools.partial(unpack_accumulate, acc, packed[dt], s, dt), repeat),
             _best(np_unpack[dt], repeat), f"acc += s*decode({dt})",
         )
     return rows
