@@ -139,13 +139,17 @@ class _Budgets(NamedTuple):
 #: put the 1 s target at 32 sites at risk on this noisy 2-core machine. One master LP over
 #: the trees of both gained 1.4-10 % more on 17 of those 20 meshes (as much as re-packing
 #: them under seven fill caps), for about 0.1 s at 32 sites; adding the main packing's trees
-#: gained up to 6.5 % more again but cost 0.3-0.4 s.
+#: gained up to 6.5 % more again but cost 0.3-0.4 s. Above 48 sites two rounds of each, mixed
+#: the same way: 18-31 % faster plans on 11 random meshes of 49-128 sites and 2.6-10 % on
+#: waxman:64:1/2 (simulated at 49 and 64 sites: -30 % and -20 %), for +0.2-0.4 s at 49-64
+#: sites (0.9 s at random:64:1) and +1.5-1.9 s at 128 (3.9 s); three or four rounds gained
+#: 1-4 % more on some meshes for another 0.1-0.35 s at 49-64 sites, none at 96-128.
 _BUDGETS = (
     _Budgets(12, 100, ((1.25, False), (1.5, False), (1.75, False), (1.5, True), (1.75, True),
                        (2.0, True))),
     _Budgets(24, None, ((1.5, True), (1.75, True))),
     _Budgets(48, 5, ((1.25, True), (1.5, True)), mixed=True),
-    _Budgets(10**9, None, ()))
+    _Budgets(10**9, 2, ((1.25, True), (1.5, True)), mixed=True))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
 #: Quantiles of the pooled trees' fills used as caps when re-packing.
@@ -168,9 +172,9 @@ def treepack(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     min_fraction
         Trees carrying less than this share of the rate are dropped (the rest rescaled).
     depth_aware
-        Also pack trees restricted to :func:`progress_masks`, and (up to 48 sites) trees
-        within :func:`delay_budget`, and keep whichever plan the cost model predicts
-        fastest.
+        Also pack trees restricted to :func:`progress_masks`, and trees within
+        :func:`delay_budget` (fewer budgets and rounds as the site count grows), and keep
+        whichever plan the cost model predicts fastest.
     chunk_bytes
         The plan's pipelining chunk (``Plan.chunk_bytes``). ``"auto"`` (default): choose
         among :func:`netstorm.chunking.chunk_candidates` (the job's chunk and its halvings
