@@ -24,7 +24,6 @@ from .bound import bound
 from .builtin_topologies import builtin
 from .cost import predict
 from .job import Job
-from .plan import Plan
 from .registry import plan
 from .view import NetworkView
 
@@ -105,10 +104,10 @@ class _Progress:
 
 
 def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
-             bar: _Progress) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Plan]]:
+             bar: _Progress) -> list[dict[str, Any]]:
     from .sim import allreduce  # the simulator is an optional layer over the core
 
-    rows, plans = [], {}
+    rows: list[dict[str, Any]] = []
     for view in views:
         low = bound(view, job)
         bar.step(f"bound {view.name}")
@@ -124,7 +123,6 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             started = time.perf_counter()
             result = plan(view, job, name, seed=SEED)
             seconds = time.perf_counter() - started
-            plans[(view.name, name)] = result
             pred = predict(result, view, job)
             row["predicted_time_s"][name] = pred.time_s
             row["bandwidth_s"][name] = pred.bandwidth_s
@@ -137,7 +135,7 @@ def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
             row["simulated_quality"][name] = simulated / low.time_s
             bar.step(f"{name} on {view.name}")
         rows.append(row)
-    return rows, plans
+    return rows
 
 
 def _planning_time(sizes: Sequence[int], job: Job, repeats: int,
@@ -160,22 +158,22 @@ def _planning_time(sizes: Sequence[int], job: Job, repeats: int,
 
 
 def _robustness(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
-                plans: dict[tuple[str, str], Plan], simulated: dict[tuple[str, str], float],
-                bar: _Progress) -> list[dict[str, Any]]:
+                rows: Sequence[dict[str, Any]], bar: _Progress) -> list[dict[str, Any]]:
+    """Per view and planner: the noisy estimate's plan on the true view, predicted (one
+    shot) and simulated with the awareness loop; against the true view's plan from
+    ``rows`` (the quality table's predicted and simulated times)."""
     from .sim import simulate
 
+    true = {r["view"]: r for r in rows}
     out = []
     for i, view in enumerate(views):
         estimate = noisy(view, seed=1000 + i)
         for name in planners:
-            exact = plans.get((view.name, name)) or plan(view, job, name, seed=SEED)
-            blind = plan(estimate, job, name, seed=SEED)
-            true_s = predict(exact, view, job).time_s
-            blind_s = predict(blind, view, job).time_s
-            # The awareness loop: start from the estimate, measure, re-plan (if the policy
-            # wants to) and run again; compared with the true view's plan, simulated.
+            true_s = true[view.name]["predicted_time_s"][name]
+            sim_true = true[view.name]["simulated_time_s"][name]
+            # Plan on the estimate, measure, re-plan (if the policy wants to), run again.
             run = simulate(view, job, name, iterations=2, planner_view=estimate, seed=SEED)
-            sim_true = simulated[(view.name, name)]  # the true view's plan, simulated
+            blind_s = run.predicted_s  # the estimate's plan, predicted on the true view
             out.append({"view": view.name, "planner": name, "error": ERROR,
                         "true_plan_time_s": true_s, "noisy_plan_time_s": blind_s,
                         "loss": blind_s / true_s - 1,
@@ -285,10 +283,9 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     load = os.getloadavg()
     started = time.perf_counter()
     try:
-        rows, plans = _quality(views, job, PLANNERS, bar)
+        rows = _quality(views, job, PLANNERS, bar)
         timing = _planning_time(sizes, job, repeats=3, bar=bar)
-        simulated = {(r["view"], p): t for r in rows for p, t in r["simulated_time_s"].items()}
-        robust = _robustness(robust_views, job, robust_planners, plans, simulated, bar)
+        robust = _robustness(robust_views, job, robust_planners, rows, bar)
     finally:
         bar.close()
     summary = {p: {f"{key}_{stat}": fn(r[key][p] for r in rows)

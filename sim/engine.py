@@ -259,9 +259,13 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     name, _ = get_planner(planner)
     target = planner if callable(planner) else name
     options = dict(planner_options or {})
-    rule: Policy = (StaticPolicy() if not aware else
-                    policy_for(name, policy) if isinstance(policy, str) or policy is None
-                    else policy)
+    rule: Policy
+    if not aware:
+        rule = StaticPolicy()
+    elif isinstance(policy, str) or policy is None:
+        rule = policy_for(name, policy)
+    else:
+        rule = policy
     started = time.perf_counter()
     env = simpy.Environment()
     estimator = BandwidthEstimator(view, clock=lambda: env.now) if aware else None

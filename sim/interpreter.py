@@ -158,7 +158,8 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
 
     def _arrival(target: int, value: np.ndarray | None) -> Callable[[], None]:
         def arrive() -> None:
-            if inbox is not None and value is not None:
+            if inbox is not None:
+                assert value is not None  # payload mode: every step computes its value
                 inbox[target].append(value)
             pending[target] -= 1
             if pending[target] == 0:

@@ -125,30 +125,25 @@ class _Budgets(NamedTuple):
     mixed: bool = False  #: also solve one master LP over all their trees together
 
 
-#: Up to 12 sites, six budgets of 100 rounds: on 40 meshes of 5-12 sites (random:5..12:1..4,
-#: cities, netstorm9, cloud and waxman views) they beat the earlier five (1.0 per root
-#: instead of 1.75 per root and 2.0 shared, 150 rounds) on 16 meshes, by up to 14.5 %
-#: (2 % geomean), lost 0.3 % on one, and plan in at most 1.9 s (was 1.4 s); scales 1.0
-#: and 1.25 shared never won (``benchmarks/latency_front.py`` prints every budget's plan).
-#: From 13 sites the two shared ones found the same plans as the per-root ones on every
-#: mesh tried, in half the time (9.9 s instead of 20.9 s at 24 sites). At 25-48 sites five
-#: rounds each of the 1.25 and 1.5 shared ones cost about 0.15 s at 32 sites: the 1.5 one
-#: cut the predicted time on random 28-40 site meshes by 8-27 %, and the 1.25 one by up to
-#: 10 % more on 11 of 20 meshes of 26-48 sites (random and waxman); fewer rounds of both
-#: (three or four rounds) were worse than five of one on 7-10 of them, and more rounds would
-#: put the 1 s target at 32 sites at risk on this noisy 2-core machine. One master LP over
-#: the trees of both gained 1.4-10 % more on 17 of those 20 meshes (as much as re-packing
-#: them under seven fill caps), for about 0.1 s at 32 sites; adding the main packing's trees
-#: gained up to 6.5 % more again but cost 0.3-0.4 s. Above 48 sites two rounds of each, mixed
-#: the same way: 18-31 % faster plans on 11 random meshes of 49-128 sites and 2.6-10 % on
-#: waxman:64:1/2 (simulated at 49 and 64 sites: -30 % and -20 %), for +0.2-0.4 s at 49-64
-#: sites (0.9 s at random:64:1) and +1.5-1.9 s at 128 (3.9 s); three or four rounds gained
-#: 1-4 % more on some meshes for another 0.1-0.35 s at 49-64 sites, none at 96-128.
+#: The delay-budget packings per band of site counts, and why (predicted times on this
+#: machine's meshes; ``benchmarks/latency_front.py`` prints every budget's plan):
 _BUDGETS = (
+    # <= 12: beat the earlier five (1.0 per root instead of 1.75 per root and 2.0 shared,
+    # 150 rounds) on 16 of 40 meshes, by up to 14.5 %, lost 0.3 % on one; <= 1.9 s.
     _Budgets(12, 100, ((1.25, False), (1.5, False), (1.75, False), (1.5, True), (1.75, True),
                        (2.0, True))),
+    # 13-24: the shared ones found the per-root ones' plans on every mesh, in half the time
+    # (9.9 s instead of 20.9 s at 24 sites); mixing gained 1.2 % on one mesh for 5-15 % time.
     _Budgets(24, None, ((1.5, True), (1.75, True))),
+    # 25-48: 8-27 % faster than no budget on random meshes, mixing 1.4-10 % more on 17 of
+    # 20 meshes, never slower, +0.15 s at 32 sites; three or four rounds of both, or a
+    # 1.0 shared budget too, were slower on some meshes; the main packing's trees in the
+    # mix gained up to 6.5 % for 0.3-0.4 s more.
     _Budgets(48, 5, ((1.25, True), (1.5, True)), mixed=True),
+    # > 48: 18-31 % faster on 11 random meshes of 49-128 sites (simulated -30 % at 49
+    # sites, -20 % at 64), 2.6-10 % on waxman:64, for +0.2-0.4 s at 49-64 sites and
+    # +1.5-1.9 s at 128 (3.9 s); three or four rounds gained 1-4 % for 0.1-0.35 s more,
+    # and a 1.0 shared budget 3-14 % for 10-47 % more time (over 1 s at 64 sites).
     _Budgets(10**9, 2, ((1.25, True), (1.5, True)), mixed=True))
 #: Above this many sites treepack prices fewer variants and tries fewer fill caps.
 _LARGE = 48
