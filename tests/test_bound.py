@@ -203,3 +203,43 @@ def test_priced_bound_holds_against_the_simulator(method: str) -> None:
             continue  # stateful and randomised; covered by the predict test above
         seconds, _ = allreduce(plan(view, job, name), view, job)
         assert seconds >= low.time_s * (1 - 1e-6), name
+
+
+@pytest.mark.parametrize(("lat", "m_bytes"), [(0.05, 1_000_000), (0.05, 4_000_000),
+                                              (0.02, 1_000_000)])
+def test_latency_floor_on_a_three_site_mesh(lat: float, m_bytes: int) -> None:
+    """Hand-derived bracket on a symmetric 3-site mesh (capacity c, one-way latency L).
+
+    Floor, for any reduce-then-broadcast tree scheme: an element rooted at r needs the
+    contribution of a worker u != r, which reaches r no sooner than one hop (L) after the
+    start; only then can r send the sum, which reaches the third worker v no sooner than
+    another L. So T >= 2 L, whatever the bandwidth. Bandwidth alone: every link u -> v
+    carries root u's broadcast and root v's reduce, so the rate is at most 3 c / 2 and
+    T >= M / (3 c / 2). (Adding the two outright is not a valid bound: propagation overlaps
+    transfers.) With a small job 2 L dominates; a bound that drops the latency term falls to
+    about L + M / c (priced / reach terms), well under 2 L.
+
+    Ceiling: an achievable tree plan. Three shards of M/3, shard r rooted at site r, direct
+    stars, no pipelining: each link u -> v first sends u's share of shard v (M/(3c)); v
+    holds shard v's sum at M/(3c) + L and sends it on v -> u, arriving at
+    2 M/(3c) + 2 L. The simulated ring and ps plans are achievable too.
+    """
+    from netstorm.sim import allreduce
+
+    c = 100 * MB
+    cap = np.full((3, 3), c)
+    np.fill_diagonal(cap, 0)
+    view = NetworkView(sites=("a", "b", "c"), capacity=cap,
+                       latency=np.where(cap > 0, lat, 0.0))
+    job = Job(buckets=m_bytes, chunk_bytes=250_000)
+    bandwidth_only = m_bytes / (1.5 * c)
+    floor = max(bandwidth_only, 2 * lat)
+    assert 2 * lat > lat + m_bytes / c  # the cases are ones where the latency term decides
+    result = bound(view, job)
+    assert result.bandwidth_s == pytest.approx(bandwidth_only, rel=1e-6)
+    assert result.latency_s == pytest.approx(2 * lat)
+    assert result.time_s >= floor * (1 - 1e-9)
+    assert result.time_s <= 2 * lat + 2 * m_bytes / (3 * c) + 1e-12  # the hand star plan
+    for name in ("ring", "ps"):
+        seconds, _ = allreduce(plan(view, job, planner=name), view, job)
+        assert result.time_s <= seconds * (1 + 1e-9), name
