@@ -26,7 +26,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import TopologyError
-from .topology import read_csv
+from .topology_files import read_csv
 from .view import NetworkView
 
 __all__ = ["BUILTIN_HELP", "CLOUDS", "builtin", "is_builtin", "netstorm9"]

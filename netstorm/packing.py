@@ -6,12 +6,10 @@ networks too large for the flow LP, and the trees that ``treepack`` turns into s
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -366,18 +364,24 @@ def solve_master(view: NetworkView, batches: list[list[TreePair]]) -> list[tuple
     return out
 
 
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """Silence C-level stdout (HiGHS prints a banner when its first instance is made)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+def _silent_highs() -> Any:
+    """A HiGHS instance with its output off before HiGHS could print anything.
+
+    Notes
+    -----
+    HiGHS writes its banner to stdout on the first call to an instance whose
+    ``output_flag`` is still on (setting options excepted). highspy's ``Highs()`` makes such
+    a call itself (registering its Python callbacks), so its banner comes before any option
+    can be set; its base class ``_Highs``, the bare binding that highspy exports and which
+    has every method used here, makes none. So no file descriptor is redirected: that would
+    silence the whole process, other threads' sockets and logs included. Where highspy does
+    not export ``_Highs``, ``Highs()`` is used (it may then print the banner once).
+    """
+    import highspy
+
+    highs = getattr(highspy, "_Highs", highspy.Highs)()
+    highs.setOptionValue("output_flag", False)
+    return highs
 
 
 # Interior point without crossover: its duals sit inside the optimal face, which steadies
@@ -395,11 +399,9 @@ class _Master:
     def __init__(self, capacity: np.ndarray, solver: str = "ipm") -> None:
         if solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(_SOLVERS)}, got {solver!r}")
-        with _quiet_stdout():
-            import highspy
+        import highspy
 
-            self._h = highspy.Highs()
-        self._h.setOptionValue("output_flag", False)
+        self._h = _silent_highs()
         self._h.setOptionValue("presolve", "off")
         for key, value in _SOLVERS[solver].items():
             self._h.setOptionValue(key, value)

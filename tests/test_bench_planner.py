@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from netstorm import builtin_topologies
-from netstorm.bench import format_table
-from netstorm.bench_planner import PLANNERS, noisy, redraw
+from netstorm.cli.bench import format_table
+from netstorm.cli.bench_planner import PLANNERS, noisy, redraw
 
 TOL = 1e-6
 

@@ -11,9 +11,9 @@ import pytest
 
 import netstorm
 from netstorm import Job, Plan, Shard, compile, plan, predict
-from netstorm.bench_planner import redraw
 from netstorm.builtin_topologies import builtin
 from netstorm.cli import main
+from netstorm.cli.bench_planner import redraw
 from netstorm.schedule import chunk_layout, shard_elements
 
 RESNET50 = Job.from_model("resnet50")

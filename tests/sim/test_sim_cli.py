@@ -90,7 +90,7 @@ def test_sim_overlap_flag_cuts_ddp_buckets(capsys) -> None:
 
 def test_ddp_buckets_by_hand() -> None:
     from netstorm import Job
-    from netstorm.sim_cli import ddp_buckets
+    from netstorm.cli.sim import ddp_buckets
 
     assert ddp_buckets(Job(buckets=4 * 10), 4 * 3).buckets == (4, 12, 12, 12)
     assert ddp_buckets(Job(buckets=4 * 9), 4 * 3).buckets == (12, 12, 12)

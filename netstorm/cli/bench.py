@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .bound import bound
-from .builtin_topologies import builtin
-from .job import Job
+from ..bound import bound
+from ..builtin_topologies import builtin
+from ..job import Job
 
 __all__ = ["format_table", "run"]
 
@@ -33,7 +33,7 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
     if what == "bound":
         return _bound_times(quick)
     if what == "kernels":
-        from .kernels import bench as kernel_bench  # type: ignore[attr-defined]
+        from netstorm.kernels import bench as kernel_bench  # type: ignore[attr-defined]
 
         return kernel_bench.run(n=2**20 if quick else 2**24)  # type: ignore[no-any-return]
     if what == "planner":
@@ -41,7 +41,7 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
 
         return planner_bench(quick=quick)
     if what == "sim":
-        from .sim import bench as sim_bench  # type: ignore[attr-defined]
+        from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
 
         return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
     raise ValueError(f"unknown benchmark {what!r} (bound, kernels, planner, sim)")

@@ -1,7 +1,7 @@
 """``netstorm sim``: simulate planners on a topology (DESIGN 11).
 
-Kept apart from :mod:`netstorm.cli` so the core CLI does not import the simulator (SimPy,
-numba) until this command runs.
+Kept apart from :mod:`netstorm.cli.main` so the other commands do not import the simulator
+(SimPy, numba) until this one runs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanError
-from .job import Job
-from .registry import planner_names
+from ..errors import PlanError
+from ..job import Job
+from ..registry import planner_names
 
 __all__ = ["add_arguments", "ddp_buckets", "run"]
 
@@ -40,7 +40,7 @@ def ddp_buckets(job: Job, bucket_bytes: float) -> Job:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``sim`` options (the common --topology/--model/--chunk/--json come from cli)."""
+    """The ``sim`` options (the common --topology/--model/--chunk/--json come from main)."""
     p.add_argument("--planner", "-p", default="treepack",
                    help="comma-separated planners, e.g. ps,netstorm,treepack")
     p.add_argument("--iterations", "-n", type=int, default=20)
@@ -67,13 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _dynamics(args: argparse.Namespace) -> Any:
-    from .dynamics import parse_dynamics
+    from ..dynamics import parse_dynamics
 
     if args.dynamics is not None:
         return parse_dynamics(args.dynamics)
     path = Path(args.topology)
     if path.suffix.lower() in (".yaml", ".yml", ".json") and path.exists():
-        from .topology import read_document
+        from ..topology_files import read_document
 
         doc = read_document(path)
         if isinstance(doc, dict) and doc.get("dynamics") is not None:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
         dynamics.validate(view)
     window = None
     if args.window:
-        from .units import SIZE_UNITS, parse_quantity
+        from ..units import SIZE_UNITS, parse_quantity
 
         window = parse_quantity(args.window, SIZE_UNITS, "b", "--window")
     from tqdm import tqdm

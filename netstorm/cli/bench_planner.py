@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .bound import bound
-from .builtin_topologies import builtin
-from .cost import predict
-from .job import Job
-from .registry import plan
-from .view import NetworkView
+from ..bound import bound
+from ..builtin_topologies import builtin
+from ..cost import predict
+from ..job import Job
+from ..registry import plan
+from ..view import NetworkView
 
 __all__ = ["PLANNERS", "noisy", "redraw", "run"]
 
@@ -105,7 +105,7 @@ class _Progress:
 
 def _quality(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
              bar: _Progress) -> list[dict[str, Any]]:
-    from .sim import allreduce  # the simulator is an optional layer over the core
+    from netstorm.sim import allreduce  # loaded only when this benchmark runs
 
     rows: list[dict[str, Any]] = []
     for view in views:
@@ -162,7 +162,7 @@ def _robustness(views: Sequence[NetworkView], job: Job, planners: Sequence[str],
     """Per view and planner: the noisy estimate's plan on the true view, predicted (one
     shot) and simulated with the awareness loop; against the true view's plan from
     ``rows`` (the quality table's predicted and simulated times)."""
-    from .sim import simulate
+    from netstorm.sim import simulate
 
     true = {r["view"]: r for r in rows}
     out = []
@@ -243,7 +243,7 @@ def run(quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
         quality), ``summary`` (per planner geometric mean and worst of the quality, the
         simulated quality and the bandwidth ratio), ``simulated_over_predicted`` (range per
         planner), ``treepack_speedup_vs_netstorm``, ``planning_time``, ``robustness``, and
-        ``results``: the same figures as table rows for :func:`netstorm.bench.format_table`.
+        ``results``: the same figures as table rows for :func:`netstorm.cli.bench.format_table`.
 
     Notes
     -----

@@ -14,12 +14,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .bound import Bound, bound
-from .errors import NetstormError
-from .job import Job
-from .registry import plan, planner_names
-from .topology import load_topology
-from .units import SIZE_UNITS, parse_quantity
+from ..bound import Bound, bound
+from ..errors import NetstormError
+from ..job import Job
+from ..registry import plan, planner_names
+from ..topology import load_topology
+from ..units import SIZE_UNITS, parse_quantity
 
 __all__ = ["main"]
 
@@ -116,7 +116,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     low = bound(view, job, time_limit_s=BOUND_SECONDS)
     if args.draw:
-        from .draw import draw_plan
+        from ..draw import draw_plan
 
         draw_plan(result, view, job, args.draw)
     if args.json:
@@ -160,7 +160,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     names = args.planners.split(",") if args.planners else planner_names()
     low = bound(view, job, time_limit_s=BOUND_SECONDS)
     if args.simulate:
-        from .sim import allreduce  # the simulator is an optional layer over the core
+        from netstorm.sim import allreduce  # loaded only when asked for
     results: list[dict[str, Any]] = []
     for name in names:
         started = time.perf_counter()
@@ -196,7 +196,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_topo(args: argparse.Namespace) -> None:
     view = load_topology(args.topology)
     if args.draw:
-        from .draw import draw_topology
+        from ..draw import draw_topology
 
         draw_topology(view, args.draw)
     if args.json:
@@ -214,17 +214,17 @@ def _cmd_topo(args: argparse.Namespace) -> None:
 
 
 def _cmd_sim(args: argparse.Namespace) -> None:
-    from . import sim_cli
+    from . import sim as sim_command
 
     view, job = load_topology(args.topology), _job(args)
-    doc = sim_cli.run(args, view, job)
+    doc = sim_command.run(args, view, job)
     if args.json:
         _emit(doc)
         return
     print(f"simulated {doc['iterations']} iterations of {job.label()} on {view.name} "
           f"(dynamics: {doc['dynamics'] or 'static'})\n")
     print(_table(["planner", "iter mean s", "iter median s", "comm mean s", "total s",
-                  "replans", "predicted s", "chunk MB"], sim_cli.table(doc)))
+                  "replans", "predicted s", "chunk MB"], sim_command.table(doc)))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -279,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sim", help="simulate planners on the (dynamic) WAN")
     _add_common(p)
-    from .sim_cli import add_arguments
+    from .sim import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=_cmd_sim)
