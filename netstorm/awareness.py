@@ -6,8 +6,8 @@
   view exceeds the best plan's by more than a threshold, at most once per interval.
 - :class:`AnyChangePolicy` (the ``netstorm`` planner's faithful policy: re-plan whenever an
   estimate changes) and :class:`EveryIterationPolicy` (``tsengine``'s: re-plan every
-  iteration); :class:`StaticPolicy` never re-plans. :func:`policy_for` picks the faithful
-  default for a planner name.
+  iteration); :class:`StaticPolicy` never re-plans. :func:`policy_named` makes one by name;
+  a planner's default is registered with it (:func:`netstorm.register_planner`).
 
 Policies are frozen values and pure: the caller keeps the time of the last switch and the
 *reference* view (the estimate at the last time a candidate plan was computed), and passes
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -29,7 +29,8 @@ from .plan import Plan
 from .view import NetworkView
 
 __all__ = ["AnyChangePolicy", "BandwidthEstimator", "Decision", "EveryIterationPolicy",
-           "ReplanPolicy", "StaticPolicy", "policy_for", "view_change"]
+           "POLICY_NAMES", "Policy", "ReplanPolicy", "StaticPolicy", "policy_named",
+           "view_change"]
 
 
 class BandwidthEstimator:
@@ -265,23 +266,25 @@ class StaticPolicy:
         return Decision(None, False, "static")
 
 
-_POLICIES: dict[str, Callable[[], Any]] = {
+_POLICIES: dict[str, Callable[[], Policy]] = {
     "hysteresis": ReplanPolicy, "any-change": AnyChangePolicy,
     "every-iteration": EveryIterationPolicy, "static": StaticPolicy,
 }
 
+#: Names :func:`policy_named` knows.
+POLICY_NAMES = tuple(_POLICIES)
 
-def policy_for(planner: str, policy: str | None = None) -> Policy:
-    """The re-plan policy for a planner: ``policy`` by name, else the planner's faithful one.
 
-    Defaults: ``netstorm`` -> any-change, ``tsengine`` -> every-iteration, ``ps``, ``ring``
-    and ``mlnet`` (bandwidth-oblivious) -> static, everything else -> hysteresis.
+def policy_named(name: str) -> Policy:
+    """A re-plan policy with its default settings, by name (one of :data:`POLICY_NAMES`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known ones).
     """
-    if policy is None:
-        policy = {"netstorm": "any-change", "tsengine": "every-iteration", "ps": "static",
-                  "ring": "static", "mlnet": "static"}.get(planner, "hysteresis")
     try:
-        return _POLICIES[policy]()
+        return _POLICIES[name]()
     except KeyError:
-        raise ValueError(f"unknown re-plan policy {policy!r} "
+        raise ValueError(f"unknown re-plan policy {name!r} "
                          f"(known: {', '.join(_POLICIES)})") from None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .job import Job
+from .layout import assign_paths, chunk_layout
 from .link_schedule import latest_end as _link_schedules
 from .plan import Plan, Route, Shard, children
 from .tree_timing import Crossings, direct_windows, hop_rates
@@ -53,11 +54,11 @@ Shares = dict[tuple[int, int], tuple[float, ...]]
 
 def _chunk_shares(plan: Plan, job: Job) -> list[Shares]:
     """Per shard, the byte share of every path of every multipath tree edge once whole
-    chunks are dealt to paths as :func:`netstorm.schedule.compile` deals them."""
-    from .schedule import assign_paths, chunk_layout
-
-    if not any(len(r.paths) > 1 for shard in plan.shards for r in shard.routes):
-        return [{} for _ in plan.shards]  # no multipath edge: nothing to deal
+    chunks are dealt to paths as :func:`netstorm.compile` deals them (a plan whose paths are
+    picked at send time, ``Plan.route_rule``, keeps its weights: the steady-state split)."""
+    multipath = any(len(r.paths) > 1 for shard in plan.shards for r in shard.routes)
+    if plan.route_rule is not None or not multipath:
+        return [{} for _ in plan.shards]  # nothing dealt at compile time
     out = []
     for shard, chunks in zip(plan.shards, chunk_layout(plan, job), strict=True):
         sizes = [elems for _, elems in chunks]
@@ -83,7 +84,7 @@ def link_loads(plan: Plan, view: NetworkView, job: Job, *,
     (relays forward, so they count toward their own egress and ingress).
 
     With ``chunked``, a multipath edge splits its bytes as the compiled plan does: whole
-    chunks per path (:func:`netstorm.schedule.assign_paths`), which differs from the weights
+    chunks per path (:func:`netstorm.layout.assign_paths`), which differs from the weights
     when a shard has few chunks (a one-chunk shard sends everything over its heaviest path).
     Chunks are cut at the plan's chunk size when it has one (:meth:`Plan.job_for`).
     """

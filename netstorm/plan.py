@@ -11,8 +11,11 @@ other tools::
      "predicted_time_s": 1.9}
 
 A plan that picks its own pipelining chunk adds ``"chunk_bytes": 500000`` (absent: the
-job's chunk), and one scheduled least-slack-first ``"send_order": "slack"`` (absent:
-``"progress"``).
+job's chunk), one scheduled least-slack-first ``"send_order": "slack"`` (absent:
+``"progress"``), and one whose multipath chunks pick their path when they are sent (the
+NetStorm paper's queue rule) ``"route_rule": {"aux_queue": 1, "primary_busy": 2}`` (absent:
+chunks are dealt to paths by weight when the plan is compiled). A route's first path is its
+primary, the others are auxiliary. Files written before a key existed load unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -28,13 +31,57 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .job import Job
 
-__all__ = ["SEND_ORDERS", "Plan", "Route", "Shard", "children"]
+__all__ = ["SEND_ORDERS", "Plan", "QueueRule", "Route", "Shard", "children"]
 
 #: The send orders a plan may name (:mod:`netstorm.send_order`).
 SEND_ORDERS = ("progress", "slack")
 
 Edge = tuple[int, int]
 Path = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class QueueRule:
+    """Pick a multipath chunk's path when it is sent, from the send queues (NetStorm's rule).
+
+    Parameters
+    ----------
+    aux_queue
+        An auxiliary path is taken only while its first hop holds fewer chunks than this.
+    primary_busy
+        ... and only while the primary's first hop holds more than this.
+
+    Notes
+    -----
+    A chunk goes over the primary path unless the primary's first hop holds more than
+    ``primary_busy`` chunks (queued or in flight); then it takes the first auxiliary path
+    whose first hop holds fewer than ``aux_queue``, else the primary. The route's weights
+    are then only the planner's steady-state estimate of the split (the cost model's).
+    """
+
+    aux_queue: int = 1
+    primary_busy: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("aux_queue", "primary_busy"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"route_rule {name} must be a whole number >= 0, "
+                                 f"got {value!r}")
+            object.__setattr__(self, name, int(value))
+
+    def choose(self, first_hops: tuple[int, ...], depth: Callable[[int], int]) -> int:
+        """Index of the path to take, given each candidate path's first hop (primary
+        first) and ``depth(next_hop)``: chunks queued or in flight toward that hop."""
+        if len(first_hops) == 1 or depth(first_hops[0]) <= self.primary_busy:
+            return 0
+        for i in range(1, len(first_hops)):
+            if depth(first_hops[i]) < self.aux_queue:
+                return i
+        return 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"aux_queue": self.aux_queue, "primary_busy": self.primary_busy}
 
 
 @dataclass(frozen=True)
@@ -172,7 +219,9 @@ class Plan:
     ``chunk_bytes``, when set, is the pipelining chunk the plan was made for and replaces
     the job's (:meth:`job_for`); ``None`` uses the job's. ``send_order`` is the order in
     which links serve waiting chunks (:mod:`netstorm.send_order`): ``"progress"`` (the
-    default) or ``"slack"``, which needs the view at compile time.
+    default) or ``"slack"``, which needs the view at compile time. ``route_rule``, when
+    set, makes every multipath chunk pick its path when it is sent (:class:`QueueRule`);
+    ``None`` deals chunks to paths by weight at compile time.
     """
 
     version: int
@@ -182,6 +231,7 @@ class Plan:
     predicted_time_s: float | None = None
     chunk_bytes: int | None = None
     send_order: str = "progress"
+    route_rule: QueueRule | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", tuple(self.sites))
@@ -200,6 +250,9 @@ class Plan:
         if self.send_order not in SEND_ORDERS:
             raise ValueError(f"plan send_order must be 'progress' or 'slack', "
                              f"got {self.send_order!r}")
+        if self.route_rule is not None and not isinstance(self.route_rule, QueueRule):
+            raise ValueError(f"plan route_rule must be a QueueRule or None, "
+                             f"got {self.route_rule!r}")
 
     def with_prediction(self, seconds: float) -> Plan:
         return replace(self, predicted_time_s=float(seconds))
@@ -222,6 +275,8 @@ class Plan:
             out["chunk_bytes"] = self.chunk_bytes
         if self.send_order != "progress":
             out["send_order"] = self.send_order
+        if self.route_rule is not None:
+            out["route_rule"] = self.route_rule.to_dict()
         return out
 
     def to_json(self, **kwargs: Any) -> str:
@@ -232,14 +287,18 @@ class Plan:
         """Inverse of :meth:`to_dict`; extra top-level keys (e.g. ``bound_time_s``) are
         ignored so the CLI's output loads back."""
         try:
+            rule = data.get("route_rule")
             return cls(version=data["version"], planner=data["planner"],
                        sites=tuple(data["sites"]),
                        shards=tuple(Shard.from_dict(s) for s in data["shards"]),
                        predicted_time_s=data.get("predicted_time_s"),
                        chunk_bytes=data.get("chunk_bytes"),
-                       send_order=data.get("send_order", "progress"))
+                       send_order=data.get("send_order", "progress"),
+                       route_rule=None if rule is None else QueueRule(**rule))
         except KeyError as exc:
             raise ValueError(f"plan JSON lacks key {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ValueError(f"plan JSON route_rule: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> Plan:

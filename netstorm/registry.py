@@ -14,15 +14,23 @@ A planner is a callable ``planner(view, job, *, seed=None, state=None, **options
 Planners are found by name among the built-ins, those registered with
 :func:`register_planner`, and those advertised by installed packages under the entry-point
 group ``netstorm.planners`` (``name = package.module:function``).
+
+A planner may bring two things that the loop driving it (:class:`netstorm.Controller`, in the
+simulator and the runtime) needs: ``make_state(seed)``, a fresh state object for a run, and
+``default_policy``, the re-plan policy it runs under unless the user picks one. An
+entry-point planner gives them as attributes of its function (``f.make_state``,
+``f.default_policy``).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from .awareness import Policy, ReplanPolicy, policy_named
 from .check import check_plan
 from .cost import predict
 from .errors import PlanError
@@ -30,14 +38,63 @@ from .job import Job
 from .plan import Plan
 from .view import NetworkView
 
-__all__ = ["ENTRY_POINT_GROUP", "Planner", "get_planner", "plan", "planner_names",
-           "register_planner"]
+__all__ = ["ENTRY_POINT_GROUP", "Planner", "PlannerInfo", "get_planner", "plan",
+           "planner_info", "planner_names", "register_planner"]
 
 Planner = Callable[..., Plan]
 ENTRY_POINT_GROUP = "netstorm.planners"
 
-_registry: dict[str, Planner] = {}
+
+@dataclass(frozen=True)
+class PlannerInfo:
+    """A registered planner and what a run of it needs.
+
+    Attributes
+    ----------
+    name, func
+        The registered name and the planner callable.
+    make_state
+        ``make_state(seed) -> state`` for a stateful planner (``None``: stateless).
+    default_policy
+        Its re-plan policy: a :class:`~netstorm.awareness.Policy`, a policy name
+        (:func:`~netstorm.awareness.policy_named`), or ``None`` for
+        :class:`~netstorm.ReplanPolicy` (ours, with hysteresis).
+    """
+
+    name: str
+    func: Planner
+    make_state: Callable[[int | None], Any] | None = None
+    default_policy: Policy | str | None = None
+
+    def new_state(self, seed: int | None) -> Any:
+        """A fresh state object for one run (``None`` for a stateless planner)."""
+        return None if self.make_state is None else self.make_state(seed)
+
+    def policy(self, name: str | None = None) -> Policy:
+        """The policy named ``name``, else the planner's default."""
+        chosen = name if name is not None else self.default_policy
+        if chosen is None:
+            return ReplanPolicy()
+        return policy_named(chosen) if isinstance(chosen, str) else chosen
+
+
+_registry: dict[str, PlannerInfo] = {}
 _loaded = False
+
+
+def _info(name: str, func: object, make_state: Any = None,
+          default_policy: Any = None) -> PlannerInfo:
+    if make_state is not None and not callable(make_state):
+        raise PlanError(f"planner {name!r}: make_state must be callable, got {make_state!r}")
+    if isinstance(default_policy, str):
+        try:
+            policy_named(default_policy)
+        except ValueError as exc:
+            raise PlanError(f"planner {name!r}: {exc}") from None
+    elif default_policy is not None and not callable(getattr(default_policy, "decide", None)):
+        raise PlanError(f"planner {name!r}: default_policy must be a policy or its name, "
+                        f"got {default_policy!r}")
+    return PlannerInfo(name, _validate(name, func), make_state, default_policy)
 
 
 def _validate(name: str, func: object) -> Planner:
@@ -64,17 +121,19 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from .planners import BUILTIN
+    from .planners import BUILTIN, BUILTIN_RUNS
 
     for name, func in BUILTIN.items():
-        _registry.setdefault(name, func)
+        _registry.setdefault(name, _info(name, func, **BUILTIN_RUNS.get(name, {})))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _registry:
             continue
         try:
-            _registry[ep.name] = _validate(ep.name, ep.load())
+            func = ep.load()
+            _registry[ep.name] = _info(ep.name, func, getattr(func, "make_state", None),
+                                       getattr(func, "default_policy", None))
         except Exception as exc:  # a broken plug-in must not break the built-ins
-            _registry[ep.name] = _broken(ep.name, ep.value, exc)
+            _registry[ep.name] = PlannerInfo(ep.name, _broken(ep.name, ep.value, exc))
 
 
 def _broken(name: str, target: str, exc: Exception) -> Planner:
@@ -85,14 +144,24 @@ def _broken(name: str, target: str, exc: Exception) -> Planner:
     return planner
 
 
-def register_planner(name: str, func: Planner | None = None, *,
-                     replace: bool = False) -> Any:
+def register_planner(name: str, func: Planner | None = None, *, replace: bool = False,
+                     make_state: Callable[[int | None], Any] | None = None,
+                     default_policy: Policy | str | None = None) -> Any:
     """Register ``func`` under ``name``; usable as a decorator (``@register_planner("x")``).
+
+    Parameters
+    ----------
+    make_state
+        ``make_state(seed)``: a fresh state object for one run of a stateful planner; the
+        loop passes it as ``state`` on every call of that run.
+    default_policy
+        The re-plan policy the planner runs under by default: a policy or its name
+        (``"hysteresis"``, ``"any-change"``, ``"every-iteration"``, ``"static"``).
 
     Raises
     ------
     PlanError
-        If the name is taken (and ``replace`` is false) or ``func`` breaks the contract.
+        If the name is taken (and ``replace`` is false) or an argument breaks the contract.
     """
     def add(f: Planner) -> Planner:
         _load()
@@ -100,7 +169,7 @@ def register_planner(name: str, func: Planner | None = None, *,
             raise PlanError(f"planner name must be a non-empty string, got {name!r}")
         if name in _registry and not replace:
             raise PlanError(f"planner {name!r} is already registered (pass replace=True)")
-        _registry[name] = _validate(name, f)
+        _registry[name] = _info(name, f, make_state, default_policy)
         return f
 
     return add if func is None else add(func)
@@ -112,17 +181,25 @@ def planner_names() -> list[str]:
     return sorted(_registry)
 
 
-def get_planner(planner: str | Planner) -> tuple[str, Planner]:
-    """Resolve a name or a callable to ``(name, function)``."""
+def planner_info(planner: str | Planner) -> PlannerInfo:
+    """Resolve a name or a callable to its :class:`PlannerInfo` (a bare callable brings its
+    ``make_state`` / ``default_policy`` attributes, if any)."""
     _load()
     if callable(planner):
         name = getattr(planner, "__name__", "custom")
-        return name, _validate(name, planner)
+        return _info(name, planner, getattr(planner, "make_state", None),
+                     getattr(planner, "default_policy", None))
     try:
-        return planner, _registry[planner]
+        return _registry[planner]
     except KeyError:
         raise PlanError(f"unknown planner {planner!r} (available: "
                         f"{', '.join(sorted(_registry))})") from None
+
+
+def get_planner(planner: str | Planner) -> tuple[str, Planner]:
+    """Resolve a name or a callable to ``(name, function)``."""
+    info = planner_info(planner)
+    return info.name, info.func
 
 
 def plan(view: NetworkView, job: Job, planner: str | Planner = "treepack", *,

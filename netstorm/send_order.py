@@ -1,7 +1,7 @@
 """Send order: which waiting chunk a link serves next.
 
 Every step of a compiled program has a priority; a link's queue serves the smallest first
-(:attr:`netstorm.schedule.Step.priority`). A plan names its order in ``Plan.send_order``:
+(:attr:`netstorm.program.Step.priority`). A plan names its order in ``Plan.send_order``:
 
 - ``"progress"`` (default, needs no view): a chunk's progress through its shard, so every
   shard moves at its share of every link.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from .cost import edge_time, link_loads
 from .job import Job
 from .plan import SEND_ORDERS, Plan, Shard, children
 from .view import NetworkView
@@ -49,8 +50,6 @@ def slack_terms(plan: Plan, view: NetworkView, job: Job) -> tuple[float, Tails]:
     the deepest broadcast path from the root; a root or broadcast step's tail is the
     deepest broadcast path below its site.
     """
-    from .cost import edge_time, link_loads
-
     job = plan.job_for(job)
     links, egress, ingress = link_loads(plan, view, job)
     used = view.capacity > 0

@@ -6,12 +6,15 @@
 ``check_planner`` runs the planner over a fixed set of views that exercise the hard cases
 (sparse meshes that need relays, relay-only sites, per-site caps, asymmetric links, a single
 worker) and checks that every plan is valid, that planning is deterministic for a fixed
-seed, and that no predicted time beats the LP bound.
+seed, and that no predicted time beats the LP bound. ``run_programs`` runs a plan's compiled
+programs in memory, every site's :class:`~netstorm.Executor` fed messages in a random order:
+the third driver of the executor beside the simulator and the runtime, for tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -19,11 +22,13 @@ from .bound import bound
 from .builtin_topologies import builtin
 from .check import check_plan
 from .errors import PlanError
+from .executor import Executor, Outgoing, index_programs
 from .job import Job
+from .program import NodeProgram
 from .registry import Planner, get_planner, plan
 from .view import NetworkView
 
-__all__ = ["check_plan", "check_planner", "conformance_views"]
+__all__ = ["check_plan", "check_planner", "conformance_views", "run_programs"]
 
 
 def conformance_views() -> list[NetworkView]:
@@ -64,3 +69,65 @@ def check_planner(planner: str | Planner, views: Iterable[NetworkView] | None = 
         if first.predicted_time_s is None or first.predicted_time_s < low * (1 - 1e-6):
             raise PlanError(f"planner {name!r} on {view.name}: predicted "
                             f"{first.predicted_time_s} s beats the bound {low} s")
+
+
+def run_programs(programs: Mapping[int, NodeProgram],
+                 gradients: Mapping[int, np.ndarray] | None = None, *,
+                 seed: int | None = None, iteration: int = 0) -> dict[int, np.ndarray]:
+    """Run one iteration of ``programs`` in memory; return every worker's averaged gradient.
+
+    Parameters
+    ----------
+    programs
+        One plan version's programs for every site (:func:`netstorm.compile`).
+    gradients
+        Each worker's flat local gradient (payload mode); ``None``: timing mode, which only
+        checks that the dataflow completes, and returns ``{}``.
+    seed
+        ``None`` delivers messages first in, first out; a seed delivers the next message
+        picked at random among all in flight (any interleaving a network could produce,
+        and more), so route rules see changing queue depths.
+
+    Raises
+    ------
+    PlanError
+        If a site never finishes (a deadlock or a missing message) or a message is left
+        undelivered.
+    netstorm.ProtocolError
+        If an executor rejects an arrival (unexpected, duplicate).
+    """
+    progs = index_programs(programs)
+    rng = None if seed is None else np.random.default_rng(seed)
+    flight: list[Outgoing] = []
+    depth: Counter[tuple[int, int]] = Counter()
+    data = gradients is not None
+    results = {w: np.full_like(g, np.nan) for w, g in (gradients or {}).items()}
+
+    def queue_depth(src: int, dst: int) -> int:
+        return depth[(src, dst)]
+
+    execs = {s: Executor(p, iteration=iteration, data=data, queue_depth=queue_depth,
+                         gradient=(gradients or {}).get(s), result=results.get(s))
+             for s, p in progs.items()}
+
+    def emit(outs: tuple[Outgoing, ...]) -> None:
+        for out in outs:
+            depth[out.path[:2]] += 1
+            flight.append(out)
+
+    for ex in execs.values():
+        emit(ex.start())
+    for ex in execs.values():
+        emit(ex.local_ready())
+    while flight:
+        pick = 0 if rng is None else int(rng.integers(len(flight)))
+        out = flight.pop(pick)
+        depth[out.path[:2]] -= 1
+        emit(execs[out.path[1]].arrive(out.message, out.payload, path=out.path,
+                                       version=progs[out.path[1]].version,
+                                       iteration=iteration))
+    stuck = sorted(s for s, ex in execs.items() if not ex.done)
+    if stuck:
+        raise PlanError(f"sites {stuck} never finished: a step waits for a message that "
+                        f"nobody sends")
+    return results

@@ -9,7 +9,7 @@
   :func:`train_digits` -- outputs and the hybrid accuracy-vs-time loop (torch, lazily).
 """
 
-from .engine import SimResult, Switch, allreduce, planner_state, simulate
+from .engine import SimResult, Switch, allreduce, simulate
 from .network import Network
 from .rates import maxmin_rates, maxmin_rates_reference
 from .trace import chrome_trace, write_trace
@@ -28,5 +28,5 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = ["Network", "SimResult", "Switch", "allreduce", "chrome_trace", "maxmin_rates",
-           "maxmin_rates_reference", "planner_state", "plot_accuracy", "plot_iterations",
+           "maxmin_rates_reference", "plot_accuracy", "plot_iterations",
            "simulate", "train_digits", "write_trace"]

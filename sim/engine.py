@@ -18,31 +18,21 @@ from typing import Any
 import numpy as np
 import simpy
 
-from netstorm.awareness import BandwidthEstimator, Policy, StaticPolicy, policy_for
+from netstorm.awareness import BandwidthEstimator, Policy, StaticPolicy
+from netstorm.compiler import compile
+from netstorm.controller import Controller, Switch
 from netstorm.cost import link_loads, predict
 from netstorm.dynamics import Dynamics
+from netstorm.executor import index_programs
 from netstorm.job import Job
 from netstorm.plan import Plan
-from netstorm.registry import Planner, get_planner, plan
-from netstorm.schedule import compile
+from netstorm.registry import Planner, plan, planner_info
 from netstorm.view import NetworkView
 
-from .interpreter import BACKWARD_FRACTION, Programs, run_iteration
+from .interpreter import BACKWARD_FRACTION, run_iteration
 from .network import Network
 
-__all__ = ["SimResult", "Switch", "allreduce", "planner_state", "simulate"]
-
-
-@dataclass(frozen=True)
-class Switch:
-    """One plan switch: before ``iteration`` started, at simulated ``time_s``, the planner
-    took ``planning_s`` of wall time and the plan went to ``version``."""
-
-    iteration: int
-    time_s: float
-    version: int
-    planning_s: float
-    reason: str
+__all__ = ["SimResult", "Switch", "allreduce", "simulate"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,15 +159,6 @@ def _nanmax(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def planner_state(name: str, seed: int | None) -> Any:
-    """A fresh state object for a stateful planner (``tsengine``), else ``None``."""
-    if name == "tsengine":
-        from netstorm.planners import TSEngineState
-
-        return TSEngineState(np.random.default_rng(seed))
-    return None
-
-
 def allreduce(plan_: Plan, view: NetworkView, job: Job, *,
               payload: Mapping[int, np.ndarray] | None = None,
               window_bytes: float | None = None) -> tuple[float, dict[int, np.ndarray]]:
@@ -188,7 +169,7 @@ def allreduce(plan_: Plan, view: NetworkView, job: Job, *,
     """
     env = simpy.Environment()
     net = Network(env, view, window_bytes=window_bytes)
-    progs = Programs(compile(plan_, job, view.workers, view=view))
+    progs = index_programs(compile(plan_, job, view.workers, view=view))
     job0 = dataclasses.replace(job, compute_s=0.0)
     result = None
     if payload is not None:
@@ -224,8 +205,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     dynamics
         How capacities change (``None``: static).
     policy
-        A re-plan policy or its name; default the planner's faithful one
-        (:func:`netstorm.awareness.policy_for`).
+        A re-plan policy or its name; default the planner's own
+        (:func:`netstorm.register_planner`'s ``default_policy``).
     aware
         Feed transfers to a :class:`~netstorm.awareness.BandwidthEstimator` and let the
         policy re-plan from its view. With ``False`` the first plan is kept.
@@ -256,66 +237,43 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    name, _ = get_planner(planner)
-    target = planner if callable(planner) else name
+    info = planner_info(planner)
+    target = planner if callable(planner) else info.name
     options = dict(planner_options or {})
     rule: Policy
     if not aware:
         rule = StaticPolicy()
     elif isinstance(policy, str) or policy is None:
-        rule = policy_for(name, policy)
+        rule = info.policy(policy)
     else:
         rule = policy
     started = time.perf_counter()
     env = simpy.Environment()
     estimator = BandwidthEstimator(view, clock=lambda: env.now) if aware else None
+    state = info.new_state(seed)
+
+    def make_plan(estimate: NetworkView) -> Plan:
+        return plan(estimate, job, target, seed=seed, state=state, **options)
+
+    control = Controller(planner_view or view, job, make_plan, policy=rule,
+                         estimator=estimator, clock=lambda: env.now, workers=view.workers,
+                         by_bucket=overlap)
     net = Network(env, view, window_bytes=window_bytes,
-                  observe=estimator.observe if estimator else None, record=record)
-    state = planner_state(name, seed)
-    current = plan(planner_view or view, job, target, seed=seed, state=state, **options)
-    current = dataclasses.replace(current, version=1)
-    predicted = predict(current, view, job).time_s
-    chunk_bytes = current.job_for(job).chunk_bytes
+                  observe=control.observe if aware else None, record=record)
+    predicted = predict(control.plan, view, job).time_s
+    chunk_bytes = control.plan.job_for(job).chunk_bytes
     workers = list(view.workers)
-    reference = planner_view or view
     out: dict[str, list] = {"it": [], "comm": [], "start": [], "ver": [], "err": []}
-    switches: list[Switch] = []
     changes: list[float] = []
     computes: list[tuple[int, float, float]] = []
     max_compute = max((job.compute_time(w) for w in workers), default=0.0)
     probing = dynamics is not None and aware and probe_bytes > 0
 
     def driver() -> Any:
-        nonlocal current, reference
-        progs = Programs(compile(current, job, view.workers, by_bucket=overlap,
-                                 view=reference))
-        last_switch = -np.inf
+        progs = index_programs(control.programs)
         for it in range(iterations):
-            if it and estimator is not None:
-                estimate = estimator.view()
-                t0 = time.perf_counter()
-                made: list[float] = []
-
-                def candidate(estimate: NetworkView = estimate,
-                              made: list[float] = made) -> Plan:
-                    tp = time.perf_counter()
-                    p = plan(estimate, job, target, seed=seed, state=state, **options)
-                    made.append(time.perf_counter() - tp)
-                    return p
-
-                decision = rule.decide(now=env.now, last_switch_s=last_switch,
-                                       current=current, reference=reference,
-                                       estimate=estimate, job=job, candidate=candidate)
-                if decision.considered:
-                    reference = estimate
-                if decision.plan is not None:
-                    current = dataclasses.replace(decision.plan, version=current.version + 1)
-                    progs = Programs(compile(current, job, view.workers, by_bucket=overlap,
-                                 view=reference))
-                    last_switch = env.now
-                    switches.append(Switch(it, env.now, current.version,
-                                           sum(made) or time.perf_counter() - t0,
-                                           decision.reason))
+            if control.boundary(it) is not None:
+                progs = index_programs(control.programs)
             if probing:
                 for u, v in estimator.stale_links(probe_age_s):  # type: ignore[union-attr]
                     if not net.busy(u, v):
@@ -323,16 +281,16 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
             t_start = env.now
             done = run_iteration(env, net, progs, job, workers,
                                  on_compute=(lambda s, a, b: computes.append((s, a, b)))
-                                 if record else None, tag=it, overlap=overlap,
+                                 if record else None, tag=it, iteration=it, overlap=overlap,
                                  backward_fraction=backward_fraction)
             yield done
             elapsed = env.now - t_start
             out["it"].append(elapsed)
             out["comm"].append(max(0.0, elapsed - max_compute))
             out["start"].append(t_start)
-            out["ver"].append(current.version)
+            out["ver"].append(control.version)
             if estimator is not None:
-                use = _in_use(current, view, job)
+                use = _in_use(control.plan, view, job)
                 truth = net.capacity[use]
                 err = np.abs(estimator.estimate()[use] - truth) / truth
                 out["err"].append((float(err.mean()), float(err.max())) if err.size
@@ -355,10 +313,10 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         env.process(changer(dynamics.timeline(view)))
     env.run(until=proc)
     return SimResult(
-        planner=name, topology=view.name, model=job.label(), sites=view.sites,
+        planner=info.name, topology=view.name, model=job.label(), sites=view.sites,
         iteration_s=np.array(out["it"]), comm_s=np.array(out["comm"]),
         start_s=np.array(out["start"]), versions=tuple(out["ver"]),
-        switches=tuple(switches), link_bytes=net.link_bytes.copy(),
+        switches=tuple(control.switches), link_bytes=net.link_bytes.copy(),
         link_busy_s=net.link_busy.copy(), transfers=net.transfers,
         estimate_error=np.array(out["err"], dtype=float).reshape(-1, 2),
         changes_s=tuple(changes), predicted_s=predicted,

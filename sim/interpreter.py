@@ -1,9 +1,8 @@
-"""Interpret compiled :class:`~netstorm.schedule.NodeProgram` values on the simulated WAN.
+"""Drive the per-site executors on the simulated WAN: one iteration of compiled programs.
 
-One :class:`Programs` object indexes a plan's programs once (steps numbered globally, each
-send resolved to the step that awaits it at the next hop); :func:`run_iteration` then plays
-one iteration: every site computes, then fires each step as soon as its inputs are there,
-and sends go through the :class:`~netstorm.sim.network.Network`.
+:func:`run_iteration` plays one iteration: every site computes, its
+:class:`~netstorm.executor.Executor` fires each step as soon as its inputs are there, and
+the sends it returns go through the :class:`~netstorm.sim.network.Network`.
 """
 
 from __future__ import annotations
@@ -16,12 +15,13 @@ from typing import Any
 import numpy as np
 import simpy
 
+from netstorm.executor import Executor, Outgoing, SiteProgram
 from netstorm.job import Job
-from netstorm.schedule import NodeProgram, Step, bucket_bounds
+from netstorm.layout import bucket_bounds
 
 from .network import Network
 
-__all__ = ["BACKWARD_FRACTION", "Programs", "bucket_ready_s", "run_iteration"]
+__all__ = ["BACKWARD_FRACTION", "bucket_ready_s", "run_iteration"]
 
 #: Share of an iteration's compute spent in the backward pass (backward ~ 2x forward).
 BACKWARD_FRACTION = 2 / 3
@@ -54,61 +54,25 @@ def bucket_ready_s(job: Job, compute_s: float,
     return ready
 
 
-class Programs:
-    """A plan's per-site programs, indexed for fast interpretation.
-
-    Attributes
-    ----------
-    steps
-        Every step, in site order then program order.
-    site
-        ``site[g]``: the site of global step ``g``.
-    waits
-        Initial number of inputs of each step (messages plus the local gradient).
-    sends
-        ``sends[g]``: ``(src, dst, nbytes, target step)`` for each send of step g.
-    local
-        ``local[site]``: steps of that site that add the local gradient.
-    """
-
-    def __init__(self, programs: Mapping[int, NodeProgram]) -> None:
-        self.version = next(iter(programs.values())).plan_version if programs else 0
-        self.steps: list[Step] = []
-        self.site: list[int] = []
-        where: dict[tuple[int, Any], int] = {}
-        for s in sorted(programs):
-            for step in programs[s].steps:
-                g = len(self.steps)
-                self.steps.append(step)
-                self.site.append(s)
-                for m in step.waits:
-                    where[(s, m)] = g
-        self.waits = [len(st.waits) + st.add_local for st in self.steps]
-        self.sends = [[(send.path[0], send.path[1], st.ref.nbytes,
-                        where[(send.path[1], send.message)]) for send in st.sends]
-                      for st in self.steps]
-        self.local: dict[int, list[int]] = {}
-        for g, st in enumerate(self.steps):
-            if st.add_local:
-                self.local.setdefault(self.site[g], []).append(g)
-
-
-def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Job,
-                  sites: list[int], *, payload: Mapping[int, np.ndarray] | None = None,
+def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, SiteProgram],
+                  job: Job, sites: list[int], *, payload: Mapping[int, np.ndarray] | None = None,
                   result: Mapping[int, np.ndarray] | None = None,
                   on_compute: Callable[[int, float, float], None] | None = None,
-                  tag: Any = None, overlap: bool = False,
+                  tag: Any = None, iteration: int = 0, overlap: bool = False,
                   backward_fraction: float = BACKWARD_FRACTION) -> simpy.Event:
-    """Start one iteration now; the returned event fires when every step has fired.
+    """Start one iteration now; the returned event fires when every site is done.
 
     Parameters
     ----------
+    progs
+        Every site's indexed program, one plan version
+        (:func:`netstorm.executor.index_programs`).
     sites
         Sites that compute (the workers); each adds its local slice after
         ``job.compute_time(site)`` seconds.
     payload, result
         Payload mode: ``payload[w]`` is worker w's flat float32 gradient and the averaged
-        chunks are written into ``result[w]``; sums use :func:`netstorm.kernels.fused_reduce`.
+        chunks are written into ``result[w]`` (the executors do the arithmetic).
     on_compute
         Called ``(site, start, end)`` for each compute span (for traces).
     overlap, backward_fraction
@@ -119,58 +83,43 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
 
     Notes
     -----
-    A step fires when its ``waits`` have arrived and, if it adds the local gradient, the
-    site's local slice is ready (compute done; with ``overlap``, its bucket done). Its
-    sends are queued on their first hop's link in priority order.
+    One :class:`~netstorm.executor.Executor` per site runs the site's program; this driver
+    only turns its sends into hop transfers on the :class:`~netstorm.sim.network.Network`
+    (queued in the sends' priority order, paths picked at send time from the network's
+    queue depths) and its arrivals back into executor events.
     """
     done = env.event()
-    pending = list(progs.waits)
-    left = [len(pending)]
-    steps, step_site, sends = progs.steps, progs.site, progs.sends
-    inbox: list[list[np.ndarray]] | None = ([[] for _ in pending] if payload is not None
-                                            else None)
-    if payload is not None:
-        from netstorm.kernels import fused_reduce
+    data = payload is not None
+    execs = {s: Executor(p, iteration=iteration, data=data, queue_depth=net.depth,
+                         gradient=payload.get(s) if payload is not None else None,
+                         result=result.get(s) if result is not None else None)
+             for s, p in progs.items()}
+    left = [sum(not ex.done for ex in execs.values())]
 
-    def fire(g: int) -> None:
-        value: np.ndarray | None = None
-        if inbox is not None:
-            assert payload is not None and result is not None  # payload mode
-            step = steps[g]
-            ref = step.ref
-            inputs = inbox[g]
-            inbox[g] = []
-            if step.add_local:
-                inputs.append(payload[step_site[g]][ref.offset:ref.offset + ref.elems])
-            if step.kind in ("reduce", "root"):
-                value = np.empty(ref.elems, dtype=np.float32)
-                fused_reduce(value, inputs, step.scale)
-            else:
-                value = inputs[0]
-            if step.store:
-                result[step_site[g]][ref.offset:ref.offset + ref.elems] = value
-        prio = steps[g].priority
-        for src, dst, nbytes, target in sends[g]:
-            net.send(src, dst, nbytes, _arrival(target, value), (tag, g), prio)
+    def emit(site: int, outs: tuple[Outgoing, ...]) -> None:
+        for out in outs:
+            net.send(site, out.path[1], out.nbytes, functools.partial(deliver, out),
+                     (tag, out.message), out.priority)
+
+    def deliver(out: Outgoing) -> None:
+        site = out.path[1]
+        ex = execs[site]
+        was_done = ex.done
+        emit(site, ex.arrive(out.message, out.payload, path=out.path))
+        if ex.done and not was_done:
+            finished()
+
+    def ready(site: int, local: list[int] | None) -> None:
+        ex = execs[site]
+        was_done = ex.done
+        emit(site, ex.local_ready(local))
+        if ex.done and not was_done:
+            finished()
+
+    def finished() -> None:
         left[0] -= 1
         if left[0] == 0:
             done.succeed(env.now)
-
-    def _arrival(target: int, value: np.ndarray | None) -> Callable[[], None]:
-        def arrive() -> None:
-            if inbox is not None:
-                assert value is not None  # payload mode: every step computes its value
-                inbox[target].append(value)
-            pending[target] -= 1
-            if pending[target] == 0:
-                fire(target)
-        return arrive
-
-    def ready(local: list[int]) -> None:
-        for g in local:
-            pending[g] -= 1
-            if pending[g] == 0:
-                fire(g)
 
     def at(seconds: float, action: Callable[[], None]) -> None:
         if seconds > 0:
@@ -182,25 +131,26 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Programs, job: Jo
         report(site, start, env.now)
 
     start = env.now
-    for g, count in enumerate(pending):
-        if count == 0:
-            fire(g)
+    for site, ex in execs.items():
+        emit(site, ex.start())
     bounds = bucket_bounds(job) if overlap else [0]
     for site in sites:
         seconds = job.compute_time(site)
-        local = progs.local.get(site, [])
         if on_compute is not None:
             at(seconds, functools.partial(computed, on_compute, site))
+        prog = progs.get(site)
+        if prog is None or not prog.local:
+            continue
         if overlap and len(bounds) > 2:
             times = bucket_ready_s(job, seconds, backward_fraction)
             groups: dict[int, list[int]] = {}
-            for g in local:
-                b = bisect.bisect_right(bounds, steps[g].ref.offset) - 1
+            for g in prog.local:
+                b = bisect.bisect_right(bounds, prog.steps[g].ref.offset) - 1
                 groups.setdefault(b, []).append(g)
             for b in sorted(groups, reverse=True):
-                at(times[b], functools.partial(ready, groups[b]))
+                at(times[b], functools.partial(ready, site, groups[b]))
         else:
-            at(seconds, functools.partial(ready, local))
-    if not pending:
+            at(seconds, functools.partial(ready, site, None))
+    if left[0] == 0:
         done.succeed(env.now)
     return done

@@ -2,7 +2,7 @@
 
 Transfers are hop transfers of whole chunks over one directed link. Each link sends one
 transfer at a time (one connection per overlay link, as the runtime has), serving its
-queue in the senders' priority order (:attr:`netstorm.schedule.Step.priority`); the
+queue in the senders' priority order (:attr:`netstorm.program.Step.priority`); the
 links active at the same moment share their sites' egress and ingress caps
 max-min fairly (:mod:`netstorm.sim.rates`), recomputed whenever a transfer starts or ends
 or a capacity changes. A transfer may be capped by a TCP window over the round-trip time.
@@ -126,6 +126,11 @@ class Network:
             heapq.heappush(self._queues[link], (priority, next(self._seq), transfer))
         else:
             self._begin(transfer)
+
+    def depth(self, src: int, dst: int) -> int:
+        """Transfers on link ``src -> dst``: the one sending, if any, plus those queued."""
+        link = src * self.n + dst
+        return len(self._queues[link]) + (link in self._active)
 
     def busy(self, src: int, dst: int) -> bool:
         """True while the link sends or has a queue."""

@@ -14,7 +14,7 @@ from netstorm import Job, Plan, Shard, compile, plan, predict
 from netstorm.builtin_topologies import builtin
 from netstorm.cli import main
 from netstorm.cli.bench_planner import redraw
-from netstorm.schedule import chunk_layout, shard_elements
+from netstorm.layout import chunk_layout, shard_elements
 
 RESNET50 = Job.from_model("resnet50")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from netstorm import Job, NetworkView, Plan, Shard
-from netstorm.schedule import compile
+from netstorm.compiler import compile
 from netstorm.send_order import slack_terms
 
 MB = 1e6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from scipy.sparse.csgraph import dijkstra
 from ..cost import link_loads
 from ..errors import PlanError
 from ..job import Job
-from ..plan import Plan, Route, Shard
+from ..plan import Plan, QueueRule, Route, Shard
 from ..view import NetworkView
 from ._routing import in_tree, inverse_capacity, out_tree, relay_route
 
@@ -123,9 +124,11 @@ def netstorm(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     multipath
         Add node-disjoint auxiliary paths to every tree edge.
     aux_queue, primary_busy
-        The runtime rule: a chunk leaves over the first auxiliary path whose first-hop send
-        queue holds fewer than ``aux_queue`` chunks while the primary's holds more than
-        ``primary_busy``. Recorded for the runtime; the plan states the steady-state split.
+        The paper's live rule: a chunk leaves over the first auxiliary path whose first-hop
+        send queue holds fewer than ``aux_queue`` chunks while the primary's holds more than
+        ``primary_busy``. The plan carries it (``Plan.route_rule``), so the simulator and the
+        runtime pick paths by it when they send; the route weights are the steady-state
+        split the cost model uses.
     chunk_elems
         Elements per chunk for the root quotas (the paper's 1e6).
 
@@ -156,7 +159,10 @@ def netstorm(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
         routes = tuple(r for u, v in edges if (r := relay_route(view, u, v)))
         shards.append(Shard(share / total, root, tree, tree, routes))
     plan = Plan(version=1, planner="netstorm", sites=view.sites, shards=tuple(shards))
-    return _with_auxiliary_routes(plan, view, job, primary_busy) if multipath else plan
+    if not multipath:
+        return plan
+    return replace(_with_auxiliary_routes(plan, view, job, primary_busy),
+                   route_rule=QueueRule(aux_queue, primary_busy))
 
 
 def _path_cost(view: NetworkView, path: tuple[int, ...]) -> float:

@@ -1,10 +1,11 @@
-"""`netstorm.schedule.compile` against independent checks: message bookkeeping, a symbolic
-dataflow run that counts every worker's contribution, and path proportions."""
+"""`netstorm.compile` against independent checks: every program run by the executor in
+memory (messages in a random order) yields numpy's mean on every worker, bit-identical;
+message bookkeeping; path proportions."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections import Counter, deque
 
 import numpy as np
 import pytest
@@ -14,76 +15,30 @@ from hypothesis import strategies as st
 import netstorm
 from netstorm import Job, NetworkView, Plan, Route, Shard
 from netstorm.builtin_topologies import builtin
-from netstorm.schedule import (
-    BROADCAST,
-    REDUCE,
-    assign_paths,
-    bucket_bounds,
-    chunk_layout,
-    compile,
-    shard_elements,
-)
+from netstorm.compiler import compile
+from netstorm.layout import assign_paths, bucket_bounds, chunk_layout, shard_elements
+from netstorm.program import BROADCAST, REDUCE
+from netstorm.testing import run_programs
 from tests.strategies import views
 
 SMALL = Job(buckets=4000, chunk_bytes=256)
 
 
-def run_symbolic(programs: dict, workers: tuple[int, ...]) -> dict[int, dict]:
-    """Fire steps in dataflow order; values are Counters of contributing workers."""
-    pending, inbox, fired = {}, {}, set()
-    for site, prog in programs.items():
-        for i, step in enumerate(prog.steps):
-            pending[(site, i)] = len(step.waits)
-    where = {}
-    for site, prog in programs.items():
-        for i, step in enumerate(prog.steps):
-            for m in step.waits:
-                assert (site, m) not in where, "a message is awaited twice at one site"
-                where[(site, m)] = (site, i)
-    ready = deque(k for k, v in pending.items() if v == 0)
-    stored: dict[int, dict] = {w: {} for w in workers}
-    while ready:
-        site, i = ready.popleft()
-        assert (site, i) not in fired
-        fired.add((site, i))
-        step = programs[site].steps[i]
-        value = Counter()
-        for m in step.waits:
-            value += inbox.pop((site, m))
-        if step.add_local:
-            value[site] += 1
-        if step.store:
-            key = (step.ref.offset, step.ref.elems)
-            assert key not in stored[site], "a chunk is stored twice"
-            stored[site][key] = value
-        for send in step.sends:
-            assert send.path[0] == site
-            nxt = send.next_hop
-            assert (nxt, send.message) not in inbox
-            inbox[(nxt, send.message)] = value
-            target = where[(nxt, send.message)]
-            pending[target] -= 1
-            if pending[target] == 0:
-                ready.append(target)
-    total = sum(len(p.steps) for p in programs.values())
-    assert len(fired) == total, "some steps never fired (deadlock or missing message)"
-    assert not inbox, "some messages were never consumed"
-    return stored
-
-
-def check_programs(plan: Plan, view: NetworkView, job: Job, by_bucket: bool = False) -> None:
+def check_programs(plan: Plan, view: NetworkView, job: Job, by_bucket: bool = False,
+                   seed: int = 0) -> None:
+    """Every worker ends with numpy's mean of the workers' gradients, bit-identical."""
     programs = compile(plan, job, view.workers, by_bucket=by_bucket, view=view)
-    stored = run_symbolic(programs, view.workers)
     elems = job.gradient_bytes // job.element_size
-    want = Counter({w: 1 for w in view.workers})
+    rng = np.random.default_rng(seed)
+    grads = {w: rng.standard_normal(elems).astype(np.float32) for w in view.workers}
+    results = run_programs(programs, grads, seed=seed)
+    want = np.mean([grads[w] for w in view.workers], axis=0, dtype=np.float64)
+    first = results[view.workers[0]]
+    assert np.isfinite(first).all(), "some element was never stored"
+    np.testing.assert_allclose(first, want, rtol=0, atol=1e-5)
     for w in view.workers:
-        spans = sorted(stored[w])
-        covered = np.zeros(elems, dtype=int)
-        for (offset, size), value in stored[w].items():
-            covered[offset:offset + size] += 1
-            assert value == want, f"site {w} chunk at {offset}: contributions {value}"
-        assert (covered == 1).all(), f"site {w} does not hold every element exactly once"
-        assert programs[w].stores == len(spans)
+        assert np.array_equal(results[w], first), f"worker {w} differs from the others"
+        assert programs[w].stores == sum(st.store for st in programs[w].steps)
     for r in view.relays:
         assert programs[r].stores == 0
 
@@ -131,6 +86,19 @@ def test_multipath_and_relay_root() -> None:
     # relays forward untouched
     fwd = [s for s in programs[1].steps if s.kind == "forward"]
     assert fwd and all(not s.add_local and s.sends[0].path[-1] == 2 for s in fwd)
+
+
+def test_a_route_rule_lists_every_path_and_makes_relays_optional() -> None:
+    view, plan = multipath_plan()
+    live = dataclasses.replace(plan, route_rule=netstorm.QueueRule(1, 0))
+    programs = compile(live, SMALL, view.workers, view=view)
+    sends = [s.sends[0] for s in programs[0].steps if s.kind == "reduce" and s.ref.shard == 0]
+    assert sends and all(s.paths == ((0, 2), (0, 3, 2), (0, 1, 2)) for s in sends)
+    fwd = [s for s in programs[1].steps if s.kind == "forward" and s.ref.shard == 0]
+    assert fwd and all(s.optional for s in fwd)
+    assert programs[1].may_arrive and not (programs[1].may_arrive & programs[1].expects)
+    for seed in range(5):  # random orders give the queue rule different depths to see
+        check_programs(live, view, SMALL, seed=seed)
 
 
 def test_message_phases_and_determinism() -> None:

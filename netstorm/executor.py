@@ -1,0 +1,277 @@
+"""The per-site executor: one site's :class:`~netstorm.program.NodeProgram`, run on events.
+
+Events in: "my local slice is ready" (:meth:`Executor.local_ready`) and "message M arrived
+with this payload" (:meth:`Executor.arrive`). Sends out: :class:`Outgoing` values, in the
+order to queue them, each with its path and, in payload mode, its data. Every sum, scale and
+store of a step happens here, through :func:`netstorm.kernels.fused_reduce`; there is no
+clock, socket or SimPy. The simulator and the TCP runtime are two drivers of this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import ProtocolError
+from .program import Message, NodeProgram, Path, Send, StepKind
+
+__all__ = ["Executor", "Outgoing", "SiteProgram", "index_programs"]
+
+#: ``depth(src, dst)``: chunks queued or in flight on link ``src -> dst`` (for route rules).
+QueueDepth = Callable[[int, int], int]
+
+
+class Outgoing(NamedTuple):
+    """One message to put on the wire now.
+
+    ``path`` runs from this site to the tree edge's end (``path[1]`` is the next hop; a
+    relay forwards along the rest); ``payload`` is ``None`` in timing mode. The payload is
+    shared, read-only: a driver copies or serialises it, never writes to it.
+    """
+
+    message: Message
+    path: Path
+    nbytes: int
+    priority: float
+    payload: np.ndarray | None = None
+
+
+class SiteProgram:
+    """A :class:`~netstorm.program.NodeProgram` indexed once for fast execution.
+
+    Build it once per plan version and site; every iteration's :class:`Executor` shares it.
+
+    Raises
+    ------
+    ValueError
+        If the program's steps and its ``expects``/``may_arrive`` disagree (a message
+        awaited twice, or awaited but not expected).
+    """
+
+    def __init__(self, program: NodeProgram) -> None:
+        self.program = program
+        self.site = program.site
+        self.version = program.plan_version
+        steps = program.steps
+        self.steps = steps
+        #: message -> (step, position among the step's waits)
+        self.slot: dict[Message, tuple[int, int]] = {}
+        for g, step in enumerate(steps):
+            for pos, m in enumerate(step.waits):
+                if m in self.slot:
+                    raise ValueError(f"site {self.site}: message {m} is awaited twice")
+                self.slot[m] = (g, pos)
+        awaited = set(self.slot)
+        if awaited != program.expects | program.may_arrive:
+            raise ValueError(f"site {self.site}: the awaited messages differ from "
+                             f"expects | may_arrive ({len(awaited)} awaited, "
+                             f"{len(program.expects | program.may_arrive)} expected)")
+        self.waits = [len(st.waits) + st.add_local for st in steps]
+        self.local = [g for g, st in enumerate(steps) if st.add_local]
+        self.mandatory = sum(not st.optional for st in steps)
+        self.live = [any(send.rule is not None for send in st.sends) for st in steps]
+        #: per step, per send, one Outgoing template per candidate path
+        self.outs: list[tuple[tuple[Outgoing, ...], ...]] = [
+            tuple(tuple(Outgoing(send.message, path, st.ref.nbytes, st.priority)
+                        for path in send.paths) for send in st.sends) for st in steps]
+        #: per step, the Outgoing of each send's only (or primary) path: the static case
+        self.first = [tuple(o[0] for o in outs) for outs in self.outs]
+
+
+def index_programs(programs: Mapping[int, NodeProgram]) -> dict[int, SiteProgram]:
+    """Index every site's program (:class:`SiteProgram`), checking they are one plan version.
+
+    Raises
+    ------
+    ValueError
+        If the programs come from different plan versions, or a program is inconsistent.
+    """
+    versions = sorted({p.plan_version for p in programs.values()})
+    if len(versions) > 1:
+        raise ValueError(f"programs of plan versions {versions} mixed in one iteration")
+    return {site: SiteProgram(p) for site, p in sorted(programs.items())}
+
+
+class Executor:
+    """One site's program in one iteration.
+
+    Parameters
+    ----------
+    program
+        The site's program (indexed: :class:`SiteProgram`; a plain ``NodeProgram`` is
+        indexed on the spot).
+    iteration
+        The iteration this executor serves; an arrival naming another raises.
+    gradient, result
+        The site's flat local gradient and the buffer its averaged chunks are written into
+        (they may be the same array: an in-place all-reduce), when it has them.
+    data
+        Payload mode: messages carry data and steps compute. Default: whether ``gradient``
+        or ``result`` is given; a relay-only site passes ``data=True`` without buffers.
+        Timing mode (``False``) moves no data at all.
+    queue_depth
+        ``depth(src, dst)``, chunks queued or in flight on a link, for sends whose path is
+        picked when sent (:class:`~netstorm.QueueRule`); without it, the primary path.
+
+    Notes
+    -----
+    A step fires when all its ``waits`` have arrived and, if it adds the local slice, the
+    slice is ready. Reduce and root steps compute ``scale * (inputs in ``waits`` order +
+    local slice)``, so the result does not depend on the order messages arrive in; a root
+    that is a worker reduces straight into its result buffer. Every worker ends with the
+    root's bytes, bit-identical. An arrival that is not expected, comes twice, or names
+    another plan version or iteration raises :class:`~netstorm.ProtocolError` and changes
+    nothing.
+    """
+
+    __slots__ = ("_depth", "_got", "_inbox", "_left", "_pending", "data", "gradient",
+                 "iteration", "prog", "result", "site", "version")
+
+    def __init__(self, program: SiteProgram | NodeProgram, *, iteration: int = 0,
+                 gradient: np.ndarray | None = None, result: np.ndarray | None = None,
+                 data: bool | None = None, queue_depth: QueueDepth | None = None) -> None:
+        prog = program if isinstance(program, SiteProgram) else SiteProgram(program)
+        self.data = (gradient is not None or result is not None) if data is None else data
+        if not self.data and (gradient is not None or result is not None):
+            raise ValueError("timing mode (data=False) takes no gradient or result")
+        self.prog = prog
+        self.site = prog.site
+        self.version = prog.version
+        self.iteration = iteration
+        self.gradient = gradient
+        self.result = result
+        self._depth = queue_depth
+        self._pending = list(prog.waits)
+        self._left = prog.mandatory
+        self._got: set[Message] = set()
+        self._inbox: dict[int, list[np.ndarray | None]] = {}
+
+    @property
+    def done(self) -> bool:
+        """Every step that must fire has fired (optional relay steps aside)."""
+        return self._left == 0
+
+    def start(self) -> tuple[Outgoing, ...]:
+        """Fire the steps that wait for nothing (e.g. a root with no children that is not a
+        worker); call once, before any other event."""
+        out: list[Outgoing] = []
+        for g, count in enumerate(self._pending):
+            if count == 0:
+                out.extend(self._fire(g))
+        return tuple(out)
+
+    def local_ready(self, steps: Iterable[int] | None = None) -> tuple[Outgoing, ...]:
+        """The local gradient of ``steps`` (indices into the program's steps; default all
+        that add it) is ready: fire what that completes."""
+        out: list[Outgoing] = []
+        for g in self.prog.local if steps is None else steps:
+            if not self.prog.steps[g].add_local:
+                raise ValueError(f"site {self.site}: step {g} adds no local slice")
+            self._pending[g] -= 1
+            if self._pending[g] == 0:
+                out.extend(self._fire(g))
+            elif self._pending[g] < 0:
+                raise ProtocolError(f"site {self.site}: local slice of step {g} given twice")
+        return tuple(out)
+
+    def arrive(self, message: Message, payload: np.ndarray | None = None, *,
+               path: Path | None = None, version: int | None = None,
+               iteration: int | None = None) -> tuple[Outgoing, ...]:
+        """``message`` arrived (over ``path``, the route it was sent on, when known).
+
+        Returns the sends this makes (the step it completes, if any).
+
+        Raises
+        ------
+        ProtocolError
+            Unknown or duplicate message, another plan version or iteration, a path this
+            site does not lie on, or (payload mode) a payload of the wrong size.
+        """
+        if version is not None and version != self.version:
+            raise ProtocolError(f"site {self.site}: message {message} of plan version "
+                                f"{version}, running version {self.version}")
+        if iteration is not None and iteration != self.iteration:
+            raise ProtocolError(f"site {self.site}: message {message} of iteration "
+                                f"{iteration}, running iteration {self.iteration}")
+        where = self.prog.slot.get(message)
+        if where is None:
+            raise ProtocolError(f"site {self.site}: unexpected message {message} "
+                                f"(plan version {self.version})")
+        if message in self._got:
+            raise ProtocolError(f"site {self.site}: message {message} arrived twice")
+        g, pos = where
+        step = self.prog.steps[g]
+        if step.kind is StepKind.FORWARD and path is not None:
+            rest = step.sends[0].paths[0]
+            if tuple(path[len(path) - len(rest):]) != rest:
+                raise ProtocolError(f"site {self.site}: message {message} came over {path}, "
+                                    f"which does not continue along {rest}")
+        if self.data:
+            if payload is None or payload.shape != (step.ref.elems,):
+                got = None if payload is None else payload.shape
+                raise ProtocolError(f"site {self.site}: message {message} carries {got}, "
+                                    f"expected ({step.ref.elems},) elements")
+            self._inbox.setdefault(g, [None] * len(step.waits))[pos] = payload
+        self._got.add(message)
+        self._pending[g] -= 1
+        if self._pending[g]:
+            return ()
+        return self._fire(g)
+
+    def _fire(self, g: int) -> tuple[Outgoing, ...]:
+        prog = self.prog
+        step = prog.steps[g]
+        if not step.optional:
+            self._left -= 1
+        value = self._compute(g) if self.data else None
+        if not prog.live[g]:
+            first = prog.first[g]
+            return first if value is None else tuple(o._replace(payload=value) for o in first)
+        out = []
+        for send, outs in zip(step.sends, prog.outs[g], strict=True):
+            o = outs[self._choose(send)]
+            out.append(o if value is None else o._replace(payload=value))
+        return tuple(out)
+
+    def _choose(self, send: Send) -> int:
+        if send.rule is None or self._depth is None:
+            return 0
+        depth, site = self._depth, self.site
+        return send.rule.choose(tuple(p[1] for p in send.paths), lambda hop: depth(site, hop))
+
+    def _compute(self, g: int) -> np.ndarray:
+        """The step's value: the one place where a step's arithmetic happens."""
+        step = self.prog.steps[g]
+        inputs = self._inbox.pop(g, [])
+        ref = step.ref
+        chunk = slice(ref.offset, ref.offset + ref.elems)
+        if (step.add_local and self.gradient is None) or (step.store and self.result is None):
+            raise ValueError(f"site {self.site}: step {g} needs the site's gradient and "
+                             f"result buffers")
+        if step.kind is StepKind.FORWARD or step.kind is StepKind.BROADCAST:
+            value = inputs[0]
+            assert value is not None  # every wait has arrived
+            if step.store:
+                self.result[chunk] = value  # type: ignore[index]
+            return value
+        parts = [x for x in inputs if x is not None]
+        if step.add_local:
+            parts.append(self.gradient[chunk])  # type: ignore[index]
+        out = (self.result[chunk] if step.store  # type: ignore[index]
+               else np.empty(ref.elems, parts[0].dtype))
+        return _reduce()(out, parts, step.scale)
+
+
+def _reduce() -> Callable[..., np.ndarray]:
+    """:func:`netstorm.kernels.fused_reduce`, imported on first use (it loads numba)."""
+    global _fused_reduce
+    if _fused_reduce is None:
+        from netstorm.kernels import fused_reduce
+
+        _fused_reduce = fused_reduce
+    return _fused_reduce
+
+
+_fused_reduce: Callable[..., np.ndarray] | None = None
