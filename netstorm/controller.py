@@ -103,7 +103,8 @@ class Controller:
     def observe(self, src: int, dst: int, nbytes: float, seconds: float,
                 when: float | None = None) -> None:
         """A transfer of ``nbytes`` from ``src`` to ``dst`` took ``seconds`` (ending at
-        ``when``, default now). Ignored when awareness is off."""
+        ``when``, default now). Ignored when awareness is off. A hot loop may call
+        ``controller.estimator.observe`` directly: this adds nothing but the clock."""
         if self.estimator is not None:
             self.estimator.observe(src, dst, nbytes, seconds,
                                    self.clock() if when is None else when)

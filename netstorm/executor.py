@@ -56,13 +56,18 @@ class SiteProgram:
         self.version = program.plan_version
         steps = program.steps
         self.steps = steps
-        #: message -> (step, position among the step's waits)
-        self.slot: dict[Message, tuple[int, int]] = {}
+        #: message -> its slot k; ``slot_step[k]``, ``slot_pos[k]``: the step awaiting it and
+        #: the message's position among that step's waits
+        self.slot: dict[Message, int] = {}
+        self.slot_step: list[int] = []
+        self.slot_pos: list[int] = []
         for g, step in enumerate(steps):
             for pos, m in enumerate(step.waits):
                 if m in self.slot:
                     raise ValueError(f"site {self.site}: message {m} is awaited twice")
-                self.slot[m] = (g, pos)
+                self.slot[m] = len(self.slot_step)
+                self.slot_step.append(g)
+                self.slot_pos.append(pos)
         awaited = set(self.slot)
         if awaited != program.expects | program.may_arrive:
             raise ValueError(f"site {self.site}: the awaited messages differ from "
@@ -72,6 +77,9 @@ class SiteProgram:
         self.local = [g for g, st in enumerate(steps) if st.add_local]
         self.mandatory = sum(not st.optional for st in steps)
         self.live = [any(send.rule is not None for send in st.sends) for st in steps]
+        #: the rest of the path from this site, for a relay's forward steps (else None)
+        self.relay_path = [st.sends[0].paths[0] if st.kind is StepKind.FORWARD else None
+                           for st in steps]
         #: per step, per send, one Outgoing template per candidate path
         self.outs: list[tuple[tuple[Outgoing, ...], ...]] = [
             tuple(tuple(Outgoing(send.message, path, st.ref.nbytes, st.priority)
@@ -126,8 +134,8 @@ class Executor:
     nothing.
     """
 
-    __slots__ = ("_depth", "_got", "_inbox", "_left", "_pending", "data", "gradient",
-                 "iteration", "prog", "result", "site", "version")
+    __slots__ = ("_depth", "_got", "_inbox", "_pending", "data", "gradient", "iteration",
+                 "prog", "remaining", "result", "site", "version")
 
     def __init__(self, program: SiteProgram | NodeProgram, *, iteration: int = 0,
                  gradient: np.ndarray | None = None, result: np.ndarray | None = None,
@@ -144,14 +152,15 @@ class Executor:
         self.result = result
         self._depth = queue_depth
         self._pending = list(prog.waits)
-        self._left = prog.mandatory
-        self._got: set[Message] = set()
+        #: steps that must still fire before the site is done (read-only)
+        self.remaining = prog.mandatory
+        self._got = bytearray(len(prog.slot_step))
         self._inbox: dict[int, list[np.ndarray | None]] = {}
 
     @property
     def done(self) -> bool:
         """Every step that must fire has fired (optional relay steps aside)."""
-        return self._left == 0
+        return self.remaining == 0
 
     def start(self) -> tuple[Outgoing, ...]:
         """Fire the steps that wait for nothing (e.g. a root with no children that is not a
@@ -195,26 +204,37 @@ class Executor:
         if iteration is not None and iteration != self.iteration:
             raise ProtocolError(f"site {self.site}: message {message} of iteration "
                                 f"{iteration}, running iteration {self.iteration}")
-        where = self.prog.slot.get(message)
-        if where is None:
+        return self._arrive(message, payload, path)
+
+    def deliver(self, out: Outgoing) -> tuple[Outgoing, ...]:
+        """``out``, returned by another site's executor of this plan version and iteration,
+        has arrived: :meth:`arrive` for in-process drivers (the simulator, tests), which
+        know the version and iteration match and pass sends through unchanged."""
+        return self._arrive(out.message, out.payload, out.path)
+
+    def _arrive(self, message: Message, payload: np.ndarray | None,
+                path: Path | None) -> tuple[Outgoing, ...]:
+        prog = self.prog
+        k = prog.slot.get(message)
+        if k is None:
             raise ProtocolError(f"site {self.site}: unexpected message {message} "
                                 f"(plan version {self.version})")
-        if message in self._got:
+        if self._got[k]:
             raise ProtocolError(f"site {self.site}: message {message} arrived twice")
-        g, pos = where
-        step = self.prog.steps[g]
-        if step.kind is StepKind.FORWARD and path is not None:
-            rest = step.sends[0].paths[0]
+        g = prog.slot_step[k]
+        rest = prog.relay_path[g]
+        if rest is not None and path is not None:
             if tuple(path[len(path) - len(rest):]) != rest:
                 raise ProtocolError(f"site {self.site}: message {message} came over {path}, "
                                     f"which does not continue along {rest}")
         if self.data:
+            step = prog.steps[g]
             if payload is None or payload.shape != (step.ref.elems,):
                 got = None if payload is None else payload.shape
                 raise ProtocolError(f"site {self.site}: message {message} carries {got}, "
                                     f"expected ({step.ref.elems},) elements")
-            self._inbox.setdefault(g, [None] * len(step.waits))[pos] = payload
-        self._got.add(message)
+            self._inbox.setdefault(g, [None] * len(step.waits))[prog.slot_pos[k]] = payload
+        self._got[k] = 1
         self._pending[g] -= 1
         if self._pending[g]:
             return ()
@@ -224,7 +244,7 @@ class Executor:
         prog = self.prog
         step = prog.steps[g]
         if not step.optional:
-            self._left -= 1
+            self.remaining -= 1
         value = self._compute(g) if self.data else None
         if not prog.live[g]:
             first = prog.first[g]

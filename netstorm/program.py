@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .plan import QueueRule
 
@@ -50,14 +51,14 @@ class ChunkRef:
     nbytes: int
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """The identity of one logical tree-edge transfer: ``(shard, chunk, phase, src, dst)``.
 
     ``src -> dst`` is the *tree* edge; a relayed message keeps its identity on every hop. A
     relay may forward several messages with the same shard, chunk and phase (for different
     tree edges), so the edge is part of the identity. With the plan version and the
-    iteration it is what a wire frame names (DESIGN 9).
+    iteration it is what a wire frame names (DESIGN 9). A named tuple: every arrival is
+    looked up by it, and tuples hash in C.
     """
 
     shard: int

@@ -259,7 +259,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                          estimator=estimator, clock=lambda: env.now, workers=view.workers,
                          by_bucket=overlap)
     net = Network(env, view, window_bytes=window_bytes,
-                  observe=control.observe if aware else None, record=record)
+                  observe=estimator.observe if estimator else None, record=record)
     predicted = predict(control.plan, view, job).time_s
     chunk_bytes = control.plan.job_for(job).chunk_bytes
     workers = list(view.workers)

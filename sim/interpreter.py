@@ -104,16 +104,16 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
     def deliver(out: Outgoing) -> None:
         site = out.path[1]
         ex = execs[site]
-        was_done = ex.done
-        emit(site, ex.arrive(out.message, out.payload, path=out.path))
-        if ex.done and not was_done:
+        before = ex.remaining
+        emit(site, ex.deliver(out))
+        if before and not ex.remaining:
             finished()
 
     def ready(site: int, local: list[int] | None) -> None:
         ex = execs[site]
-        was_done = ex.done
+        before = ex.remaining
         emit(site, ex.local_ready(local))
-        if ex.done and not was_done:
+        if before and not ex.remaining:
             finished()
 
     def finished() -> None:
