@@ -28,7 +28,9 @@ class Outgoing(NamedTuple):
 
     ``path`` runs from this site to the tree edge's end (``path[1]`` is the next hop; a
     relay forwards along the rest); ``payload`` is ``None`` in timing mode. The payload is
-    shared, read-only: a driver copies or serialises it, never writes to it.
+    shared, read-only: a driver copies or serialises it, never writes to it. ``send`` is set
+    for a send under a route rule: while the message waits in the primary's queue, the
+    driver may move it to another of ``send.paths`` (:meth:`netstorm.QueueRule.divert`).
     """
 
     message: Message
@@ -36,6 +38,7 @@ class Outgoing(NamedTuple):
     nbytes: int
     priority: float
     payload: np.ndarray | None = None
+    send: Send | None = None
 
 
 class SiteProgram:
@@ -82,7 +85,8 @@ class SiteProgram:
                            for st in steps]
         #: per step, per send, one Outgoing template per candidate path
         self.outs: list[tuple[tuple[Outgoing, ...], ...]] = [
-            tuple(tuple(Outgoing(send.message, path, st.ref.nbytes, st.priority)
+            tuple(tuple(Outgoing(send.message, path, st.ref.nbytes, st.priority,
+                                 send=send if send.rule is not None else None)
                         for path in send.paths) for send in st.sends) for st in steps]
         #: per step, the Outgoing of each send's only (or primary) path: the static case
         self.first = [tuple(o[0] for o in outs) for outs in self.outs]

@@ -55,8 +55,14 @@ class QueueRule:
     -----
     A chunk goes over the primary path unless the primary's first hop holds more than
     ``primary_busy`` chunks (queued or in flight); then it takes the first auxiliary path
-    whose first hop holds fewer than ``aux_queue``, else the primary. The route's weights
-    are then only the planner's steady-state estimate of the split (the cost model's).
+    whose first hop holds fewer than ``aux_queue``, else it queues for the primary. While it
+    waits there, the rule is applied again whenever an auxiliary path's first hop drains:
+    the waiting chunk moves over if the primary still holds more than ``primary_busy``.
+    Without that second look a chunk could only take an auxiliary path at the instant it
+    was sent, and a burst (a whole shard ready when compute ends) would pile onto the
+    primary while the auxiliary paths sit idle. In steady state an auxiliary path then
+    carries what capacity the plan leaves spare on it, which is what the route's weights
+    estimate (the cost model's split).
     """
 
     aux_queue: int = 1
@@ -70,13 +76,21 @@ class QueueRule:
                                  f"got {value!r}")
             object.__setattr__(self, name, int(value))
 
+    def divert(self, primary_depth: int, aux_depth: int) -> bool:
+        """Whether a chunk bound for the primary should take this auxiliary path now, given
+        the chunks queued or in flight on each one's first hop."""
+        return primary_depth > self.primary_busy and aux_depth < self.aux_queue
+
     def choose(self, first_hops: tuple[int, ...], depth: Callable[[int], int]) -> int:
-        """Index of the path to take, given each candidate path's first hop (primary
+        """Index of the path to send on, given each candidate path's first hop (primary
         first) and ``depth(next_hop)``: chunks queued or in flight toward that hop."""
-        if len(first_hops) == 1 or depth(first_hops[0]) <= self.primary_busy:
+        if len(first_hops) == 1:
+            return 0
+        primary = depth(first_hops[0])
+        if primary <= self.primary_busy:
             return 0
         for i in range(1, len(first_hops)):
-            if depth(first_hops[i]) < self.aux_queue:
+            if self.divert(primary, depth(first_hops[i])):
                 return i
         return 0
 

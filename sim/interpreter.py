@@ -85,8 +85,9 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
     -----
     One :class:`~netstorm.executor.Executor` per site runs the site's program; this driver
     only turns its sends into hop transfers on the :class:`~netstorm.sim.network.Network`
-    (queued in the sends' priority order, paths picked at send time from the network's
-    queue depths) and its arrivals back into executor events.
+    (queued in the sends' priority order; under a route rule, paths picked at send time
+    from the network's queue depths, and moved to an auxiliary path that drains while they
+    wait) and its arrivals back into executor events.
     """
     done = env.event()
     data = payload is not None
@@ -98,8 +99,12 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
 
     def emit(site: int, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
+            divert = None
+            if out.send is not None and out.path == out.send.paths[0]:
+                divert = (out.send.rule, [(p[1], functools.partial(deliver, out._replace(path=p)))
+                                          for p in out.send.paths[1:]])
             net.send(site, out.path[1], out.nbytes, functools.partial(deliver, out),
-                     (tag, out.message), out.priority)
+                     (tag, out.message), out.priority, divert)
 
     def deliver(out: Outgoing) -> None:
         site = out.path[1]

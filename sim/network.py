@@ -28,13 +28,19 @@ __all__ = ["Network"]
 Observer = Callable[[int, int, float, float, float], None]
 
 
+#: ``(rule, [(auxiliary first hop, deliver over that path), ...])``: see :meth:`Network.send`.
+Divert = tuple[Any, list[tuple[int, Callable[[], None]]]]
+
+
 class _Transfer:
-    __slots__ = ("deliver", "link", "nbytes", "rate", "remaining", "since", "start", "tag",
-                 "token")
+    __slots__ = ("deliver", "divert", "link", "nbytes", "queued", "rate", "remaining",
+                 "since", "start", "tag", "token")
 
     def __init__(self, link: int, nbytes: float, deliver: Callable[[], None] | None,
-                 tag: Any) -> None:
+                 tag: Any, divert: Divert | None = None) -> None:
         self.link = link
+        self.divert = divert
+        self.queued = False
         self.nbytes = nbytes
         self.remaining = nbytes
         self.deliver = deliver
@@ -83,6 +89,9 @@ class Network:
         self.record = record
         self.log: list[tuple[int, int, float, float, Any]] = []
         self._queues: list[list[tuple[float, int, _Transfer]]] = [[] for _ in range(n * n)]
+        self._qlen = [0] * (n * n)  # live entries of each queue (moved ones excluded)
+        #: auxiliary first-hop link -> transfers waiting for their primary it may take
+        self._movable: dict[int, list[tuple[float, int, _Transfer]]] = {}
         self._seq = itertools.count()
         self._active: dict[int, _Transfer] = {}
         self.link_bytes = np.zeros((n, n))
@@ -114,28 +123,62 @@ class Network:
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, src: int, dst: int, nbytes: float, deliver: Callable[[], None] | None,
-             tag: Any = None, priority: float = 0.0) -> None:
+             tag: Any = None, priority: float = 0.0, divert: Divert | None = None) -> None:
         """Queue ``nbytes`` on link ``src -> dst``; ``deliver()`` runs when it has arrived.
 
         A busy link serves its queue smallest ``priority`` first, ties first come first
-        served.
+        served. ``divert = (rule, [(hop, deliver_via_hop), ...])`` lets the transfer move,
+        while it waits, to an auxiliary path's first hop ``src -> hop`` once that link
+        drains, if ``rule.divert(depth(src, dst), depth(src, hop))`` (a
+        :class:`netstorm.QueueRule`); it is then delivered by ``deliver_via_hop``.
         """
         link = src * self.n + dst
-        transfer = _Transfer(link, float(nbytes), deliver, tag)
+        transfer = _Transfer(link, float(nbytes), deliver, tag, divert)
         if link in self._active:
-            heapq.heappush(self._queues[link], (priority, next(self._seq), transfer))
+            entry = (priority, next(self._seq), transfer)
+            heapq.heappush(self._queues[link], entry)
+            self._qlen[link] += 1
+            transfer.queued = True
+            if divert is not None:
+                for hop, _ in divert[1]:
+                    heapq.heappush(self._movable.setdefault(src * self.n + hop, []), entry)
         else:
             self._begin(transfer)
 
     def depth(self, src: int, dst: int) -> int:
         """Transfers on link ``src -> dst``: the one sending, if any, plus those queued."""
         link = src * self.n + dst
-        return len(self._queues[link]) + (link in self._active)
+        return self._qlen[link] + (link in self._active)
 
     def busy(self, src: int, dst: int) -> bool:
         """True while the link sends or has a queue."""
         link = src * self.n + dst
-        return link in self._active or bool(self._queues[link])
+        return link in self._active or self._qlen[link] > 0
+
+    def _move_to(self, link: int) -> bool:
+        """Idle ``link``: start the first waiting transfer whose rule diverts it here."""
+        movable = self._movable.get(link)
+        keep = []
+        moved = False
+        while movable:
+            entry = heapq.heappop(movable)
+            t = entry[2]
+            if not t.queued:
+                continue  # started on its primary, or moved elsewhere, meanwhile
+            rule, options = t.divert  # type: ignore[misc]
+            if not rule.divert(self._qlen[t.link] + (t.link in self._active), 0):
+                keep.append(entry)
+                continue
+            self._qlen[t.link] -= 1
+            t.queued = False
+            t.link = link
+            t.deliver = next(d for hop, d in options if link % self.n == hop)
+            self._begin(t)
+            moved = True
+            break
+        for entry in keep:
+            heapq.heappush(movable, entry)  # type: ignore[arg-type]
+        return moved
 
     def _begin(self, t: _Transfer) -> None:
         now = self.env.now
@@ -209,9 +252,14 @@ class Network:
         if self.observe is not None:
             self.observe(src, dst, t.nbytes, seconds, now)
         queue = self._queues[t.link]
+        while queue and not queue[0][2].queued:
+            heapq.heappop(queue)  # moved to an auxiliary path while it waited
         if queue:
-            self._begin(heapq.heappop(queue)[2])
-        elif self._shared:
+            nxt = heapq.heappop(queue)[2]
+            nxt.queued = False
+            self._qlen[t.link] -= 1
+            self._begin(nxt)
+        elif not (self._movable and self._move_to(t.link)) and self._shared:
             self._mark()
         if t.deliver is not None:
             lat = self.latency[src, dst]
