@@ -8,12 +8,12 @@ are imported on demand.
 from .awareness import BandwidthEstimator, ReplanPolicy
 from .bound import Bound, bound, simple_bounds
 from .check import check_plan
-from .cost import Prediction, link_loads, predict
-from .errors import NetstormError, PeerError, PlanError, ProtocolError, TopologyError
-from .job import MODELS, Job, ModelSpec
 from .compiler import compile
 from .controller import Controller, Switch
+from .cost import Prediction, link_loads, predict
+from .errors import NetstormError, PeerError, PlanError, ProtocolError, TopologyError
 from .executor import Executor, Outgoing, SiteProgram
+from .job import MODELS, Job, ModelSpec
 from .plan import Plan, QueueRule, Route, Shard
 from .program import Message, NodeProgram, Send, Step, StepKind
 from .registry import get_planner, plan, planner_info, planner_names, register_planner

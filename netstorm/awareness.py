@@ -28,9 +28,18 @@ from .job import Job
 from .plan import Plan
 from .view import NetworkView
 
-__all__ = ["AnyChangePolicy", "BandwidthEstimator", "Decision", "EveryIterationPolicy",
-           "POLICY_NAMES", "Policy", "ReplanPolicy", "StaticPolicy", "policy_named",
-           "view_change"]
+__all__ = [
+    "POLICY_NAMES",
+    "AnyChangePolicy",
+    "BandwidthEstimator",
+    "Decision",
+    "EveryIterationPolicy",
+    "Policy",
+    "ReplanPolicy",
+    "StaticPolicy",
+    "policy_named",
+    "view_change",
+]
 
 
 class BandwidthEstimator:

@@ -74,8 +74,9 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
         a tree, which is right unless the view has relay-only sites; the simulator always
         passes ``view.workers``.
     by_bucket
-        Lay the shards out inside every gradient bucket (:func:`~netstorm.layout.chunk_layout`), so that a
-        bucket's chunks can start as soon as the backward pass has produced that bucket.
+        Lay the shards out inside every gradient bucket
+        (:func:`~netstorm.layout.chunk_layout`), so that a bucket's chunks can start as soon
+        as the backward pass has produced that bucket.
     view
         The network the plan runs on; needed only by a plan whose ``send_order`` is
         ``"slack"`` (:mod:`netstorm.send_order`), whose priorities are then
@@ -89,8 +90,8 @@ def compile(plan: Plan, job: Job, workers: tuple[int, ...] | None = None, *,
 
     Notes
     -----
-    Shard i covers the element range of :func:`~netstorm.layout.shard_elements` (or, with ``by_bucket``,
-    its share of every bucket), cut into chunks of ``chunk_bytes // element_size``
+    Shard i covers the element range of :func:`~netstorm.layout.shard_elements` (or, with
+    ``by_bucket``, its share of every bucket), cut into chunks of ``chunk_bytes // element_size``
     elements (:func:`~netstorm.layout.chunk_layout`). For every chunk:
     each site in the reduce tree waits for the chunk's partial sums from all its reduce
     children, adds its own slice if it is a worker, and sends one partial sum to its parent

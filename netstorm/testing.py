@@ -112,7 +112,7 @@ def run_programs(programs: Mapping[int, NodeProgram],
 
     def emit(outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
-            depth[out.path[:2]] += 1
+            depth[(out.path[0], out.path[1])] += 1
             flight.append(out)
 
     for ex in execs.values():
@@ -122,7 +122,7 @@ def run_programs(programs: Mapping[int, NodeProgram],
     while flight:
         pick = 0 if rng is None else int(rng.integers(len(flight)))
         out = flight.pop(pick)
-        depth[out.path[:2]] -= 1
+        depth[(out.path[0], out.path[1])] -= 1
         emit(execs[out.path[1]].arrive(out.message, out.payload, path=out.path,
                                        version=progs[out.path[1]].version,
                                        iteration=iteration))

@@ -19,7 +19,7 @@ from netstorm.executor import Executor, Outgoing, SiteProgram
 from netstorm.job import Job
 from netstorm.layout import bucket_bounds
 
-from .network import Network
+from .network import Divert, Network
 
 __all__ = ["BACKWARD_FRACTION", "bucket_ready_s", "run_iteration"]
 
@@ -99,7 +99,7 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
 
     def emit(site: int, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
-            divert = None
+            divert: Divert | None = None
             if out.send is not None and out.path == out.send.paths[0]:
                 divert = (out.send.rule, [(p[1], functools.partial(deliver, out._replace(path=p)))
                                           for p in out.send.paths[1:]])

@@ -29,7 +29,7 @@ Observer = Callable[[int, int, float, float, float], None]
 
 
 #: ``(rule, [(auxiliary first hop, deliver over that path), ...])``: see :meth:`Network.send`.
-Divert = tuple[Any, list[tuple[int, Callable[[], None]]]]
+Divert = tuple[Any, list[tuple[int, Callable[[], None]]]]  # (QueueRule, ...)
 
 
 class _Transfer:

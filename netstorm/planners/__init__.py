@@ -15,8 +15,8 @@ from .ring import ring, ring_order
 from .treepack import treepack
 from .tsengine import TSEngineState, tsengine
 
-__all__ = ["BUILTIN", "BUILTIN_RUNS", "TSEngineState", "mlnet", "netstorm", "ps", "ring", "ring_order",
-           "treepack", "tsengine"]
+__all__ = ["BUILTIN", "BUILTIN_RUNS", "TSEngineState", "mlnet", "netstorm", "ps", "ring",
+           "ring_order", "treepack", "tsengine"]
 
 #: Name -> planner function for every built-in planner.
 BUILTIN = {"ps": ps, "ring": ring, "mlnet": mlnet, "tsengine": tsengine, "netstorm": netstorm,

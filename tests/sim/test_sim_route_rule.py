@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import simpy
+from netstorm.sim.network import Network
 
 from netstorm import NetworkView, QueueRule
-from netstorm.sim.network import Network
 
 
 def _run(rule: QueueRule) -> dict[str, tuple[str, float]]:
