@@ -237,6 +237,17 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         print(bench.format_table(result))
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from netstorm.runtime import launch
+
+    status, doc = launch.run(args)
+    if args.json:
+        _emit(doc)
+    else:
+        print(launch.format_summary(doc))
+    return status
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="netstorm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -284,6 +295,13 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=_cmd_sim)
 
+    p = sub.add_parser("run", help="run one process per site on an emulated WAN "
+                                   "(the built-in demo, or -- python script.py ARGS)")
+    from netstorm.runtime.launch import add_arguments as run_arguments
+
+    run_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser("bench", help="benchmark figures (not pass/fail)")
     p.add_argument("what", nargs="?", default="bound",
                    choices=["bound", "kernels", "planner", "sim"])
@@ -297,14 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 bad input)."""
     try:
         args = _parser().parse_args(argv)
-        args.func(args)
+        status = args.func(args)
     except (_UsageError, NetstormError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"netstorm: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

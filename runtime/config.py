@@ -1,0 +1,143 @@
+"""Everything a site process is configured by, read in one place (environment variables).
+
+======================== ==================================================================
+``RANK``, ``WORLD_SIZE`` This process's site index in the topology, and the number of sites
+                         (relay-only sites included): torchrun's variables.
+``MASTER_ADDR``          The coordinator's (rank 0's) host; ``MASTER_PORT`` its port.
+``NETSTORM_SECRET``      Shared secret every connection authenticates with (or
+                         ``NETSTORM_SECRET_FILE``, a file holding it).
+``NETSTORM_BIND``        Address this site's data listener binds (default: ``MASTER_ADDR``
+                         on rank 0, else ``127.0.0.1`` when ``MASTER_ADDR`` is loopback,
+                         else ``0.0.0.0``).
+``NETSTORM_ADVERTISE``   Address peers reach this site at (default: the bind address, or
+                         this host's name when binding every interface).
+``NETSTORM_PORT``        Data port of ranks other than 0 (default 0: any free port).
+``NETSTORM_TIMEOUT``     Seconds before a silent peer is an error (default 60).
+``NETSTORM_EMULATE``     ``inprocess`` (shape every link as the topology says), ``none``.
+``NETSTORM_TIME_SCALE``  Emulated rates times K, latencies and dynamics times 1/K.
+``NETSTORM_DYNAMICS``    Dynamics applied live to the emulated links (DESIGN 5.2).
+``NETSTORM_MAX_FRAME``   Largest payload accepted, bytes (default 1 GiB).
+======================== ==================================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from netstorm.errors import NetstormError
+
+__all__ = ["EMULATE_MODES", "RuntimeConfig"]
+
+EMULATE_MODES = ("inprocess", "none")
+
+
+class ConfigError(NetstormError, ValueError):
+    """The runtime's environment is incomplete or malformed."""
+
+
+def _int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        if default is None:
+            raise ConfigError(f"{key} is not set (netstorm run and torchrun set it)")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a whole number") from None
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {raw}")
+    return value
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """A site process's settings (see the module docstring for the variables)."""
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    secret: bytes
+    bind: str
+    advertise: str
+    port: int = 0
+    timeout_s: float = 60.0
+    emulate: str = "inprocess"
+    time_scale: float = 1.0
+    dynamics: str | None = None
+    max_frame: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise ConfigError(f"WORLD_SIZE must be >= 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"RANK {self.rank} is outside 0..{self.world_size - 1}")
+        if self.emulate not in EMULATE_MODES:
+            raise ConfigError(f"NETSTORM_EMULATE must be one of {', '.join(EMULATE_MODES)}, "
+                              f"got {self.emulate!r}")
+        if not 0 < self.master_port < 65536:
+            raise ConfigError(f"MASTER_PORT {self.master_port} is not a TCP port")
+
+    @property
+    def listen_port(self) -> int:
+        """The port this site's listener binds: ``MASTER_PORT`` on rank 0."""
+        return self.master_port if self.rank == 0 else self.port
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> RuntimeConfig:
+        """Read the configuration; ``overrides`` (non-``None`` keyword values) win.
+
+        Raises
+        ------
+        ConfigError
+            A variable is missing or malformed (one line naming it).
+        """
+        from .auth import load_secret
+
+        env = os.environ if env is None else env
+        given = {k: v for k, v in overrides.items() if v is not None}
+        rank = int(given.pop("rank")) if "rank" in given else _int(env, "RANK")  # type: ignore[call-overload]
+        master = str(given.pop("master_addr", env.get("MASTER_ADDR") or "127.0.0.1"))
+        bind = env.get("NETSTORM_BIND") or (
+            master if rank == 0 or _loopback(master) else "0.0.0.0")
+        advertise = env.get("NETSTORM_ADVERTISE") or (
+            socket.gethostname() if bind == "0.0.0.0" else bind)
+        values: dict[str, object] = {
+            "rank": rank,
+            "world_size": _int(env, "WORLD_SIZE"),
+            "master_addr": master,
+            "master_port": _int(env, "MASTER_PORT"),
+            "bind": bind, "advertise": advertise,
+            "port": _int(env, "NETSTORM_PORT", 0),
+            "timeout_s": _float(env, "NETSTORM_TIMEOUT", 60.0),
+            "emulate": env.get("NETSTORM_EMULATE") or "inprocess",
+            "time_scale": _float(env, "NETSTORM_TIME_SCALE", 1.0),
+            "dynamics": env.get("NETSTORM_DYNAMICS") or None,
+            "max_frame": _int(env, "NETSTORM_MAX_FRAME", 1 << 30),
+        }
+        values.update(given)
+        if "secret" not in values:
+            values["secret"] = load_secret(env)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,194 @@
+"""The control plane: rendezvous, the site table, plan versions and measurement reports.
+
+Rank 0 runs a :class:`Coordinator` beside its site. Every site (rank 0's too) opens one
+authenticated control connection to it (the same HMAC handshake as data connections): the
+rendezvous needs no unauthenticated store, so nobody who merely reaches a port can join, inject
+a plan or a measurement. (torch's ``TCPStore`` has no authentication; we do not use it.)
+
+Messages (JSON control frames):
+
+- site -> coordinator: ``join`` (rank, data address, topology fingerprint), ``report`` (a
+  collective is done here: seq, bytes and busy seconds per incoming link), ``bye``,
+  ``error``;
+- coordinator -> site: ``table`` (every site's data address, the start time), ``horizon``
+  (collectives below it may start, with any plan switch that takes effect from a given
+  seq), ``shutdown``, ``abort``.
+
+Versions: every site makes plan version 1 itself from the topology (planners are
+deterministic). A switch is decided by the core's :class:`~netstorm.Controller` when a
+collective is done on every site; it takes effect from the first collective not yet released,
+so no collective ever mixes two versions, and the sites plan the new version themselves from
+the view the decision carries (the estimated capacities and their confidence).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from netstorm.awareness import BandwidthEstimator, Policy
+from netstorm.controller import Controller
+from netstorm.job import Job
+from netstorm.plan import Plan
+from netstorm.view import NetworkView
+
+from .links import Connection
+
+__all__ = ["Coordinator"]
+
+
+class Coordinator:
+    """Rank 0's control plane (one per run).
+
+    Parameters
+    ----------
+    view
+        The topology every site loaded.
+    fingerprint
+        The topology's fingerprint; a joining site with another one is refused.
+    make_plan
+        ``make_plan(view, job) -> Plan``: the run's planner.
+    policy
+        The re-plan policy.
+    window
+        Collectives released ahead of the last one done everywhere.
+    workers
+        Ranks that call ``allreduce`` (the others relay).
+    """
+
+    def __init__(self, view: NetworkView, fingerprint: str,
+                 make_plan: Callable[[NetworkView, Job], Plan], policy: Policy, *,
+                 window: int, workers: tuple[int, ...], aware: bool = True) -> None:
+        self.view = view
+        self.fingerprint = fingerprint
+        self.make_plan = make_plan
+        self.policy = policy
+        self.window = window
+        self.workers = workers
+        self.n = view.n
+        self.conns: dict[int, Connection] = {}
+        self.addresses: dict[int, list[Any]] = {}
+        self.reports: dict[int, int] = {}
+        self.horizon = window
+        self.byes: set[int] = set()
+        self.estimator = BandwidthEstimator(view, clock=time.monotonic) if aware else None
+        self.controller: Controller | None = None
+        self.switches: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.closed = threading.Event()
+
+    def add(self, conn: Connection, join: dict[str, Any]) -> None:
+        """A site's control connection, with its ``join`` message; serves it on a thread."""
+        thread = threading.Thread(target=self._serve, args=(conn, join),
+                                  name=f"control<-{conn.peer}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        for conn in list(self.conns.values()):
+            try:
+                conn.send_control(msg)
+            except Exception:
+                pass
+
+    def _serve(self, conn: Connection, join: dict[str, Any]) -> None:
+        try:
+            self._join(conn, join)
+            while not self.closed.is_set():
+                header = conn.read_header(max_length=1 << 26)
+                if header is None:
+                    if conn.peer not in self.byes:
+                        self._abort(f"site {conn.peer} closed its control connection")
+                    return
+                self._handle(conn.peer, conn.read_control(header, 1 << 26))
+        except Exception as exc:
+            if not self.closed.is_set():
+                self._abort(f"control connection to site {conn.peer}: {exc}")
+
+    def _join(self, conn: Connection, join: dict[str, Any]) -> None:
+        rank = conn.peer
+        problem = None
+        if join.get("fingerprint") != self.fingerprint:
+            problem = (f"site {rank} loaded a different topology than rank 0 "
+                       f"({join.get('name')!r} vs {self.view.name!r})")
+        elif join.get("world_size") != self.n:
+            problem = f"site {rank} has WORLD_SIZE {join.get('world_size')}, rank 0 {self.n}"
+        elif rank in self.conns:
+            problem = f"rank {rank} joined twice"
+        if problem:
+            conn.send_control({"type": "abort", "reason": problem})
+            raise ValueError(problem)
+        with self._lock:
+            self.conns[rank] = conn
+            self.addresses[rank] = join["address"]
+            ready = len(self.conns) == self.n
+        if ready:
+            self._broadcast({"type": "table",
+                             "addresses": [self.addresses[r] for r in range(self.n)],
+                             "start": time.time() + 0.2, "horizon": self.horizon})
+
+    def _handle(self, rank: int, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "report":
+            self._report(rank, msg)
+        elif kind == "bye":
+            with self._lock:
+                self.byes.add(rank)
+                done = set(self.workers) <= self.byes
+            if done:
+                self._broadcast({"type": "shutdown"})
+        elif kind == "error":
+            self._abort(f"site {rank}: {msg.get('reason')}")
+
+    def _report(self, rank: int, msg: dict[str, Any]) -> None:
+        seq = int(msg["seq"])
+        with self._lock:
+            if self.estimator is not None:
+                now = time.monotonic()
+                for src, dst, nbytes, seconds in msg.get("links", ()):
+                    if nbytes > 0 and seconds > 0:
+                        self.estimator.observe(int(src), int(dst), float(nbytes),
+                                               float(seconds), now)
+            self.reports[seq] = self.reports.get(seq, 0) + 1
+            if self.reports[seq] < self.n:
+                return
+            del self.reports[seq]
+            out: dict[str, Any] = {"type": "horizon", "done": seq}
+            switch = self._boundary(seq, int(msg["numel"]))
+            if switch is not None:
+                out["switch"] = switch
+            self.horizon = max(self.horizon, seq + 1 + self.window)
+            out["horizon"] = self.horizon
+        self._broadcast(out)
+
+    def _boundary(self, seq: int, numel: int) -> dict[str, Any] | None:
+        """Collective ``seq`` is done everywhere: let the controller decide."""
+        if self.estimator is None:
+            return None
+        if self.controller is None:
+            job = Job(buckets=numel * 4)
+            self.controller = Controller(self.view, job,
+                                         lambda v, job=job: self.make_plan(v, job),
+                                         policy=self.policy, estimator=self.estimator,
+                                         clock=time.monotonic)
+        made = self.controller.boundary(seq + 1)
+        if made is None:
+            return None
+        estimate = self.controller.reference
+        switch = {"version": made.version, "from_seq": self.horizon, "reason": made.reason,
+                  "after_seq": seq, "planning_s": made.planning_s,
+                  "capacity": estimate.capacity.tolist(),
+                  "confidence": (None if estimate.confidence is None
+                                 else estimate.confidence.tolist())}
+        self.switches.append({k: switch[k] for k in ("version", "from_seq", "reason",
+                                                     "after_seq", "planning_s")})
+        return switch
+
+    def _abort(self, reason: str) -> None:
+        self._broadcast({"type": "abort", "reason": reason})
+
+    def close(self) -> None:
+        self.closed.set()

@@ -1,0 +1,124 @@
+"""The emulated WAN inside the sending process: paced links, site egress caps, delays, dynamics.
+
+Each site shapes what it sends: every outgoing link is a virtual clock that a payload
+advances by ``bytes / rate``, sliced so that bytes leave at the link's rate (a receiver sees
+them trickle in, as from a real link, and can time the link); the site's egress cap is a
+second clock shared by all its links. The one-way delay of a link is applied by the receiver
+(:meth:`Shaper.delay`), which holds each message that long before its executor sees it.
+A time scale ``K`` multiplies every rate and divides every delay and dynamics time, so a
+20-155 Mbit/s WAN runs an iteration in about a second on one machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from netstorm.dynamics import Dynamics
+from netstorm.view import NetworkView
+
+__all__ = ["Shaper"]
+
+#: Longest stretch a sender sleeps before writing the next slice (pacing granularity).
+SLICE_S = 0.002
+MIN_SLICE = 64 * 1024
+
+
+class Shaper:
+    """Paces one site's outgoing links and knows its incoming links' delays.
+
+    Parameters
+    ----------
+    view
+        The true network (capacities in B/s, latencies in s).
+    site
+        This site's index.
+    scale
+        Time scale ``K``: rates times K, delays divided by K.
+    enabled
+        ``False`` (``--emulate none``): no pacing and no delay.
+
+    Notes
+    -----
+    A slice of ``b`` bytes to ``dst`` starts at ``max(now, link_free[dst], egress_free)``
+    and ends ``b / rate`` later on the link (``b / egress`` on the egress clock); the
+    sender sleeps until the later end, then writes. Back-to-back payloads therefore leave
+    at exactly the link's rate, and concurrent links share the egress cap first come,
+    first served (not max-min fair: a simplification).
+    """
+
+    def __init__(self, view: NetworkView, site: int, *, scale: float = 1.0,
+                 enabled: bool = True) -> None:
+        self.site = site
+        self.scale = float(scale)
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._latency = np.asarray(view.latency, dtype=float) / self.scale
+        self._free = np.zeros(view.n)
+        self._egress_free = 0.0
+        self.set_rates(view.capacity, view.egress)
+
+    def set_rates(self, capacity: np.ndarray, egress: np.ndarray | None = None) -> None:
+        """Take new true capacities (B/s, unscaled) for this site's links from now on."""
+        with self._lock:
+            self._rate = np.asarray(capacity, dtype=float)[self.site] * self.scale
+            cap = np.inf if egress is None else float(np.asarray(egress)[self.site])
+            self._egress = cap * self.scale
+            self._changed.notify_all()
+
+    def rate(self, dst: int) -> float:
+        """The emulated rate of link ``site -> dst`` now, B/s (scaled)."""
+        return float(self._rate[dst])
+
+    def delay(self, src: int) -> float:
+        """One-way delay of link ``src -> site``, seconds (scaled); 0 when not emulating."""
+        return float(self._latency[src, self.site]) if self.enabled else 0.0
+
+    def transmit(self, dst: int, data: memoryview, write: Callable[[memoryview], None],
+                 stop: threading.Event) -> None:
+        """Write ``data`` toward ``dst`` with ``write``, paced at the link's rate."""
+        if not self.enabled:
+            write(data)
+            return
+        total = len(data)
+        offset = 0
+        while offset < total:
+            with self._lock:
+                while self._rate[dst] <= 0 and not stop.is_set():
+                    self._changed.wait(0.1)  # link down until dynamics bring it back
+                rate = float(self._rate[dst])
+                size = min(total - offset, max(MIN_SLICE, int(rate * SLICE_S)))
+                now = time.monotonic()
+                start = max(now, self._free[dst], self._egress_free)
+                self._free[dst] = start + size / rate
+                if np.isfinite(self._egress):
+                    self._egress_free = start + size / self._egress
+                end = max(self._free[dst], self._egress_free)
+            if stop.is_set():
+                return
+            wait = end - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            write(data[offset:offset + size])
+            offset += size
+
+    def follow(self, dynamics: Dynamics, view: NetworkView, start: float,
+               stop: threading.Event) -> threading.Thread:
+        """Apply ``dynamics`` live: snapshot at time t takes effect at wall-clock
+        ``start + t / scale`` (``start`` from :func:`time.time`, shared by every site)."""
+        def run() -> None:
+            for snap in dynamics.timeline(view):
+                wait = start + snap.time_s / self.scale - time.time()
+                if wait > 0 and stop.wait(wait):
+                    return
+                if stop.is_set():
+                    return
+                self.set_rates(snap.capacity, snap.egress)
+
+        thread = threading.Thread(target=run, name=f"dynamics-{self.site}", daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,194 @@
+"""``netstorm run``: one process per site on this machine, torchrun-style (DESIGN 9, 11).
+
+Every child gets ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and the
+``NETSTORM_*`` settings (:mod:`netstorm.runtime.config`), so the same script runs here, under
+torchrun, or by hand on several hosts. Output is streamed line by line, prefixed by the site
+name; the first child that fails stops the others and its status is the run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from netstorm.errors import NetstormError
+from netstorm.topology import load_topology
+
+__all__ = ["add_arguments", "format_summary", "run", "summary"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``run`` options; the script and its arguments follow ``--``."""
+    p.add_argument("--topology", "-t", required=True,
+                   help="topology file or built-in name (one site per process)")
+    p.add_argument("--planner", "-p", default="treepack")
+    p.add_argument("--policy", default=None,
+                   choices=["hysteresis", "any-change", "every-iteration", "static"])
+    p.add_argument("--emulate", default="inprocess", choices=["inprocess", "none"],
+                   help="shape every link as the topology says (default) or run unshaped")
+    p.add_argument("--dynamics", "-d", default=None,
+                   help="capacity changes applied live (as netstorm sim --dynamics)")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                   help="emulated rates times K, delays and dynamics times 1/K")
+    p.add_argument("--iterations", "-n", type=int, default=5,
+                   help="iterations of the built-in demo")
+    p.add_argument("--mbytes", type=float, default=16.0,
+                   help="all-reduce size of the built-in demo, MB")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds before a silent peer is an error (NETSTORM_TIMEOUT)")
+    p.add_argument("--log-dir", default=None,
+                   help="write one JSON lines file per site (per collective, switches)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("script", nargs=argparse.REMAINDER,
+                   help="-- python script.py ARGS (default: the built-in demo)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        out.write(f"[{prefix}] {raw.decode(errors='replace')}")
+        out.flush()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """Start the sites, wait for them; return ``(exit status, summary)``.
+
+    Raises
+    ------
+    NetstormError, ValueError
+        Bad input (unknown topology, nothing to run): the CLI exits 2.
+    """
+    view = load_topology(args.topology)
+    script = list(args.script)
+    if script and script[0] == "--":
+        script = script[1:]
+    if args.time_scale <= 0 or args.iterations < 1 or args.mbytes <= 0:
+        raise ValueError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
+    command = script or [sys.executable, "-m", "netstorm.runtime.demo"]
+    logs = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="netstorm-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in view.sites:
+        (logs / f"{name}.jsonl").unlink(missing_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // view.n))
+    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                WORLD_SIZE=str(view.n), NETSTORM_SECRET=secrets.token_hex(32),
+                NETSTORM_TOPOLOGY=str(args.topology), NETSTORM_PLANNER=args.planner,
+                NETSTORM_EMULATE=args.emulate, NETSTORM_TIME_SCALE=str(args.time_scale),
+                NETSTORM_TIMEOUT=str(args.timeout), NETSTORM_ITERATIONS=str(args.iterations),
+                NETSTORM_MBYTES=str(args.mbytes), NUMBA_NUM_THREADS=threads,
+                OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    if args.policy:
+        base["NETSTORM_POLICY"] = args.policy
+    if args.dynamics:
+        base["NETSTORM_DYNAMICS"] = args.dynamics
+    out = sys.stderr if args.json else sys.stdout
+    procs: list[subprocess.Popen[bytes]] = []
+    pumps = []
+    started = time.perf_counter()
+    status = 0
+    try:
+        for rank, name in enumerate(view.sites):
+            env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank),
+                       NETSTORM_LOG=str(logs / f"{name}.jsonl"))
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+            procs.append(proc)
+            pump = threading.Thread(target=_pump, args=(proc.stdout, name, out), daemon=True)
+            pump.start()
+            pumps.append(pump)
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                status = failed[0]
+                break
+            if all(c == 0 for c in codes):
+                break
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        _stop(procs)
+        for pump in pumps:
+            pump.join(timeout=2)
+    return status, summary(view.sites, logs, args.planner, time.perf_counter() - started)
+
+
+def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> dict[str, Any]:
+    """DESIGN 11's ``run --json`` object from the sites' JSON lines logs: per iteration the
+    slowest site's time and the plan version, and every plan switch."""
+    rows: dict[int, dict[str, Any]] = {}
+    switches: dict[int, Any] = {}
+    for name in sites:
+        path = logs / f"{name}.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if "switch" in rec:
+                switches[rec["switch"]["version"]] = rec["switch"]
+            elif "iteration" in rec:
+                row = rows.setdefault(rec["iteration"], {"time_s": 0.0,
+                                                         "plan_version": rec["plan_version"]})
+                row["time_s"] = max(row["time_s"], rec["time_s"])
+    return {"planner": planner, "iterations": [rows[i] for i in sorted(rows)],
+            "accuracy": None, "switches": [switches[v] for v in sorted(switches)],
+            "wall_s": wall_s, "log_dir": str(logs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m netstorm.runtime.launch`` (the same as ``netstorm run``)."""
+    parser = argparse.ArgumentParser(prog="netstorm run")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        status, doc = run(args)
+    except (NetstormError, ValueError) as exc:
+        print(f"netstorm run: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc) if args.json else format_summary(doc))
+    return status
+
+
+def format_summary(doc: dict[str, Any]) -> str:
+    """The readable summary of :func:`run`."""
+    lines = [f"{doc['planner']}: {len(doc['iterations'])} iterations in {doc['wall_s']:.1f} s"]
+    for i, row in enumerate(doc["iterations"]):
+        lines.append(f"  iteration {i}: {row['time_s']:.3f} s (plan v{row['plan_version']})")
+    for sw in doc["switches"]:
+        lines.append(f"  plan v{sw['version']} from collective {sw['from_seq']}: "
+                     f"{sw['reason']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Connections between sites: framed, authenticated TCP, and the per-link send queue.
+
+A :class:`Connection` is one authenticated socket that reads and writes whole frames
+(:mod:`netstorm.runtime.wire`); ``OSError`` becomes :class:`~netstorm.PeerError` here, at the
+socket boundary, naming the peer. An :class:`OutLink` owns the connection for one overlay
+link ``site -> peer``: a thread sends its queue smallest priority first (the program's send
+order), paced by the :class:`~netstorm.runtime.emulate.Shaper`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from netstorm.errors import PeerError
+
+from . import wire
+from .auth import client_handshake, server_handshake
+from .emulate import Shaper
+
+__all__ = ["Connection", "OutLink", "connect"]
+
+
+class Connection:
+    """One authenticated TCP connection to ``peer`` (a rank), sending and receiving frames."""
+
+    def __init__(self, sock: socket.socket, peer: int, name: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.name = name
+        self._send_lock = threading.Lock()
+        self._header = bytearray(wire.HEADER_SIZE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _fail(self, what: str, exc: BaseException | None = None) -> PeerError:
+        return PeerError(f"{self.name}: {what}" + (f" ({exc})" if exc else ""))
+
+    def write(self, data: memoryview | bytes) -> None:
+        """Send all of ``data`` (no lock: one writer per connection, or hold :meth:`lock`)."""
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise self._fail("connection lost while sending", exc) from exc
+
+    def lock(self) -> threading.Lock:
+        """The lock writers that share this connection hold around a whole frame."""
+        return self._send_lock
+
+    def send_control(self, obj: dict[str, Any]) -> None:
+        """Send one control frame (JSON), thread-safe."""
+        frame = wire.pack_control(obj)
+        with self._send_lock:
+            self.write(frame)
+
+    def read_header(self, max_length: int) -> wire.Header | None:
+        """The next frame's header; ``None`` when the peer closed between frames."""
+        view = memoryview(self._header)
+        got = 0
+        while got < len(view):
+            try:
+                n = self.sock.recv_into(view[got:])
+            except OSError as exc:
+                raise self._fail("connection lost", exc) from exc
+            if n == 0:
+                if got == 0:
+                    return None
+                raise self._fail("closed the connection inside a frame header")
+            got += n
+        return wire.unpack_header(self._header, max_length=max_length)
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` from the socket (a payload; no allocation)."""
+        got = 0
+        while got < len(view):
+            try:
+                n = self.sock.recv_into(view[got:])
+            except OSError as exc:
+                raise self._fail("connection lost inside a frame", exc) from exc
+            if n == 0:
+                raise self._fail("closed the connection inside a frame")
+            got += n
+
+    def read_control(self, header: wire.Header, max_length: int) -> dict[str, Any]:
+        """The JSON object of a control frame whose header was just read."""
+        payload = bytearray(header.length)
+        self.read_into(memoryview(payload))
+        return wire.unpack_control(header, payload)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def connect(address: tuple[str, int], *, rank: int, secret: bytes, timeout: float,
+            name: str, retry_until: float | None = None) -> Connection:
+    """Open and authenticate a connection to a site listening at ``address``.
+
+    ``retry_until`` (a :func:`time.monotonic` deadline) retries refused connections, for a
+    coordinator that is still starting.
+    """
+    while True:
+        try:
+            sock = socket.create_connection(address, timeout=timeout)
+            break
+        except OSError as exc:
+            if retry_until is None or time.monotonic() > retry_until:
+                raise PeerError(f"{name}: cannot connect to {address[0]}:{address[1]} "
+                                f"({exc})") from exc
+            time.sleep(0.05)
+    try:
+        peer = client_handshake(sock, secret, rank, timeout=timeout)
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return Connection(sock, peer, name)
+
+
+def accept(sock: socket.socket, *, rank: int, secret: bytes, timeout: float) -> Connection:
+    """Authenticate an accepted socket; the peer's rank names the connection."""
+    addr = sock.getpeername()
+    try:
+        peer = server_handshake(sock, secret, rank, timeout=timeout)
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return Connection(sock, peer, f"site {peer} ({addr[0]}:{addr[1]})")
+
+
+class OutLink:
+    """The send side of overlay link ``site -> peer``: a priority queue and its thread.
+
+    Parameters
+    ----------
+    conn
+        The connection to ``peer``.
+    shaper
+        Paces the payloads (emulated rate and egress cap).
+    on_sent
+        Called ``on_sent(token)`` after each frame has been written (the caller's
+        bookkeeping: a collective's pending sends); runs on the link's thread.
+    on_error
+        Called with the :class:`~netstorm.PeerError` that stopped the link.
+
+    Notes
+    -----
+    Frames leave smallest ``priority`` first, ties in arrival order, as the simulator's
+    links serve them. ``depth()`` (queued plus the one being written) is what a route rule
+    reads.
+    """
+
+    def __init__(self, conn: Connection, shaper: Shaper,
+                 on_sent: Callable[[Any], None],
+                 on_error: Callable[[BaseException], None]) -> None:
+        self.conn = conn
+        self.peer = conn.peer
+        self._shaper = shaper
+        self._on_sent = on_sent
+        self._on_error = on_error
+        self._queue: list[tuple[float, int, wire.Header, memoryview | None, Any]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._stop = threading.Event()
+        self._header = bytearray(wire.HEADER_SIZE)
+        self._thread = threading.Thread(target=self._run, name=f"send->{self.peer}",
+                                        daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        """Frames queued or being written."""
+        return len(self._queue) + self._busy
+
+    def put(self, priority: float, header: wire.Header, payload: memoryview | None,
+            token: Any) -> None:
+        """Queue one frame."""
+        with self._cond:
+            heapq.heappush(self._queue, (priority, next(self._seq), header, payload, token))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stop.is_set():
+                        self._cond.wait()
+                    if self._stop.is_set():
+                        return
+                    _, _, header, payload, token = heapq.heappop(self._queue)
+                    self._busy = 1
+                wire.pack_header(header, self._header)
+                with self.conn.lock():
+                    self.conn.write(self._header)
+                    if payload is not None and len(payload):
+                        self._shaper.transmit(self.peer, payload, self.conn.write, self._stop)
+                with self._cond:
+                    self._busy = 0
+                self._on_sent(token)
+        except BaseException as exc:
+            if not self._stop.is_set():
+                self._on_error(exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=5)

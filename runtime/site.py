@@ -1,0 +1,620 @@
+"""`init()` and :class:`Site`: one site's executor driven by sockets.
+
+Threads of a site process: the listener (accepts and authenticates connections), one reader
+per incoming connection (frames straight into the collective's preallocated arena with
+``recv_into``), one sender per outgoing overlay link (:class:`~netstorm.runtime.links.OutLink`),
+the control reader, and the engine, which alone runs the executors: it takes arrivals (each
+held for the link's emulated delay) and local-ready events, and hands the sends to the links.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from netstorm.awareness import Policy
+from netstorm.compiler import compile
+from netstorm.dynamics import parse_dynamics
+from netstorm.errors import NetstormError, PeerError, ProtocolError
+from netstorm.executor import Executor, Outgoing, SiteProgram
+from netstorm.job import Job
+from netstorm.plan import Plan
+from netstorm.program import Message
+from netstorm.registry import plan as make_plan
+from netstorm.registry import planner_info
+from netstorm.topology import load_topology
+from netstorm.view import NetworkView
+
+from . import wire
+from .config import RuntimeConfig
+from .control import Coordinator
+from .emulate import Shaper
+from .links import Connection, OutLink, accept, connect
+
+__all__ = ["Handle", "Site", "init"]
+
+#: Collectives a site may start ahead of the last one finished everywhere.
+WINDOW = 4
+
+
+def fingerprint(view: NetworkView) -> str:
+    """A digest of what every site must agree on: names, workers, capacities, latencies."""
+    h = hashlib.sha256()
+    h.update(repr((view.sites, view.workers)).encode())
+    for a in (view.capacity, view.latency, view.egress, view.ingress):
+        h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=float).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Collective:
+    """One all-reduce at this site: its executor, arena and bookkeeping."""
+
+    def __init__(self, seq: int, numel: int, version: int, prog: SiteProgram,
+                 offsets: dict[Message, tuple[int, int]], arena: np.ndarray,
+                 depth: Callable[[int, int], int]) -> None:
+        self.seq = seq
+        self.numel = numel
+        self.version = version
+        self.prog = prog
+        self.offsets = offsets
+        self.arena = arena
+        self.executor = Executor(prog, iteration=seq, data=True, queue_depth=depth)
+        self.pending = 0  # sends queued on links, not yet written
+        self.started = False  # the local call has arrived (workers)
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.t_start = time.perf_counter()
+        self.t_end = 0.0
+
+    def slot(self, message: Message) -> np.ndarray:
+        """The arena region where ``message``'s payload lands."""
+        found = self.offsets.get(message)
+        if found is None:
+            raise ProtocolError(f"collective {self.seq}: unexpected message {message} "
+                                f"(plan version {self.version})")
+        start, elems = found
+        return self.arena[start:start + elems]
+
+
+class Handle:
+    """An outstanding :meth:`Site.allreduce_async`; :meth:`wait` for it."""
+
+    def __init__(self, site: Site, coll: _Collective) -> None:
+        self._site = site
+        self._coll = coll
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the result is in the array (raises what the collective raised)."""
+        self._site._wait(self._coll, timeout)
+
+
+class Site:
+    """One site of a run: see :func:`init`."""
+
+    def __init__(self, config: RuntimeConfig, view: NetworkView, planner: str, *,
+                 seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
+                 planner_options: dict[str, Any] | None = None) -> None:
+        if view.n != config.world_size:
+            raise NetstormError(f"WORLD_SIZE is {config.world_size} but topology {view.name!r} "
+                                f"has {view.n} sites (every site is a rank, relays too)")
+        self.config = config
+        self.view = view
+        self.rank = config.rank
+        self.name = view.sites[self.rank]
+        self.is_worker = self.rank in view.workers
+        self.planner = planner
+        self.seed = seed
+        self.window = window
+        self.options = dict(planner_options or {})
+        self.info = planner_info(planner)
+        self.shaper = Shaper(view, self.rank, scale=config.time_scale,
+                             enabled=config.emulate != "none")
+        self._lock = threading.RLock()
+        self._ready = threading.Condition(self._lock)
+        self._plans: dict[tuple[int, int], tuple[Plan, SiteProgram, dict, int]] = {}
+        self._views: dict[int, NetworkView] = {1: view}
+        self._switches: list[tuple[int, int]] = [(0, 1)]  # (from seq, version)
+        self.switch_log: list[dict[str, Any]] = []
+        self._horizon = 0
+        self._colls: dict[int, _Collective] = {}
+        self._next_seq = 0
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._links: dict[int, OutLink] = {}
+        self._inbound: list[Connection] = []
+        self._addresses: list[tuple[str, int]] = []
+        self._observed: dict[int, list[float]] = {}  # src -> [bytes, busy seconds]
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._shutdown = threading.Event()
+        self._table = threading.Event()
+        self.stats_rows: list[dict[str, Any]] = []
+        self._last_plan: Plan | None = None
+        self.coordinator: Coordinator | None = None
+        self._threads: list[threading.Thread] = []
+        self._listen()
+        if self.rank == 0:
+            rule = policy if policy is not None and not isinstance(policy, str) \
+                else self.info.policy(policy)
+            self.coordinator = Coordinator(view, fingerprint(view), self._planner_call, rule,
+                                           window=window, workers=view.workers)
+        self._spawn(self._accept_loop, "listener")
+        self._spawn(self._engine, "engine")
+        self._join()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"{self.name}:{name}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _listen(self) -> None:
+        cfg = self.config
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.bind, cfg.listen_port))
+        except OSError as exc:
+            sock.close()
+            raise PeerError(f"site {self.name} (rank {self.rank}): cannot listen on "
+                            f"{cfg.bind}:{cfg.listen_port} ({exc.strerror or exc})") from exc
+        sock.listen(128)
+        self._server = sock
+        self.port = sock.getsockname()[1]
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._server.accept()
+            except OSError:
+                return
+            self._spawn(self._serve_inbound, "inbound", raw)
+
+    def _serve_inbound(self, raw: socket.socket) -> None:
+        cfg = self.config
+        try:
+            conn = accept(raw, rank=self.rank, secret=cfg.secret, timeout=cfg.timeout_s)
+            header = conn.read_header(max_length=1 << 20)
+            if header is None or header.kind != wire.Kind.CONTROL:
+                raise ProtocolError(f"{conn.name}: first frame is not a hello")
+            hello = conn.read_control(header, 1 << 20)
+        except NetstormError as exc:
+            print(f"netstorm: site {self.name}: refused a connection: {exc}", file=sys.stderr)
+            return
+        if hello.get("type") == "join":
+            if self.coordinator is None:
+                conn.close()
+                return
+            self.coordinator.add(conn, hello)
+        elif hello.get("type") == "data":
+            with self._lock:
+                self._inbound.append(conn)
+            self._read_data(conn)
+
+    def _join(self) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.timeout_s
+        self._control = connect((cfg.master_addr, cfg.master_port), rank=self.rank,
+                                secret=cfg.secret, timeout=cfg.timeout_s,
+                                name=f"coordinator {cfg.master_addr}:{cfg.master_port}",
+                                retry_until=deadline)
+        self._control.send_control({"type": "join", "address": [cfg.advertise, self.port],
+                                    "fingerprint": fingerprint(self.view),
+                                    "world_size": cfg.world_size, "name": self.view.name})
+        self._spawn(self._read_control, "control")
+        if not self._table.wait(cfg.timeout_s) or self._error is not None:
+            self._stop_threads()
+            raise self._error or PeerError(
+                f"site {self.name}: not every site joined within {cfg.timeout_s:g} s")
+        if cfg.dynamics and self.shaper.enabled:
+            dyn = parse_dynamics(cfg.dynamics)
+            if dyn is not None:
+                dyn.validate(self.view)
+                self.shaper.follow(dyn, self.view, self._start, self._stop)
+
+    # -- control ----------------------------------------------------------------------------
+    def _read_control(self) -> None:
+        try:
+            while True:
+                header = self._control.read_header(max_length=1 << 26)
+                if header is None:
+                    if not self._shutdown.is_set():
+                        self._fail(PeerError(f"site {self.name}: the coordinator closed"))
+                    return
+                self._on_control(self._control.read_control(header, 1 << 26))
+        except BaseException as exc:
+            if not self._stop.is_set():
+                self._fail(exc)
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "table":
+            self._addresses = [(str(h), int(p)) for h, p in msg["addresses"]]
+            self._start = float(msg["start"])
+            with self._lock:
+                self._horizon = int(msg["horizon"])
+            self._table.set()
+        elif kind == "horizon":
+            with self._lock:
+                switch = msg.get("switch")
+                if switch is not None:
+                    version = int(switch["version"])
+                    conf = switch.get("confidence")
+                    self._views[version] = dataclasses.replace(
+                        self.view, capacity=np.array(switch["capacity"], dtype=float),
+                        confidence=None if conf is None else np.array(conf, dtype=float),
+                        _graph_cache={})
+                    self._switches.append((int(switch["from_seq"]), version))
+                    self.switch_log.append({k: switch[k] for k in (
+                        "version", "from_seq", "after_seq", "reason", "planning_s")})
+                self._horizon = max(self._horizon, int(msg["horizon"]))
+                done = int(msg["done"])  # finished on every site: no message can still come
+                for seq in [s for s, c in self._colls.items() if s <= done and c.done.is_set()]:
+                    del self._colls[seq]
+                self._ready.notify_all()
+        elif kind == "shutdown":
+            self._shutdown.set()
+        elif kind == "abort":
+            self._fail(PeerError(f"run aborted: {msg.get('reason')}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+            for coll in self._colls.values():
+                if coll.error is None:
+                    coll.error = exc
+                coll.done.set()
+            self._ready.notify_all()
+        self._table.set()
+        self._shutdown.set()
+
+    # -- plans ------------------------------------------------------------------------------
+    def _planner_call(self, view: NetworkView, job: Job) -> Plan:
+        state = self.info.new_state(self.seed)
+        return make_plan(view, job, self.info.func, seed=self.seed, state=state,
+                         **self.options)
+
+    def _version(self, seq: int) -> int:
+        """The plan version of collective ``seq``; waits until the coordinator released it."""
+        deadline = time.monotonic() + self.config.timeout_s
+        with self._lock:
+            while seq >= self._horizon and self._error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeerError(f"site {self.name}: collective {seq} not released by the "
+                                    f"coordinator within {self.config.timeout_s:g} s")
+                self._ready.wait(left)
+            if self._error is not None:
+                raise self._error
+            return max(v for start, v in self._switches if start <= seq)
+
+    def _program(self, version: int, numel: int) -> tuple[Plan, SiteProgram, dict, int]:
+        key = (version, numel)
+        found = self._plans.get(key)
+        if found is None:
+            job = Job(buckets=numel * 4)
+            p = dataclasses.replace(self._planner_call(self._views[version], job),
+                                    version=version)
+            prog = SiteProgram(compile(p, job, self.view.workers, view=self._views[version])
+                               [self.rank])
+            offsets, at = {}, 0
+            for m, k in prog.slot.items():
+                elems = prog.steps[prog.slot_step[k]].ref.elems
+                offsets[m] = (at, elems)
+                at += elems
+            found = self._plans[key] = (p, prog, offsets, at)
+        return found
+
+    def _collective(self, seq: int, numel: int) -> _Collective:
+        """Collective ``seq``, made on first sight (a local call or a peer's first frame)."""
+        with self._lock:
+            coll = self._colls.get(seq)
+            if coll is None:
+                version = self._version(seq)
+                _, prog, offsets, size = self._program(version, numel)
+                coll = _Collective(seq, numel, version, prog, offsets,
+                                   np.empty(size, dtype=np.float32), self._depth)
+                self._colls[seq] = coll
+            elif coll.numel != numel:
+                raise ProtocolError(f"collective {seq}: this site has {coll.numel} elements, "
+                                    f"a peer {numel} (every site must all-reduce the same "
+                                    f"sizes in the same order)")
+            return coll
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan of this site's latest collective (``None`` before the first)."""
+        return self._last_plan
+
+    # -- data plane -------------------------------------------------------------------------
+    def _depth(self, src: int, dst: int) -> int:
+        link = self._links.get(dst)
+        return 0 if link is None else link.depth()
+
+    def _link(self, peer: int) -> OutLink:
+        link = self._links.get(peer)
+        if link is None:
+            cfg = self.config
+            conn = connect(self._addresses[peer], rank=self.rank, secret=cfg.secret,
+                           timeout=cfg.timeout_s, name=f"site {self.view.sites[peer]}")
+            if conn.peer != peer:
+                conn.close()
+                raise PeerError(f"site {self.view.sites[peer]}: rank {conn.peer} answered "
+                                f"at its address")
+            conn.send_control({"type": "data"})
+            link = self._links[peer] = OutLink(conn, self.shaper, self._sent, self._fail)
+        return link
+
+    def _read_data(self, conn: Connection) -> None:
+        cfg = self.config
+        src = conn.peer
+        last = 0.0
+        try:
+            while not self._stop.is_set():
+                header = conn.read_header(max_length=cfg.max_frame)
+                if header is None:
+                    if not self._shutdown.is_set() and not self._stop.is_set():
+                        raise PeerError(f"{conn.name} closed its connection mid-run")
+                    return
+                first = time.monotonic()
+                if header.kind != wire.Kind.DATA:
+                    raise ProtocolError(f"{conn.name}: control frame on a data connection")
+                coll = self._collective(header.seq, header.numel)
+                if header.plan_version != coll.version:
+                    raise ProtocolError(f"{conn.name}: collective {header.seq} frame of plan "
+                                        f"version {header.plan_version}, this site runs "
+                                        f"version {coll.version}")
+                payload = coll.slot(header.message)
+                view = memoryview(payload).cast("B")
+                if len(view) != header.length:
+                    raise ProtocolError(f"{conn.name}: message {header.message} of "
+                                        f"{header.length} bytes, expected {len(view)}")
+                conn.read_into(view)
+                wire.verify(header, view)
+                end = time.monotonic()
+                with self._lock:
+                    seen = self._observed.setdefault(src, [0.0, 0.0])
+                    seen[0] += header.length
+                    seen[1] += end - max(first, last)
+                last = end
+                self._events.put((end + self.shaper.delay(src), "arrive", coll,
+                                  header.message, payload))
+        except BaseException as exc:
+            if not self._stop.is_set():
+                self._fail(exc)
+
+    def _sent(self, coll: _Collective) -> None:
+        self._events.put((0.0, "sent", coll))
+
+    def _dispatch(self, coll: _Collective, outs: tuple[Outgoing, ...]) -> None:
+        for out in outs:
+            assert out.payload is not None
+            payload = memoryview(out.payload).cast("B")
+            header = wire.data_header(out.message, payload, plan_version=coll.version,
+                                      seq=coll.seq, numel=coll.numel)
+            coll.pending += 1
+            self._link(out.path[1]).put(out.priority, header, payload, coll)
+
+    def _engine(self) -> None:
+        held: list[tuple[float, int, tuple[Any, ...]]] = []
+        order = 0
+        while not self._stop.is_set():
+            timeout = None if not held else max(0.0, held[0][0] - time.monotonic())
+            try:
+                event = self._events.get(timeout=timeout if timeout is None else
+                                         min(timeout, 0.5))
+                if event[0] > time.monotonic():
+                    order += 1
+                    heapq.heappush(held, (event[0], order, event))
+                    event = None
+            except queue.Empty:
+                event = None
+            now = time.monotonic()
+            due = [] if event is None else [event]
+            while held and held[0][0] <= now:
+                due.append(heapq.heappop(held)[2])
+            for ev in due:
+                if ev[1] == "stop":
+                    return
+                try:
+                    self._step(ev)
+                except BaseException as exc:
+                    self._fail(exc)
+
+    def _step(self, event: tuple[Any, ...]) -> None:
+        kind, coll = event[1], event[2]
+        if coll.error is not None:
+            return
+        ex = coll.executor
+        if kind == "arrive":
+            self._dispatch(coll, ex.arrive(event[3], event[4]))
+        elif kind == "start":
+            self._dispatch(coll, ex.start())
+            self._dispatch(coll, ex.local_ready() if self.is_worker else ())
+        elif kind == "sent":
+            coll.pending -= 1
+        self._maybe_done(coll)
+
+    def _maybe_done(self, coll: _Collective) -> None:
+        if coll.done.is_set() or not coll.executor.done or coll.pending:
+            return
+        if self.is_worker and not coll.started:
+            return
+        coll.t_end = time.perf_counter()
+        with self._lock:
+            links = [[src, self.rank, b, s] for src, (b, s) in self._observed.items()]
+            self._observed.clear()
+            self.stats_rows.append({"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
+                                    "plan_version": coll.version, "numel": coll.numel})
+        coll.done.set()
+        self._control.send_control({"type": "report", "seq": coll.seq, "numel": coll.numel,
+                                    "links": links})
+
+    # -- public -----------------------------------------------------------------------------
+    def allreduce_async(self, array: Any) -> Handle:
+        """Start an in-place mean all-reduce of ``array`` over the workers; see
+        :meth:`allreduce`. Calls must come in the same order with the same sizes on every
+        worker."""
+        if not self.is_worker:
+            raise NetstormError(f"site {self.name} is relay-only: it has no gradient")
+        flat = _flat_float32(array)
+        seq = self._next_seq
+        self._next_seq += 1
+        coll = self._collective(seq, flat.size)
+        with self._lock:
+            self._last_plan = self._plans[(coll.version, coll.numel)][0]
+            coll.executor.gradient = coll.executor.result = flat
+            coll.started = True
+            coll.t_start = time.perf_counter()
+        self._events.put((0.0, "start", coll))
+        return Handle(self, coll)
+
+    def allreduce(self, array: Any) -> None:
+        """Replace ``array`` by the mean of every worker's ``array``, in place.
+
+        ``array`` is a C-contiguous float32 numpy array or CPU torch tensor. Every worker
+        ends with the same bytes (the root's), bit-identical.
+
+        Raises
+        ------
+        PeerError
+            A peer died, went silent for ``NETSTORM_TIMEOUT`` seconds, or the run aborted.
+        """
+        self.allreduce_async(array).wait()
+
+    def _wait(self, coll: _Collective, timeout: float | None) -> None:
+        limit = self.config.timeout_s if timeout is None else timeout
+        if not coll.done.wait(limit):
+            missing = sorted({m.src for m in coll.prog.slot
+                              if not coll.executor._got[coll.prog.slot[m]]
+                              and m in coll.prog.program.expects})
+            names = ", ".join(self.view.sites[s] for s in missing) or "none"
+            raise PeerError(f"site {self.name}: collective {coll.seq} not done after "
+                            f"{limit:g} s (still waiting for messages of tree edges from: "
+                            f"{names})")
+        if coll.error is not None:
+            raise coll.error
+
+    def stats(self) -> dict[str, Any]:
+        """Per-collective times and plan versions, plan switches, bytes sent per link."""
+        with self._lock:
+            return {"site": self.name, "rank": self.rank,
+                    "collectives": list(self.stats_rows),
+                    "switches": list(self.switch_log)}
+
+    def serve(self) -> None:
+        """Relay until the workers are done (what :func:`init` does on a relay-only rank)."""
+        self._shutdown.wait()
+        self.close()
+
+    def close(self) -> None:
+        """Leave the run: wait until every worker is done (a site may still relay for
+        others), then stop every thread and close every socket."""
+        if self._stop.is_set():
+            return
+        if self.is_worker and self._error is None:
+            try:
+                self._control.send_control({"type": "bye"})
+            except NetstormError:
+                pass
+        self._shutdown.wait(self.config.timeout_s)
+        self._stop_threads()
+        if self._error is not None and not isinstance(self._error, PeerError):
+            raise self._error
+
+    def _stop_threads(self) -> None:
+        self._stop.set()
+        self._events.put((0.0, "stop", None))
+        for link in list(self._links.values()):
+            link.close()
+            link.conn.close()
+        for conn in list(self._inbound):
+            conn.close()
+        if hasattr(self, "_control"):
+            self._control.close()
+        if self.coordinator is not None:
+            self.coordinator.close()
+        self._server.close()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=2)
+
+    def __enter__(self) -> Site:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _flat_float32(array: Any) -> np.ndarray:
+    """A flat float32 numpy view of ``array`` sharing its memory (torch CPU tensors too)."""
+    if not isinstance(array, np.ndarray):
+        try:
+            import torch
+        except ImportError:
+            torch = None  # type: ignore[assignment]
+        if torch is not None and isinstance(array, torch.Tensor):
+            if array.device.type != "cpu":
+                raise TypeError(f"allreduce: a {array.device} tensor; netstorm.runtime "
+                                f"all-reduces CPU tensors (copy it to the CPU first)")
+            if not array.is_contiguous():
+                raise TypeError("allreduce: the tensor is not contiguous")
+            array = array.detach().numpy()
+        else:
+            raise TypeError(f"allreduce: expected a numpy array or CPU torch tensor, got "
+                            f"{type(array).__name__}")
+    if array.dtype != np.float32:
+        raise TypeError(f"allreduce: expected float32, got {array.dtype} (convert with "
+                        f"astype(np.float32) and copy back)")
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        raise TypeError("allreduce: the array must be C-contiguous and writeable")
+    return array.reshape(-1)
+
+
+def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *,
+         seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
+         planner_options: dict[str, Any] | None = None, **config: Any) -> Site:
+    """Join the run as this process's site (torchrun-style environment: see
+    :mod:`netstorm.runtime.config`).
+
+    Parameters
+    ----------
+    topology
+        A topology file, a built-in name, or a :class:`~netstorm.NetworkView`; every rank
+        must load the same one (checked). Rank i is the topology's i-th site.
+    planner, seed, planner_options
+        The planner every site plans with (every site computes the same plans).
+    policy
+        Re-plan policy (name or object); default the planner's own.
+    window
+        Collectives a site may start ahead of the last one finished everywhere; a plan
+        switch takes effect that many collectives after it is decided.
+    config
+        Overrides of the environment (``rank``, ``master_addr``, ...): see
+        :class:`~netstorm.runtime.config.RuntimeConfig`.
+
+    Returns
+    -------
+    Site
+        On a worker. A relay-only rank relays inside ``init()`` until every worker has
+        closed, then exits the process (status 0), so one script serves every rank.
+    """
+    view = topology if isinstance(topology, NetworkView) else load_topology(topology)
+    cfg = RuntimeConfig.from_env(**config)
+    site = Site(cfg, view, planner, seed=seed, policy=policy, window=window,
+                planner_options=planner_options)
+    if not site.is_worker:
+        site.serve()
+        raise SystemExit(0)
+    return site
