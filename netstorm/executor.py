@@ -138,7 +138,7 @@ class Executor:
     nothing.
     """
 
-    __slots__ = ("_depth", "_got", "_inbox", "_pending", "data", "gradient", "iteration",
+    __slots__ = ("_depth", "_got", "_inbox", "_local", "_pending", "data", "gradient", "iteration",
                  "prog", "remaining", "result", "site", "version")
 
     def __init__(self, program: SiteProgram | NodeProgram, *, iteration: int = 0,
@@ -159,6 +159,7 @@ class Executor:
         #: steps that must still fire before the site is done (read-only)
         self.remaining = prog.mandatory
         self._got = bytearray(len(prog.slot_step))
+        self._local = bytearray(len(prog.steps))
         self._inbox: dict[int, list[np.ndarray | None]] = {}
 
     @property
@@ -182,11 +183,12 @@ class Executor:
         for g in self.prog.local if steps is None else steps:
             if not self.prog.steps[g].add_local:
                 raise ValueError(f"site {self.site}: step {g} adds no local slice")
+            if self._local[g]:
+                raise ProtocolError(f"site {self.site}: local slice of step {g} given twice")
+            self._local[g] = 1
             self._pending[g] -= 1
             if self._pending[g] == 0:
                 out.extend(self._fire(g))
-            elif self._pending[g] < 0:
-                raise ProtocolError(f"site {self.site}: local slice of step {g} given twice")
         return tuple(out)
 
     def arrive(self, message: Message, payload: np.ndarray | None = None, *,
@@ -233,10 +235,11 @@ class Executor:
                                     f"which does not continue along {rest}")
         if self.data:
             step = prog.steps[g]
-            if payload is None or payload.shape != (step.ref.elems,):
-                got = None if payload is None else payload.shape
+            if (payload is None or payload.shape != (step.ref.elems,)
+                    or payload.dtype != np.float32):
+                got = None if payload is None else f"{payload.dtype}{list(payload.shape)}"
                 raise ProtocolError(f"site {self.site}: message {message} carries {got}, "
-                                    f"expected ({step.ref.elems},) elements")
+                                    f"expected float32[{step.ref.elems}]")
             self._inbox.setdefault(g, [None] * len(step.waits))[prog.slot_pos[k]] = payload
         self._got[k] = 1
         self._pending[g] -= 1

@@ -308,12 +308,25 @@ class Plan:
                        predicted_time_s=data.get("predicted_time_s"),
                        chunk_bytes=data.get("chunk_bytes"),
                        send_order=data.get("send_order", "progress"),
-                       route_rule=None if rule is None else QueueRule(**rule))
+                       route_rule=None if rule is None else _queue_rule(rule))
         except KeyError as exc:
             raise ValueError(f"plan JSON lacks key {exc.args[0]!r}") from None
         except TypeError as exc:
-            raise ValueError(f"plan JSON route_rule: {exc}") from None
+            raise ValueError(f"plan JSON is malformed: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
+
+
+def _queue_rule(data: Any) -> QueueRule:
+    """``route_rule`` of a plan's JSON (missing keys take the defaults)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"plan JSON route_rule must be an object, got {data!r}")
+    unknown = set(data) - {"aux_queue", "primary_busy"}
+    if unknown:
+        raise ValueError(f"plan JSON route_rule has unknown keys: {', '.join(sorted(unknown))}")
+    try:
+        return QueueRule(**data)
+    except ValueError as exc:
+        raise ValueError(f"plan JSON {exc}") from None

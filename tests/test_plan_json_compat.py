@@ -76,9 +76,6 @@ def test_a_bad_route_rule_is_rejected(rule: object) -> None:
         Plan.from_json(json.dumps(data))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Plan.from_dict wraps every TypeError as "
-                   "'plan JSON route_rule: ...' (netstorm/plan.py, Plan.from_dict), so a "
-                   "malformed shards or sites value is reported as a route_rule error")
 @pytest.mark.parametrize("key, value", [("shards", 5), ("sites", 5)])
 def test_a_type_error_elsewhere_does_not_blame_route_rule(key: str, value: object) -> None:
     data = json.loads((DATA / OLD[0]).read_text())
