@@ -169,9 +169,9 @@ class Executor:
 
     def start(self) -> tuple[Outgoing, ...]:
         """Fire the steps that wait for nothing (e.g. a root with no children that is not a
-        worker); call once, before any other event."""
+        worker); call once, before or after other events."""
         out: list[Outgoing] = []
-        for g, count in enumerate(self._pending):
+        for g, count in enumerate(self.prog.waits):
             if count == 0:
                 out.extend(self._fire(g))
         return tuple(out)

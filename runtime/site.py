@@ -71,6 +71,7 @@ class _Collective:
         self.executor = Executor(prog, iteration=seq, data=True, queue_depth=depth)
         self.pending = 0  # sends queued on links, not yet written
         self.started = False  # the local call has arrived (workers)
+        self.kicked = False  # the executor's start() has run (engine thread)
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.t_start = time.perf_counter()
@@ -103,6 +104,7 @@ class Site:
 
     def __init__(self, config: RuntimeConfig, view: NetworkView, planner: str, *,
                  seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
+                 chunk_bytes: int = 4_000_000,
                  planner_options: dict[str, Any] | None = None) -> None:
         if view.n != config.world_size:
             raise NetstormError(f"WORLD_SIZE is {config.world_size} but topology {view.name!r} "
@@ -115,6 +117,7 @@ class Site:
         self.planner = planner
         self.seed = seed
         self.window = window
+        self.chunk_bytes = chunk_bytes
         self.options = dict(planner_options or {})
         self.info = planner_info(planner)
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
@@ -265,17 +268,27 @@ class Site:
         elif kind == "shutdown":
             self._shutdown.set()
         elif kind == "abort":
-            self._fail(PeerError(f"run aborted: {msg.get('reason')}"))
+            self._fail(PeerError(f"run aborted: {msg.get('reason')}"), tell=False)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, *, tell: bool = True) -> None:
+        """Stop: every collective raises ``exc``; the coordinator aborts the run."""
+        import os, traceback
+        if os.environ.get("NETSTORM_DEBUG"):
+            traceback.print_exception(exc)
         with self._lock:
-            if self._error is None:
+            first = self._error is None
+            if first:
                 self._error = exc
             for coll in self._colls.values():
                 if coll.error is None:
                     coll.error = exc
                 coll.done.set()
             self._ready.notify_all()
+        if first and tell and hasattr(self, "_control"):
+            try:
+                self._control.send_control({"type": "error", "reason": str(exc)})
+            except NetstormError:
+                pass
         self._table.set()
         self._shutdown.set()
 
@@ -303,7 +316,7 @@ class Site:
         key = (version, numel)
         found = self._plans.get(key)
         if found is None:
-            job = Job(buckets=numel * 4)
+            job = Job(buckets=numel * 4, chunk_bytes=self.chunk_bytes)
             p = dataclasses.replace(self._planner_call(self._views[version], job),
                                     version=version)
             prog = SiteProgram(compile(p, job, self.view.workers, view=self._views[version])
@@ -437,11 +450,13 @@ class Site:
         if coll.error is not None:
             return
         ex = coll.executor
+        if not coll.kicked:  # the collective's first event here, whichever it is
+            coll.kicked = True
+            self._dispatch(coll, ex.start())
         if kind == "arrive":
             self._dispatch(coll, ex.arrive(event[3], event[4]))
         elif kind == "start":
-            self._dispatch(coll, ex.start())
-            self._dispatch(coll, ex.local_ready() if self.is_worker else ())
+            self._dispatch(coll, ex.local_ready())
         elif kind == "sent":
             coll.pending -= 1
         self._maybe_done(coll)
@@ -530,8 +545,6 @@ class Site:
                 pass
         self._shutdown.wait(self.config.timeout_s)
         self._stop_threads()
-        if self._error is not None and not isinstance(self._error, PeerError):
-            raise self._error
 
     def _stop_threads(self) -> None:
         self._stop.set()
@@ -584,7 +597,8 @@ def _flat_float32(array: Any) -> np.ndarray:
 
 def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *,
          seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
-         planner_options: dict[str, Any] | None = None, **config: Any) -> Site:
+         chunk_bytes: int = 4_000_000, planner_options: dict[str, Any] | None = None,
+         **config: Any) -> Site:
     """Join the run as this process's site (torchrun-style environment: see
     :mod:`netstorm.runtime.config`).
 
@@ -600,6 +614,8 @@ def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *
     window
         Collectives a site may start ahead of the last one finished everywhere; a plan
         switch takes effect that many collectives after it is decided.
+    chunk_bytes
+        The pipelining chunk plans are made for (a planner may pick its own).
     config
         Overrides of the environment (``rank``, ``master_addr``, ...): see
         :class:`~netstorm.runtime.config.RuntimeConfig`.
@@ -613,7 +629,7 @@ def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *
     view = topology if isinstance(topology, NetworkView) else load_topology(topology)
     cfg = RuntimeConfig.from_env(**config)
     site = Site(cfg, view, planner, seed=seed, policy=policy, window=window,
-                planner_options=planner_options)
+                chunk_bytes=chunk_bytes, planner_options=planner_options)
     if not site.is_worker:
         site.serve()
         raise SystemExit(0)

@@ -1,0 +1,239 @@
+"""The TCP runtime end to end on loopback: every site a :class:`~netstorm.runtime.Site` in
+its own thread (the same code as one process per site, without paying each process's start),
+numpy's mean as the oracle; the launcher's multi-process path in test_launch.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from netstorm import NetworkView
+from netstorm.builtin_topologies import builtin
+from netstorm.errors import NetstormError, PeerError
+from netstorm.planners import BUILTIN
+from netstorm.runtime import RuntimeConfig, Site
+from netstorm.runtime import wire
+from netstorm.runtime.links import connect
+from netstorm.testing import conformance_views
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = b"runtime-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(view: NetworkView, rank: int, port: int, **kw: Any) -> RuntimeConfig:
+    values: dict[str, Any] = {"rank": rank, "world_size": view.n, "master_addr": "127.0.0.1",
+                              "master_port": port, "secret": SECRET, "bind": "127.0.0.1",
+                              "advertise": "127.0.0.1", "timeout_s": 30.0, "emulate": "none"}
+    values.update(kw)
+    return RuntimeConfig(**values)
+
+
+def run_sites(view: NetworkView, planner: str, body: Callable[[Site], Any], *,
+              site_kw: dict[str, Any] | None = None, **cfg: Any) -> dict[int, Any]:
+    """Start every site of ``view`` in a thread; workers run ``body(site)`` then close,
+    relays serve. Returns each worker's result; re-raises the first site's error."""
+    port = free_port()
+    results: dict[int, Any] = {}
+    errors: dict[int, BaseException] = {}
+
+    def one(rank: int) -> None:
+        try:
+            site = Site(config(view, rank, port, **cfg), view, planner, **(site_kw or {}))
+            if site.is_worker:
+                try:
+                    results[rank] = body(site)
+                finally:
+                    site.close()
+            else:
+                site.serve()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors[rank] = exc
+
+    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in range(view.n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "a site hung"
+    if errors:
+        raise next(iter(errors.values()))
+    return results
+
+
+def grads(view: NetworkView, numel: int, it: int = 0) -> dict[int, np.ndarray]:
+    return {w: np.random.default_rng((w, it)).standard_normal(numel, dtype=np.float32)
+            for w in view.workers}
+
+
+def check_exact(view: NetworkView, results: dict[int, list[np.ndarray]], numel: int) -> None:
+    iterations = len(next(iter(results.values())))
+    for it in range(iterations):
+        g = grads(view, numel, it)
+        want = np.mean([g[w] for w in view.workers], axis=0, dtype=np.float64)
+        first = results[view.workers[0]][it]
+        np.testing.assert_allclose(first, want, rtol=0, atol=2e-6)
+        for w in view.workers:
+            assert np.array_equal(results[w][it], first), f"worker {w} differs"
+
+
+def allreduce_loop(view: NetworkView, numel: int, iterations: int) -> Callable[[Site], Any]:
+    def body(site: Site) -> list[np.ndarray]:
+        out = []
+        for it in range(iterations):
+            buf = grads(view, numel, it)[site.rank]
+            site.allreduce(buf)
+            out.append(buf)
+        return out
+    return body
+
+
+def relay_line() -> NetworkView:
+    """5 sites on a line, the middle one relay-only: every plan must relay through it."""
+    return next(v for v in conformance_views() if v.name == "relay-line")
+
+
+VIEWS = {"netstorm9": lambda: builtin("netstorm9"), "random4": lambda: builtin("random:4:1"),
+         "relay-line": relay_line}
+
+
+@pytest.mark.parametrize("topology", sorted(VIEWS))
+@pytest.mark.parametrize("planner", sorted(BUILTIN))
+def test_every_planner_is_exact_and_bit_identical(topology: str, planner: str) -> None:
+    view = VIEWS[topology]()
+    numel = 40_000  # 160 kB in 16 kB chunks: several chunks per shard, relays, multipath
+    results = run_sites(view, planner, allreduce_loop(view, numel, 2),
+                        site_kw={"chunk_bytes": 16_000, "policy": "static"})
+    check_exact(view, results, numel)
+
+
+def test_the_runtime_runs_the_netstorm_plan_with_its_queue_rule() -> None:
+    view = builtin("netstorm9")
+    numel = 40_000
+
+    def body(site: Site) -> Any:
+        assert site.plan is None  # no collective yet
+        out = allreduce_loop(view, numel, 1)(site)
+        return out, site.plan
+
+    results = run_sites(view, "netstorm", body, site_kw={"chunk_bytes": 16_000})
+    check_exact(view, {w: r[0] for w, r in results.items()}, numel)
+    plans = {r[1].to_json() for r in results.values()}
+    assert len(plans) == 1  # every site planned the same
+    plan = results[0][1]
+    assert plan.route_rule is not None and any(len(r.paths) > 1
+                                               for s in plan.shards for r in s.routes)
+
+
+def test_forced_replans_every_iteration_stay_exact() -> None:
+    view = builtin("random:4:1")
+    numel, iterations = 20_000, 30
+
+    def body(site: Site) -> tuple[list[np.ndarray], dict[str, Any]]:
+        out = allreduce_loop(view, numel, iterations)(site)
+        return out, site.stats()
+
+    results = run_sites(view, "treepack", body,
+                        site_kw={"policy": "every-iteration", "window": 2,
+                                 "chunk_bytes": 16_000})
+    check_exact(view, {w: r[0] for w, r in results.items()}, numel)
+    stats = {w: r[1] for w, r in results.items()}
+    versions = [row["plan_version"] for row in stats[0]["collectives"]]
+    assert versions == sorted(versions) and versions[-1] >= iterations - 4, versions
+    for w in view.workers:  # every site ran every collective under the same version
+        assert [row["plan_version"] for row in stats[w]["collectives"]] == versions
+
+
+def test_world_size_must_match_the_topology() -> None:
+    view = builtin("random:4:1")
+    cfg = dataclasses.replace(config(view, 0, free_port()), world_size=3)
+    with pytest.raises(NetstormError, match="WORLD_SIZE is 3 but topology"):
+        Site(cfg, view, "ring")
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    view = builtin("random:4:1")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(PeerError, match=f"cannot listen on 127.0.0.1:{port}"):
+            Site(config(view, 0, port), view, "ring")
+
+
+def test_a_wrong_secret_cannot_join() -> None:
+    view = builtin("random:2:1")
+    port = free_port()
+    box: dict[str, Any] = {}
+
+    def coordinator() -> None:
+        try:
+            Site(config(view, 0, port, timeout_s=3.0), view, "ring")
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=coordinator, daemon=True)
+    t.start()
+    with pytest.raises(PeerError, match="authentication failed"):
+        Site(config(view, 1, port, secret=b"wrong", timeout_s=3.0), view, "ring")
+    t.join(timeout=10)
+    assert isinstance(box.get("error"), PeerError)  # nobody joined: a clear timeout
+
+
+@pytest.mark.parametrize("damage", ["checksum", "oversize"])
+def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
+    """A peer holding the secret sends a damaged frame: the receiving site names the cause,
+    every site's all-reduce raises instead of hanging."""
+    view = builtin("random:2:1")
+    port = free_port()
+    numel = 1000
+
+    def body(site: Site) -> str:
+        if site.rank == 1:
+            conn = connect(site._addresses[0], rank=1, secret=SECRET, timeout=5,
+                           name="forger")
+            conn.send_control({"type": "data"})
+            message, elems = site_message(site, numel)
+            payload = np.ones(elems, np.float32)
+            header = wire.data_header(message, payload, plan_version=1, seq=0, numel=numel)
+            if damage == "checksum":
+                header = dataclasses.replace(header, checksum=header.checksum ^ 1)
+            else:
+                header = dataclasses.replace(header, length=2 << 30)
+            conn.write(wire.pack_header(header))
+            conn.write(memoryview(payload).cast("B"))
+        try:
+            site.allreduce(np.ones(numel, np.float32))
+        except NetstormError as exc:
+            return str(exc)
+        return "no error"
+
+    results = run_sites(view, "ps", body, timeout_s=10.0)
+    cause = "checksum mismatch" if damage == "checksum" else "over the limit"
+    assert any(cause in r for r in results.values()), results
+    assert all(r != "no error" for r in results.values()), results
+
+
+def site_message(site: Site, numel: int) -> tuple[Any, int]:
+    """A message site 0 expects from site 1 in collective 0 (ps plan), and its elements."""
+    from netstorm.compiler import compile
+    from netstorm.job import Job
+    from netstorm.registry import plan
+
+    job = Job(buckets=numel * 4, chunk_bytes=site.chunk_bytes)
+    prog = compile(plan(site.view, job, "ps"), job, site.view.workers)[0]
+    message = sorted(m for m in prog.expects if m.src == 1)[0]
+    step = next(st for st in prog.steps if message in st.waits)
+    return message, step.ref.elems
