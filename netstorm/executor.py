@@ -78,6 +78,7 @@ class SiteProgram:
                              f"{len(program.expects | program.may_arrive)} expected)")
         self.waits = [len(st.waits) + st.add_local for st in steps]
         self.local = [g for g, st in enumerate(steps) if st.add_local]
+        self.initial = [g for g, count in enumerate(self.waits) if count == 0]
         self.mandatory = sum(not st.optional for st in steps)
         self.live = [any(send.rule is not None for send in st.sends) for st in steps]
         #: the rest of the path from this site, for a relay's forward steps (else None)
@@ -171,23 +172,26 @@ class Executor:
         """Fire the steps that wait for nothing (e.g. a root with no children that is not a
         worker); call once, before or after other events."""
         out: list[Outgoing] = []
-        for g, count in enumerate(self.prog.waits):
-            if count == 0:
-                out.extend(self._fire(g))
+        for g in self.prog.initial:
+            out.extend(self._fire(g))
         return tuple(out)
 
     def local_ready(self, steps: Iterable[int] | None = None) -> tuple[Outgoing, ...]:
         """The local gradient of ``steps`` (indices into the program's steps; default all
         that add it) is ready: fire what that completes."""
         out: list[Outgoing] = []
-        for g in self.prog.local if steps is None else steps:
-            if not self.prog.steps[g].add_local:
-                raise ValueError(f"site {self.site}: step {g} adds no local slice")
-            if self._local[g]:
+        prog, local, pending = self.prog, self._local, self._pending
+        if steps is not None:
+            steps = list(steps)
+            for g in steps:
+                if not prog.steps[g].add_local:
+                    raise ValueError(f"site {self.site}: step {g} adds no local slice")
+        for g in prog.local if steps is None else steps:
+            if local[g]:
                 raise ProtocolError(f"site {self.site}: local slice of step {g} given twice")
-            self._local[g] = 1
-            self._pending[g] -= 1
-            if self._pending[g] == 0:
+            local[g] = 1
+            pending[g] -= 1
+            if pending[g] == 0:
                 out.extend(self._fire(g))
         return tuple(out)
 

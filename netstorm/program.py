@@ -86,10 +86,12 @@ class Send:
     rule: QueueRule | None = None
 
     def __post_init__(self) -> None:
-        if not self.paths or any(len(p) < 2 for p in self.paths):
-            raise ValueError(f"send of {self.message}: every path needs two sites or more")
-        if len(self.paths) > 1 and self.rule is None:
-            raise ValueError(f"send of {self.message}: several paths need a route rule")
+        if len(self.paths) != 1 and (not self.paths or self.rule is None):
+            raise ValueError(f"send of {self.message}: one path, or several with a route "
+                             f"rule, got {len(self.paths)}")
+        for p in self.paths:
+            if len(p) < 2:
+                raise ValueError(f"send of {self.message}: path {p} has fewer than two sites")
 
     @property
     def path(self) -> Path:
@@ -151,11 +153,12 @@ class Step:
     optional: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", StepKind(self.kind))
-        if self.kind is StepKind.FORWARD and (len(self.waits) != 1 or self.add_local
-                                              or self.store or not self.sends):
-            raise ValueError("a forward step waits for one message and sends it on")
-        if self.optional and self.kind is not StepKind.FORWARD:
+        if self.kind.__class__ is not StepKind:
+            object.__setattr__(self, "kind", StepKind(self.kind))
+        if self.kind is StepKind.FORWARD:
+            if len(self.waits) != 1 or self.add_local or self.store or not self.sends:
+                raise ValueError("a forward step waits for one message and sends it on")
+        elif self.optional:
             raise ValueError("only forward steps may be optional")
 
 

@@ -170,8 +170,11 @@ class Coordinator:
             return None
         if self.controller is None:
             job = Job(buckets=numel * 4)
-            self.controller = Controller(self.view, job,
-                                         lambda v, job=job: self.make_plan(v, job),
+
+            def make(view: NetworkView, job: Job = job) -> Plan:
+                return self.make_plan(view, job)
+
+            self.controller = Controller(self.view, job, make,
                                          policy=self.policy, estimator=self.estimator,
                                          clock=time.monotonic)
         made = self.controller.boundary(seq + 1)

@@ -40,7 +40,7 @@ class Connection:
     def _fail(self, what: str, exc: BaseException | None = None) -> PeerError:
         return PeerError(f"{self.name}: {what}" + (f" ({exc})" if exc else ""))
 
-    def write(self, data: memoryview | bytes) -> None:
+    def write(self, data: memoryview | bytes | bytearray) -> None:
         """Send all of ``data`` (no lock: one writer per connection, or hold :meth:`lock`)."""
         try:
             self.sock.sendall(data)

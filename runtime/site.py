@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import logging
 import queue
 import socket
 import sys
@@ -42,6 +43,8 @@ from .emulate import Shaper
 from .links import Connection, OutLink, accept, connect
 
 __all__ = ["Handle", "Site", "init"]
+
+log = logging.getLogger("netstorm.runtime")
 
 #: Collectives a site may start ahead of the last one finished everywhere.
 WINDOW = 4
@@ -272,9 +275,7 @@ class Site:
 
     def _fail(self, exc: BaseException, *, tell: bool = True) -> None:
         """Stop: every collective raises ``exc``; the coordinator aborts the run."""
-        import os, traceback
-        if os.environ.get("NETSTORM_DEBUG"):
-            traceback.print_exception(exc)
+        log.debug("site %s: %s", self.name, exc, exc_info=exc)
         with self._lock:
             first = self._error is None
             if first:
@@ -389,7 +390,7 @@ class Site:
                                         f"version {header.plan_version}, this site runs "
                                         f"version {coll.version}")
                 payload = coll.slot(header.message)
-                view = memoryview(payload).cast("B")
+                view = memoryview(payload).cast("B")  # type: ignore[arg-type]
                 if len(view) != header.length:
                     raise ProtocolError(f"{conn.name}: message {header.message} of "
                                         f"{header.length} bytes, expected {len(view)}")
@@ -413,7 +414,7 @@ class Site:
     def _dispatch(self, coll: _Collective, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
             assert out.payload is not None
-            payload = memoryview(out.payload).cast("B")
+            payload = memoryview(out.payload).cast("B")  # type: ignore[arg-type]
             header = wire.data_header(out.message, payload, plan_version=coll.version,
                                       seq=coll.seq, numel=coll.numel)
             coll.pending += 1
@@ -424,17 +425,17 @@ class Site:
         order = 0
         while not self._stop.is_set():
             timeout = None if not held else max(0.0, held[0][0] - time.monotonic())
+            due: list[tuple[Any, ...]] = []
             try:
-                event = self._events.get(timeout=timeout if timeout is None else
-                                         min(timeout, 0.5))
-                if event[0] > time.monotonic():
+                event = self._events.get(timeout=timeout)
+                if event[0] > time.monotonic():  # held for the link's emulated delay
                     order += 1
                     heapq.heappush(held, (event[0], order, event))
-                    event = None
+                else:
+                    due.append(event)
             except queue.Empty:
-                event = None
+                pass
             now = time.monotonic()
-            due = [] if event is None else [event]
             while held and held[0][0] <= now:
                 due.append(heapq.heappop(held)[2])
             for ev in due:

@@ -96,6 +96,7 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
                          result=result.get(s) if result is not None else None)
              for s, p in progs.items()}
     left = [sum(not ex.done for ex in execs.values())]
+    label = (tag,)  # a transfer's trace label (netstorm.sim.trace reads its first item)
 
     def emit(site: int, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
@@ -103,8 +104,8 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
             if out.send is not None and out.path == out.send.paths[0]:
                 divert = (out.send.rule, [(p[1], functools.partial(deliver, out._replace(path=p)))
                                           for p in out.send.paths[1:]])
-            net.send(site, out.path[1], out.nbytes, functools.partial(deliver, out),
-                     (tag, out.message), out.priority, divert)
+            net.send(site, out.path[1], out.nbytes, functools.partial(deliver, out), label,
+                     out.priority, divert)
 
     def deliver(out: Outgoing) -> None:
         site = out.path[1]

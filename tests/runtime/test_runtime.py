@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from netstorm.runtime import RuntimeConfig, Site, wire
+from netstorm.runtime.links import connect
 
 from netstorm import NetworkView
 from netstorm.builtin_topologies import builtin
 from netstorm.errors import NetstormError, PeerError
 from netstorm.planners import BUILTIN
-from netstorm.runtime import RuntimeConfig, Site
-from netstorm.runtime import wire
-from netstorm.runtime.links import connect
 from netstorm.testing import conformance_views
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,7 +58,7 @@ def run_sites(view: NetworkView, planner: str, body: Callable[[Site], Any], *,
                     site.close()
             else:
                 site.serve()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors[rank] = exc
 
     threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in range(view.n)]
@@ -181,7 +180,7 @@ def test_a_wrong_secret_cannot_join() -> None:
     def coordinator() -> None:
         try:
             Site(config(view, 0, port, timeout_s=3.0), view, "ring")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             box["error"] = exc
 
     t = threading.Thread(target=coordinator, daemon=True)
@@ -197,7 +196,6 @@ def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
     """A peer holding the secret sends a damaged frame: the receiving site names the cause,
     every site's all-reduce raises instead of hanging."""
     view = builtin("random:2:1")
-    port = free_port()
     numel = 1000
 
     def body(site: Site) -> str:
