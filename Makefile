@@ -28,7 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy netstorm sim kernels
+	$(BIN)/mypy netstorm sim kernels runtime
 
 bench: $(STAMP)
 	$(BIN)/netstorm bench --json

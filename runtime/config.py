@@ -17,6 +17,9 @@
 ``NETSTORM_TIME_SCALE``  Emulated rates times K, latencies and dynamics times 1/K.
 ``NETSTORM_DYNAMICS``    Dynamics applied live to the emulated links (DESIGN 5.2).
 ``NETSTORM_MAX_FRAME``   Largest payload accepted, bytes (default 1 GiB).
+``NETSTORM_LOG``         JSON lines file this site appends to: one line per collective
+                         (time, plan version, bytes, busy time and rate per outgoing link)
+                         and one per plan switch (``netstorm run --log-dir`` sets it).
 ======================== ==================================================================
 """
 
@@ -88,6 +91,7 @@ class RuntimeConfig:
     time_scale: float = 1.0
     dynamics: str | None = None
     max_frame: int = 1 << 30
+    log: str | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -136,6 +140,7 @@ class RuntimeConfig:
             "time_scale": _float(env, "NETSTORM_TIME_SCALE", 1.0),
             "dynamics": env.get("NETSTORM_DYNAMICS") or None,
             "max_frame": _int(env, "NETSTORM_MAX_FRAME", 1 << 30),
+            "log": env.get("NETSTORM_LOG") or None,
         }
         values.update(given)
         if "secret" not in values:

@@ -23,8 +23,10 @@ from netstorm.view import NetworkView
 __all__ = ["Shaper"]
 
 #: Longest stretch a sender sleeps before writing the next slice (pacing granularity).
-SLICE_S = 0.002
+SLICE_S = 0.005
 MIN_SLICE = 64 * 1024
+#: A link whose clock fell behind by less than this catches up (oversleeping is not idling).
+CATCH_UP_S = 0.02
 
 
 class Shaper:
@@ -43,11 +45,12 @@ class Shaper:
 
     Notes
     -----
-    A slice of ``b`` bytes to ``dst`` starts at ``max(now, link_free[dst], egress_free)``
-    and ends ``b / rate`` later on the link (``b / egress`` on the egress clock); the
-    sender sleeps until the later end, then writes. Back-to-back payloads therefore leave
-    at exactly the link's rate, and concurrent links share the egress cap first come,
-    first served (not max-min fair: a simplification).
+    A slice of ``b`` bytes to ``dst`` starts when the link's and the egress clocks are both
+    free (or now, if they have been free for over ``CATCH_UP_S``) and ends ``b / rate``
+    later on the link (``b / egress`` on the egress clock); the sender sleeps until the
+    later end, then writes. Back-to-back payloads therefore leave at the link's rate on
+    average even when sleeps overshoot, and concurrent links share the egress cap first
+    come, first served (not max-min fair: a simplification).
     """
 
     def __init__(self, view: NetworkView, site: int, *, scale: float = 1.0,
@@ -93,7 +96,12 @@ class Shaper:
                 rate = float(self._rate[dst])
                 size = min(total - offset, max(MIN_SLICE, int(rate * SLICE_S)))
                 now = time.monotonic()
-                start = max(now, self._free[dst], self._egress_free)
+                # Back to back (the link was busy until moments ago): continue its clock, so
+                # a sleep that overshot is made up by sending the next slice sooner; after
+                # an idle spell the link starts afresh from now.
+                start = max(self._free[dst], self._egress_free)
+                if start < now - CATCH_UP_S:
+                    start = now
                 self._free[dst] = start + size / rate
                 if np.isfinite(self._egress):
                     self._egress_free = start + size / self._egress

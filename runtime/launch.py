@@ -144,10 +144,16 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
 
 def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> dict[str, Any]:
-    """DESIGN 11's ``run --json`` object from the sites' JSON lines logs: per iteration the
-    slowest site's time and the plan version, and every plan switch."""
-    rows: dict[int, dict[str, Any]] = {}
+    """DESIGN 11's ``run --json`` object from the sites' JSON lines logs.
+
+    ``iterations``: per iteration the slowest site's time and the plan version, from the
+    records a training script logs (``{"iteration": i, "time_s": ...}``) or, without them,
+    one per collective; ``switches``: every plan switch; ``bytes``: bytes received per link.
+    """
+    rows: dict[str, dict[int, dict[str, Any]]] = {"iteration": {}, "collective": {}}
     switches: dict[int, Any] = {}
+    links: dict[str, float] = {}
+    accuracy = None
     for name in sites:
         path = logs / f"{name}.jsonl"
         if not path.exists():
@@ -156,13 +162,19 @@ def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> 
             rec = json.loads(line)
             if "switch" in rec:
                 switches[rec["switch"]["version"]] = rec["switch"]
-            elif "iteration" in rec:
-                row = rows.setdefault(rec["iteration"], {"time_s": 0.0,
-                                                         "plan_version": rec["plan_version"]})
-                row["time_s"] = max(row["time_s"], rec["time_s"])
-    return {"planner": planner, "iterations": [rows[i] for i in sorted(rows)],
-            "accuracy": None, "switches": [switches[v] for v in sorted(switches)],
-            "wall_s": wall_s, "log_dir": str(logs)}
+            for key in rows:
+                if key in rec:
+                    row = rows[key].setdefault(rec[key], {"time_s": 0.0,
+                                                          "plan_version": rec["plan_version"]})
+                    row["time_s"] = max(row["time_s"], rec["time_s"])
+            for link in rec.get("links", ()):
+                edge = f"{link['src']}->{link['dst']}"
+                links[edge] = links.get(edge, 0.0) + link["bytes"]
+            accuracy = rec.get("accuracy", accuracy)
+    chosen = rows["iteration"] or rows["collective"]
+    return {"planner": planner, "iterations": [chosen[i] for i in sorted(chosen)],
+            "accuracy": accuracy, "switches": [switches[v] for v in sorted(switches)],
+            "bytes": links, "wall_s": wall_s, "log_dir": str(logs)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import json
 import logging
 import queue
 import socket
@@ -138,7 +139,6 @@ class Site:
         self._links: dict[int, OutLink] = {}
         self._inbound: list[Connection] = []
         self._addresses: list[tuple[str, int]] = []
-        self._observed: dict[int, list[float]] = {}  # src -> [bytes, busy seconds]
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._shutdown = threading.Event()
@@ -146,6 +146,7 @@ class Site:
         self.stats_rows: list[dict[str, Any]] = []
         self._last_plan: Plan | None = None
         self.coordinator: Coordinator | None = None
+        self._log = open(config.log, "a") if config.log else None
         self._threads: list[threading.Thread] = []
         self._listen()
         if self.rank == 0:
@@ -261,8 +262,10 @@ class Site:
                         confidence=None if conf is None else np.array(conf, dtype=float),
                         _graph_cache={})
                     self._switches.append((int(switch["from_seq"]), version))
-                    self.switch_log.append({k: switch[k] for k in (
-                        "version", "from_seq", "after_seq", "reason", "planning_s")})
+                    record = {k: switch[k] for k in (
+                        "version", "from_seq", "after_seq", "reason", "planning_s")}
+                    self.switch_log.append(record)
+                    self._write({"site": self.name, "switch": record})
                 self._horizon = max(self._horizon, int(msg["horizon"]))
                 done = int(msg["done"])  # finished on every site: no message can still come
                 for seq in [s for s, c in self._colls.items() if s <= done and c.done.is_set()]:
@@ -373,7 +376,6 @@ class Site:
     def _read_data(self, conn: Connection) -> None:
         cfg = self.config
         src = conn.peer
-        last = 0.0
         try:
             while not self._stop.is_set():
                 header = conn.read_header(max_length=cfg.max_frame)
@@ -381,7 +383,6 @@ class Site:
                     if not self._shutdown.is_set() and not self._stop.is_set():
                         raise PeerError(f"{conn.name} closed its connection mid-run")
                     return
-                first = time.monotonic()
                 if header.kind != wire.Kind.DATA:
                     raise ProtocolError(f"{conn.name}: control frame on a data connection")
                 coll = self._collective(header.seq, header.numel)
@@ -396,13 +397,7 @@ class Site:
                                         f"{header.length} bytes, expected {len(view)}")
                 conn.read_into(view)
                 wire.verify(header, view)
-                end = time.monotonic()
-                with self._lock:
-                    seen = self._observed.setdefault(src, [0.0, 0.0])
-                    seen[0] += header.length
-                    seen[1] += end - max(first, last)
-                last = end
-                self._events.put((end + self.shaper.delay(src), "arrive", coll,
+                self._events.put((time.monotonic() + self.shaper.delay(src), "arrive", coll,
                                   header.message, payload))
         except BaseException as exc:
             if not self._stop.is_set():
@@ -469,10 +464,17 @@ class Site:
             return
         coll.t_end = time.perf_counter()
         with self._lock:
-            links = [[src, self.rank, b, s] for src, (b, s) in self._observed.items()]
-            self._observed.clear()
-            self.stats_rows.append({"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
-                                    "plan_version": coll.version, "numel": coll.numel})
+            scale = self.config.time_scale  # report in the topology's time, not scaled
+            links = [[self.rank, peer, b, sec * scale] for peer, link in self._links.items()
+                     for b, sec in [link.take_measurement()] if b > 0]
+            row = {"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
+                   "plan_version": coll.version, "numel": coll.numel}
+            self.stats_rows.append(row)
+        names = self.view.sites
+        self._write({"site": self.name, "collective": coll.seq, **row, "links": [
+            {"src": self.name, "dst": names[dst], "bytes": b, "busy_s": sec,
+             "rate_Bps": b / sec if sec > 0 else None} for _, dst, b, sec in links]})
+        # (busy_s and rate_Bps in the topology's time: wall seconds times the time scale)
         coll.done.set()
         self._control.send_control({"type": "report", "seq": coll.seq, "numel": coll.numel,
                                     "links": links})
@@ -522,12 +524,20 @@ class Site:
         if coll.error is not None:
             raise coll.error
 
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(record) + "\n")
+            self._log.flush()
+
     def stats(self) -> dict[str, Any]:
         """Per-collective times and plan versions, plan switches, bytes sent per link."""
+        names = self.view.sites
         with self._lock:
             return {"site": self.name, "rank": self.rank,
                     "collectives": list(self.stats_rows),
-                    "switches": list(self.switch_log)}
+                    "switches": list(self.switch_log),
+                    "bytes_sent": {f"{self.name}->{names[p]}": link.bytes_sent
+                                   for p, link in sorted(self._links.items())}}
 
     def serve(self) -> None:
         """Relay until the workers are done (what :func:`init` does on a relay-only rank)."""
@@ -560,6 +570,8 @@ class Site:
         if self.coordinator is not None:
             self.coordinator.close()
         self._server.close()
+        if self._log is not None:
+            self._log.close()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2)
