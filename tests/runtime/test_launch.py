@@ -1,0 +1,70 @@
+"""``netstorm run``: real site processes on loopback, torchrun-style environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+NETSTORM = [sys.executable, "-m", "netstorm"]
+
+
+def run(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NETSTORM, "run", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_demo_runs_one_process_per_site_and_checks_every_result(tmp_path: Path) -> None:
+    # a relay-only site among the workers: its process relays inside init() and exits 0
+    topo = tmp_path / "line.yaml"
+    topo.write_text("""
+name: line
+units: {bandwidth: Gbit/s, latency: ms}
+sites: [{name: a}, {name: r, worker: false}, {name: b}]
+links:
+  - {src: a, dst: r, bandwidth: 1, latency: 1, symmetric: true}
+  - {src: r, dst: b, bandwidth: 1, latency: 1, symmetric: true}
+""")
+    done = run("--topology", str(topo), "--planner", "ring", "--iterations", "2",
+               "--mbytes", "1", "--emulate", "none", "--log-dir", str(tmp_path / "logs"),
+               "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)  # stdout is exactly one JSON object
+    assert doc["planner"] == "ring" and doc["accuracy"] is None
+    assert len(doc["iterations"]) == 2
+    assert all(row["time_s"] > 0 and row["plan_version"] >= 1 for row in doc["iterations"])
+    assert doc["bytes"].get("a->r", 0) > 0 and doc["bytes"].get("r->b", 0) > 0  # relayed
+    assert "[a] iteration 1" in done.stderr  # children's output, prefixed by site
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "a.jsonl", "b.jsonl", "r.jsonl"]
+
+
+def test_the_first_failing_site_stops_the_others_and_sets_the_status(tmp_path: Path) -> None:
+    marker = f"netstorm-test-{time.time_ns()}"
+    script = ("import os, sys, time; rank = int(os.environ['RANK']); "
+              f"tag = '{marker}'; time.sleep(0.5 if rank == 1 else 60); "
+              "sys.exit(3 if rank == 1 else 0)")
+    started = time.monotonic()
+    done = run("--topology", "random:3:1", "--", sys.executable, "-c", script)
+    assert done.returncode == 3
+    assert time.monotonic() - started < 30  # the sleepers were stopped, not waited for
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert marker not in ps  # no child left behind
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = run("--topology", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "nope.yaml" in missing.stderr
+    topo = tmp_path / "bad.yaml"
+    topo.write_text("sites: [{name: a}, {name: b}]\n"
+                    "links: [{src: a, dst: c, bandwidth: 1 Gbit/s}]\n")
+    unknown = run("--topology", str(topo))
+    assert unknown.returncode == 2
+    assert "c" in unknown.stderr and unknown.stderr.strip().count("\n") == 0
