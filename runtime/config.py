@@ -3,7 +3,9 @@
 ======================== ==================================================================
 ``RANK``, ``WORLD_SIZE`` This process's site index in the topology, and the number of sites
                          (relay-only sites included): torchrun's variables.
-``MASTER_ADDR``          The coordinator's (rank 0's) host; ``MASTER_PORT`` its port.
+``MASTER_ADDR``          The coordinator's (rank 0's) host; ``MASTER_PORT`` its port, or
+                         ``MASTER_PORT + 1`` under torchrun (whose agent holds
+                         ``MASTER_PORT``); ``NETSTORM_COORD_PORT`` overrides both.
 ``NETSTORM_SECRET``      Shared secret every connection authenticates with (or
                          ``NETSTORM_SECRET_FILE``, a file holding it).
 ``NETSTORM_BIND``        Address this site's data listener binds (default: ``MASTER_ADDR``
@@ -74,6 +76,13 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _coordinator_port(env: Mapping[str, str]) -> int:
+    if env.get("NETSTORM_COORD_PORT"):
+        return _int(env, "NETSTORM_COORD_PORT")
+    # torchrun's agent serves its own store on MASTER_PORT (TORCHELASTIC_RUN_ID is its mark)
+    return _int(env, "MASTER_PORT") + (1 if env.get("TORCHELASTIC_RUN_ID") else 0)
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """A site process's settings (see the module docstring for the variables)."""
@@ -132,7 +141,7 @@ class RuntimeConfig:
             "rank": rank,
             "world_size": _int(env, "WORLD_SIZE"),
             "master_addr": master,
-            "master_port": _int(env, "MASTER_PORT"),
+            "master_port": _coordinator_port(env),
             "bind": bind, "advertise": advertise,
             "port": _int(env, "NETSTORM_PORT", 0),
             "timeout_s": _float(env, "NETSTORM_TIMEOUT", 60.0),

@@ -68,3 +68,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     unknown = run("--topology", str(topo))
     assert unknown.returncode == 2
     assert "c" in unknown.stderr and unknown.stderr.strip().count("\n") == 0
+
+
+def test_the_same_script_runs_under_torchrun(tmp_path: Path) -> None:
+    """torchrun's agent holds MASTER_PORT for its own store: the coordinator takes the next
+    port, and the demo (the script netstorm run starts) runs unchanged."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, NETSTORM_SECRET="torchrun-test", NETSTORM_EMULATE="none")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
+         "--master-port", str(port), "-m", "netstorm.runtime.demo", "--topology",
+         "random:3:1", "--iterations", "2", "--mbytes", "1"],
+        capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "iteration 1:" in done.stdout
