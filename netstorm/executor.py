@@ -17,10 +17,7 @@ import numpy as np
 from .errors import ProtocolError
 from .program import Message, NodeProgram, Path, Send, StepKind
 
-__all__ = ["Executor", "Outgoing", "SiteProgram", "index_programs"]
-
-#: ``depth(src, dst)``: chunks queued or in flight on link ``src -> dst`` (for route rules).
-QueueDepth = Callable[[int, int], int]
+__all__ = ["Executor", "Outgoing", "SiteProgram", "index_programs", "pick_path"]
 
 
 class Outgoing(NamedTuple):
@@ -29,8 +26,9 @@ class Outgoing(NamedTuple):
     ``path`` runs from this site to the tree edge's end (``path[1]`` is the next hop; a
     relay forwards along the rest); ``payload`` is ``None`` in timing mode. The payload is
     shared, read-only: a driver copies or serialises it, never writes to it. ``send`` is set
-    for a send under a route rule: while the message waits in the primary's queue, the
-    driver may move it to another of ``send.paths`` (:meth:`netstorm.QueueRule.divert`).
+    for a send under a route rule: the driver picks its path when it queues it
+    (:func:`pick_path`) and, while it waits in the primary's queue, may move it to another of
+    ``send.paths`` (:meth:`netstorm.QueueRule.divert`).
     """
 
     message: Message
@@ -80,7 +78,10 @@ class SiteProgram:
         self.local = [g for g, st in enumerate(steps) if st.add_local]
         self.initial = [g for g, count in enumerate(self.waits) if count == 0]
         self.mandatory = sum(not st.optional for st in steps)
-        self.live = [any(send.rule is not None for send in st.sends) for st in steps]
+        #: per step, one Outgoing per send over its only (or primary) path, no payload
+        self.first = [tuple(Outgoing(send.message, send.paths[0], st.ref.nbytes, st.priority,
+                                     send=send if send.rule is not None else None)
+                            for send in st.sends) for st in steps]
         #: the rest of the path from this site, for a relay's forward steps (else None)
         self.relay_path = [st.sends[0].paths[0] if st.kind is StepKind.FORWARD else None
                            for st in steps]
@@ -124,9 +125,6 @@ class Executor:
         Payload mode: messages carry data and steps compute. Default: whether ``gradient``
         or ``result`` is given; a relay-only site passes ``data=True`` without buffers.
         Timing mode (``False``) moves no data at all.
-    queue_depth
-        ``depth(src, dst)``, chunks queued or in flight on a link, for sends whose path is
-        picked when sent (:class:`~netstorm.QueueRule`); without it, the primary path.
 
     Notes
     -----
@@ -139,12 +137,12 @@ class Executor:
     nothing.
     """
 
-    __slots__ = ("_depth", "_got", "_inbox", "_local", "_pending", "data", "gradient", "iteration",
+    __slots__ = ("_got", "_inbox", "_local", "_pending", "data", "gradient", "iteration",
                  "prog", "remaining", "result", "site", "version")
 
     def __init__(self, program: SiteProgram | NodeProgram, *, iteration: int = 0,
                  gradient: np.ndarray | None = None, result: np.ndarray | None = None,
-                 data: bool | None = None, queue_depth: QueueDepth | None = None) -> None:
+                 data: bool | None = None) -> None:
         prog = program if isinstance(program, SiteProgram) else SiteProgram(program)
         self.data = (gradient is not None or result is not None) if data is None else data
         if not self.data and (gradient is not None or result is not None):
@@ -155,7 +153,6 @@ class Executor:
         self.iteration = iteration
         self.gradient = gradient
         self.result = result
-        self._depth = queue_depth
         self._pending = list(prog.waits)
         #: steps that must still fire before the site is done (read-only)
         self.remaining = prog.mandatory
@@ -256,21 +253,11 @@ class Executor:
         step = prog.steps[g]
         if not step.optional:
             self.remaining -= 1
-        value = self._compute(g) if self.data else None
-        if not prog.live[g]:
-            first = prog.first[g]
-            return first if value is None else tuple(o._replace(payload=value) for o in first)
-        out = []
-        for send, outs in zip(step.sends, prog.outs[g], strict=True):
-            o = outs[self._choose(send)]
-            out.append(o if value is None else o._replace(payload=value))
-        return tuple(out)
-
-    def _choose(self, send: Send) -> int:
-        if send.rule is None or self._depth is None:
-            return 0
-        depth, site = self._depth, self.site
-        return send.rule.choose(tuple(p[1] for p in send.paths), lambda hop: depth(site, hop))
+        first = prog.first[g]
+        if not self.data:
+            return first
+        value = self._compute(g)
+        return tuple(o._replace(payload=value) for o in first)
 
     def _compute(self, g: int) -> np.ndarray:
         """The step's value: the one place where a step's arithmetic happens."""
@@ -293,6 +280,20 @@ class Executor:
         out = (self.result[chunk] if step.store  # type: ignore[index]
                else np.empty(ref.elems, parts[0].dtype))
         return _reduce()(out, parts, step.scale)
+
+
+def pick_path(out: Outgoing, depth: Callable[[int], int]) -> Outgoing:
+    """``out`` over the path its route rule picks now, from ``depth(next_hop)``: the chunks
+    queued or in flight from this site toward each candidate's first hop.
+
+    Drivers call it for every send with ``out.send`` set, right before queueing it (one at
+    a time, so each sees the queues the previous ones made). Other sends pass unchanged.
+    """
+    send = out.send
+    if send is None or send.rule is None:
+        return out
+    i = send.rule.choose(tuple(p[1] for p in send.paths), depth)
+    return out if i == 0 else out._replace(path=send.paths[i])
 
 
 def _reduce() -> Callable[..., np.ndarray]:

@@ -22,7 +22,7 @@ from .bound import bound
 from .builtin_topologies import builtin
 from .check import check_plan
 from .errors import PlanError
-from .executor import Executor, Outgoing, index_programs
+from .executor import Executor, Outgoing, index_programs, pick_path
 from .job import Job
 from .program import NodeProgram
 from .registry import Planner, get_planner, plan
@@ -103,15 +103,18 @@ def run_programs(programs: Mapping[int, NodeProgram],
     data = gradients is not None
     results = {w: np.full_like(g, np.nan) for w, g in (gradients or {}).items()}
 
-    def queue_depth(src: int, dst: int) -> int:
-        return depth[(src, dst)]
-
-    execs = {s: Executor(p, iteration=iteration, data=data, queue_depth=queue_depth,
+    execs = {s: Executor(p, iteration=iteration, data=data,
                          gradient=(gradients or {}).get(s), result=results.get(s))
              for s, p in progs.items()}
 
     def emit(outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
+            src = out.path[0]
+
+            def queued(hop: int, src: int = src) -> int:
+                return depth[(src, hop)]
+
+            out = pick_path(out, queued)
             depth[(out.path[0], out.path[1])] += 1
             flight.append(out)
 

@@ -28,7 +28,7 @@ from netstorm.awareness import Policy
 from netstorm.compiler import compile
 from netstorm.dynamics import parse_dynamics
 from netstorm.errors import NetstormError, PeerError, ProtocolError
-from netstorm.executor import Executor, Outgoing, SiteProgram
+from netstorm.executor import Executor, Outgoing, SiteProgram, pick_path
 from netstorm.job import Job
 from netstorm.plan import Plan
 from netstorm.program import Message
@@ -64,15 +64,14 @@ class _Collective:
     """One all-reduce at this site: its executor, arena and bookkeeping."""
 
     def __init__(self, seq: int, numel: int, version: int, prog: SiteProgram,
-                 offsets: dict[Message, tuple[int, int]], arena: np.ndarray,
-                 depth: Callable[[int, int], int]) -> None:
+                 offsets: dict[Message, tuple[int, int]], arena: np.ndarray) -> None:
         self.seq = seq
         self.numel = numel
         self.version = version
         self.prog = prog
         self.offsets = offsets
         self.arena = arena
-        self.executor = Executor(prog, iteration=seq, data=True, queue_depth=depth)
+        self.executor = Executor(prog, iteration=seq, data=True)
         self.pending = 0  # sends queued on links, not yet written
         self.started = False  # the local call has arrived (workers)
         self.kicked = False  # the executor's start() has run (engine thread)
@@ -341,7 +340,7 @@ class Site:
                 version = self._version(seq)
                 _, prog, offsets, size = self._program(version, numel)
                 coll = _Collective(seq, numel, version, prog, offsets,
-                                   np.empty(size, dtype=np.float32), self._depth)
+                                   np.empty(size, dtype=np.float32))
                 self._colls[seq] = coll
             elif coll.numel != numel:
                 raise ProtocolError(f"collective {seq}: this site has {coll.numel} elements, "
@@ -355,8 +354,8 @@ class Site:
         return self._last_plan
 
     # -- data plane -------------------------------------------------------------------------
-    def _depth(self, src: int, dst: int) -> int:
-        link = self._links.get(dst)
+    def _depth(self, peer: int) -> int:
+        link = self._links.get(peer)
         return 0 if link is None else link.depth()
 
     def _link(self, peer: int) -> OutLink:
@@ -409,6 +408,8 @@ class Site:
     def _dispatch(self, coll: _Collective, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
             assert out.payload is not None
+            if out.send is not None:
+                out = pick_path(out, self._depth)
             payload = memoryview(out.payload).cast("B")  # type: ignore[arg-type]
             header = wire.data_header(out.message, payload, plan_version=coll.version,
                                       seq=coll.seq, numel=coll.numel)
@@ -465,8 +466,9 @@ class Site:
         coll.t_end = time.perf_counter()
         with self._lock:
             scale = self.config.time_scale  # report in the topology's time, not scaled
-            links = [[self.rank, peer, b, sec * scale] for peer, link in self._links.items()
-                     for b, sec in [link.take_measurement()] if b > 0]
+            links: list[tuple[int, int, float, float]] = [
+                (self.rank, peer, b, sec * scale) for peer, link in self._links.items()
+                for b, sec in [link.take_measurement()] if b > 0]
             row = {"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
                    "plan_version": coll.version, "numel": coll.numel}
             self.stats_rows.append(row)

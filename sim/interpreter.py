@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from netstorm.executor import Executor, Outgoing, SiteProgram
+from netstorm.executor import Executor, Outgoing, SiteProgram, pick_path
 from netstorm.job import Job
 from netstorm.layout import bucket_bounds
 
@@ -91,7 +91,7 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
     """
     done = env.event()
     data = payload is not None
-    execs = {s: Executor(p, iteration=iteration, data=data, queue_depth=net.depth,
+    execs = {s: Executor(p, iteration=iteration, data=data,
                          gradient=payload.get(s) if payload is not None else None,
                          result=result.get(s) if result is not None else None)
              for s, p in progs.items()}
@@ -101,6 +101,8 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
     def emit(site: int, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
             divert: Divert | None = None
+            if out.send is not None:
+                out = pick_path(out, functools.partial(net.depth, site))
             if out.send is not None and out.path == out.send.paths[0]:
                 divert = (out.send.rule, [(p[1], functools.partial(deliver, out._replace(path=p)))
                                           for p in out.send.paths[1:]])
