@@ -23,7 +23,7 @@ from . import wire
 from .auth import client_handshake, server_handshake
 from .emulate import Shaper
 
-__all__ = ["Connection", "OutLink", "connect"]
+__all__ = ["Connection", "Frame", "OutLink", "accept", "connect"]
 
 
 class Connection:
@@ -136,6 +136,21 @@ def accept(sock: socket.socket, *, rank: int, secret: bytes, timeout: float) -> 
     return Connection(sock, peer, f"site {peer} ({addr[0]}:{addr[1]})")
 
 
+class Frame:
+    """One queued frame; ``queued`` turns false when a link starts it or another link takes
+    it over (a route rule's divert)."""
+
+    __slots__ = ("header", "payload", "priority", "queued", "token")
+
+    def __init__(self, priority: float, header: wire.Header, payload: memoryview | None,
+                 token: Any) -> None:
+        self.priority = priority
+        self.header = header
+        self.payload = payload
+        self.token = token
+        self.queued = True
+
+
 class OutLink:
     """The send side of overlay link ``site -> peer``: a priority queue and its thread.
 
@@ -150,6 +165,9 @@ class OutLink:
         bookkeeping: a collective's pending sends); runs on the link's thread.
     on_error
         Called with the :class:`~netstorm.PeerError` that stopped the link.
+    on_idle
+        Called ``on_idle(peer)`` on the link's thread whenever its queue has just drained
+        (a route rule may then move a frame waiting on another link here).
 
     Notes
     -----
@@ -163,13 +181,16 @@ class OutLink:
 
     def __init__(self, conn: Connection, shaper: Shaper,
                  on_sent: Callable[[Any], None],
-                 on_error: Callable[[BaseException], None]) -> None:
+                 on_error: Callable[[BaseException], None],
+                 on_idle: Callable[[int], None] | None = None) -> None:
         self.conn = conn
         self.peer = conn.peer
         self._shaper = shaper
         self._on_sent = on_sent
         self._on_error = on_error
-        self._queue: list[tuple[float, int, wire.Header, memoryview | None, Any]] = []
+        self._on_idle = on_idle
+        self._queue: list[tuple[float, int, Frame]] = []
+        self._queued = 0
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._busy = 0
@@ -183,7 +204,7 @@ class OutLink:
 
     def depth(self) -> int:
         """Frames queued or being written."""
-        return len(self._queue) + self._busy
+        return self._queued + self._busy
 
     def take_measurement(self) -> tuple[float, float]:
         """Payload bytes written, and the seconds spent writing them (each frame from its
@@ -194,22 +215,39 @@ class OutLink:
         return out
 
     def put(self, priority: float, header: wire.Header, payload: memoryview | None,
-            token: Any) -> None:
-        """Queue one frame."""
+            token: Any) -> Frame:
+        """Queue one frame; returns it (for :meth:`take`)."""
+        frame = Frame(priority, header, payload, token)
         with self._cond:
-            heapq.heappush(self._queue, (priority, next(self._seq), header, payload, token))
+            heapq.heappush(self._queue, (priority, next(self._seq), frame))
+            self._queued += 1
             self._cond.notify()
+        return frame
+
+    def take(self, frame: Frame) -> bool:
+        """Remove ``frame`` from this queue if it still waits here (not started)."""
+        with self._cond:
+            if not frame.queued:
+                return False
+            frame.queued = False
+            self._queued -= 1
+            return True
 
     def _run(self) -> None:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._stop.is_set():
+                    while not self._queued and not self._stop.is_set():
                         self._cond.wait()
                     if self._stop.is_set():
                         return
-                    _, _, header, payload, token = heapq.heappop(self._queue)
+                    while not self._queue[0][2].queued:
+                        heapq.heappop(self._queue)  # taken over by another link
+                    frame = heapq.heappop(self._queue)[2]
+                    frame.queued = False
+                    self._queued -= 1
                     self._busy = 1
+                header, payload = frame.header, frame.payload
                 wire.pack_header(header, self._header)
                 began = time.monotonic()
                 with self.conn.lock():
@@ -222,7 +260,10 @@ class OutLink:
                     self.bytes_sent += header.length
                     self._measured[0] += header.length
                     self._measured[1] += took
-                self._on_sent(token)
+                    drained = not self._queued
+                self._on_sent(frame.token)
+                if drained and self._on_idle is not None:
+                    self._on_idle(self.peer)
         except BaseException as exc:
             if not self._stop.is_set():
                 self._on_error(exc)

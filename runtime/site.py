@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import queue
@@ -41,7 +42,7 @@ from . import wire
 from .config import RuntimeConfig
 from .control import Coordinator
 from .emulate import Shaper
-from .links import Connection, OutLink, accept, connect
+from .links import Connection, Frame, OutLink, accept, connect
 
 __all__ = ["Handle", "Site", "init"]
 
@@ -136,6 +137,11 @@ class Site:
         self._next_seq = 0
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._links: dict[int, OutLink] = {}
+        #: auxiliary first hop -> frames waiting on their primary that it may take over
+        self._movable: dict[int, list[tuple[float, int, Frame, int, Any]]] = {}
+        self._move_seq = itertools.count()
+        self._move_lock = threading.Lock()
+        self.diverted = 0  # frames a drained auxiliary link took over from their primary
         self._inbound: list[Connection] = []
         self._addresses: list[tuple[str, int]] = []
         self._error: BaseException | None = None
@@ -369,7 +375,8 @@ class Site:
                 raise PeerError(f"site {self.view.sites[peer]}: rank {conn.peer} answered "
                                 f"at its address")
             conn.send_control({"type": "data"})
-            link = self._links[peer] = OutLink(conn, self.shaper, self._sent, self._fail)
+            link = self._links[peer] = OutLink(conn, self.shaper, self._sent, self._fail,
+                                               self._drained)
         return link
 
     def _read_data(self, conn: Connection) -> None:
@@ -414,7 +421,38 @@ class Site:
             header = wire.data_header(out.message, payload, plan_version=coll.version,
                                       seq=coll.seq, numel=coll.numel)
             coll.pending += 1
-            self._link(out.path[1]).put(out.priority, header, payload, coll)
+            frame = self._link(out.path[1]).put(out.priority, header, payload, coll)
+            send = out.send
+            if send is not None and out.path == send.paths[0]:
+                with self._move_lock:  # auxiliary first hops that drain may take it over
+                    for path in send.paths[1:]:
+                        self._link(path[1])  # connect now: the mover must not block
+                        heapq.heappush(self._movable.setdefault(path[1], []),
+                                       (out.priority, next(self._move_seq), frame,
+                                        out.path[1], send.rule))
+
+    def _drained(self, peer: int) -> None:
+        """Link ``site -> peer`` drained: take over the first frame waiting for its primary
+        that the route rule diverts here (:meth:`netstorm.QueueRule.divert`), as the
+        simulator's links do."""
+        with self._move_lock:
+            waiting = self._movable.get(peer)
+            keep = []
+            while waiting:
+                entry = heapq.heappop(waiting)
+                frame, primary, rule = entry[2], self._links[entry[3]], entry[4]
+                if not frame.queued:
+                    continue  # started on its primary, or moved already
+                if not rule.divert(primary.depth(), self._links[peer].depth()):
+                    keep.append(entry)
+                    continue
+                if primary.take(frame):
+                    self._links[peer].put(frame.priority, frame.header, frame.payload,
+                                          frame.token)
+                    self.diverted += 1
+                    break
+            for entry in keep:
+                heapq.heappush(waiting, entry)  # type: ignore[arg-type]
 
     def _engine(self) -> None:
         held: list[tuple[float, int, tuple[Any, ...]]] = []
@@ -537,7 +575,7 @@ class Site:
         with self._lock:
             return {"site": self.name, "rank": self.rank,
                     "collectives": list(self.stats_rows),
-                    "switches": list(self.switch_log),
+                    "switches": list(self.switch_log), "diverted": self.diverted,
                     "bytes_sent": {f"{self.name}->{names[p]}": link.bytes_sent
                                    for p, link in sorted(self._links.items())}}
 

@@ -40,19 +40,35 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
         from .bench_planner import run as planner_bench
 
         return planner_bench(quick=quick)
+    if what == "runtime":
+        from netstorm.runtime import bench as runtime_bench
+
+        return runtime_bench.run(quick=quick)
     if what == "sim":
         from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
 
         return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown benchmark {what!r} (bound, kernels, planner, sim)")
+    raise ValueError(f"unknown benchmark {what!r} (bound, kernels, planner, runtime, "
+                     f"sim)")
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A readable table of a benchmark's ``results`` rows."""
+    """A readable table of a benchmark's ``results`` rows: one table per run of rows with the
+    same ``"benchmark"``, its columns every key those rows have (first seen first)."""
     rows = result.get("results", [])
     if not rows:
         return str(result)
-    keys = list(rows[0])
+    groups: list[list[dict[str, Any]]] = []
+    for row in rows:
+        if groups and groups[-1][0].get("benchmark") == row.get("benchmark"):
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return "\n\n".join(_table(group) for group in groups)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     widths = [max(len(k), *(len(_cell(r.get(k))) for r in rows)) for k in keys]
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
     lines += ["  ".join(_cell(r.get(k)).rjust(w) for k, w in zip(keys, widths, strict=True))

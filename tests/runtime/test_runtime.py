@@ -120,20 +120,22 @@ def test_every_planner_is_exact_and_bit_identical(topology: str, planner: str) -
 
 def test_the_runtime_runs_the_netstorm_plan_with_its_queue_rule() -> None:
     view = builtin("netstorm9")
-    numel = 40_000
+    numel = 400_000
 
     def body(site: Site) -> Any:
         assert site.plan is None  # no collective yet
-        out = allreduce_loop(view, numel, 1)(site)
-        return out, site.plan
+        out = allreduce_loop(view, numel, 2)(site)
+        return out, site.plan, site.stats()["diverted"]
 
-    results = run_sites(view, "netstorm", body, site_kw={"chunk_bytes": 16_000})
+    results = run_sites(view, "netstorm", body, site_kw={"chunk_bytes": 16_000},
+                        emulate="inprocess", time_scale=8.0)
     check_exact(view, {w: r[0] for w, r in results.items()}, numel)
     plans = {r[1].to_json() for r in results.values()}
     assert len(plans) == 1  # every site planned the same
     plan = results[0][1]
     assert plan.route_rule is not None and any(len(r.paths) > 1
                                                for s in plan.shards for r in s.routes)
+    assert sum(r[2] for r in results.values()) > 0  # drained auxiliary links took chunks
 
 
 def test_forced_replans_every_iteration_stay_exact() -> None:
