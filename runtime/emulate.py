@@ -82,19 +82,26 @@ class Shaper:
         return float(self._latency[src, self.site]) if self.enabled else 0.0
 
     def transmit(self, dst: int, data: memoryview, write: Callable[[memoryview], None],
-                 stop: threading.Event) -> None:
-        """Write ``data`` toward ``dst`` with ``write``, paced at the link's rate."""
+                 stop: threading.Event) -> float | None:
+        """Write ``data`` toward ``dst`` with ``write``, paced at the link's rate.
+
+        Returns the seconds the emulated link was busy with it (on the link's own clock,
+        so a host too slow to keep up does not look like a slow link), or ``None`` when not
+        emulating (the caller times the write itself).
+        """
         if not self.enabled:
             write(data)
-            return
+            return None
         total = len(data)
         offset = 0
+        busy = 0.0
         while offset < total:
             with self._lock:
                 while self._rate[dst] <= 0 and not stop.is_set():
                     self._changed.wait(0.1)  # link down until dynamics bring it back
                 rate = float(self._rate[dst])
                 size = min(total - offset, max(MIN_SLICE, int(rate * SLICE_S)))
+                busy += size / rate
                 now = time.monotonic()
                 # Back to back (the link was busy until moments ago): continue its clock, so
                 # a sleep that overshot is made up by sending the next slice sooner; after
@@ -107,12 +114,13 @@ class Shaper:
                     self._egress_free = start + size / self._egress
                 end = max(self._free[dst], self._egress_free)
             if stop.is_set():
-                return
+                return busy
             wait = end - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             write(data[offset:offset + size])
             offset += size
+        return busy
 
     def follow(self, dynamics: Dynamics, view: NetworkView, start: float,
                stop: threading.Event) -> threading.Thread:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import socket
 import threading
 import time
@@ -176,7 +177,9 @@ class OutLink:
     reads. The time to write each frame is the link's service time: the sender measures
     the link (:meth:`take_measurement`) because it knows when a frame starts; a receiver
     starved of CPU reads a header late and would time the link too short (on 9 emulated
-    sites sharing 2 cores, receiver-side rates came out up to 2.75x the true rate).
+    sites sharing 2 cores, receiver-side rates came out up to 2.75x the true rate). An
+    emulated link is timed on its own clock (:meth:`Shaper.transmit`): a receiver too slow
+    to drain its socket is the host's limit, not the emulated WAN's.
     """
 
     def __init__(self, conn: Connection, shaper: Shaper,
@@ -195,6 +198,7 @@ class OutLink:
         self._cond = threading.Condition()
         self._busy = 0
         self.bytes_sent = 0
+        self.last_sent = -math.inf  # time.monotonic() when the last frame was written
         self._measured = [0.0, 0.0]  # bytes, seconds spent writing them, since last taken
         self._stop = threading.Event()
         self._header = bytearray(wire.HEADER_SIZE)
@@ -250,16 +254,19 @@ class OutLink:
                 header, payload = frame.header, frame.payload
                 wire.pack_header(header, self._header)
                 began = time.monotonic()
+                emulated = None
                 with self.conn.lock():
                     self.conn.write(self._header)
                     if payload is not None and len(payload):
-                        self._shaper.transmit(self.peer, payload, self.conn.write, self._stop)
-                took = time.monotonic() - began
+                        emulated = self._shaper.transmit(self.peer, payload, self.conn.write,
+                                                         self._stop)
+                took = time.monotonic() - began if emulated is None else emulated
                 with self._cond:
                     self._busy = 0
                     self.bytes_sent += header.length
                     self._measured[0] += header.length
                     self._measured[1] += took
+                    self.last_sent = time.monotonic()
                     drained = not self._queued
                 self._on_sent(frame.token)
                 if drained and self._on_idle is not None:

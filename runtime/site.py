@@ -49,7 +49,10 @@ __all__ = ["Handle", "Site", "init"]
 log = logging.getLogger("netstorm.runtime")
 
 #: Collectives a site may start ahead of the last one finished everywhere.
-WINDOW = 4
+WINDOW = 2
+#: A probe's size, and how long (topology seconds) a link may go unmeasured before one.
+PROBE_BYTES = 256 * 1024
+PROBE_AGE_S = 10.0
 
 
 def fingerprint(view: NetworkView) -> str:
@@ -142,6 +145,8 @@ class Site:
         self._move_seq = itertools.count()
         self._move_lock = threading.Lock()
         self.diverted = 0  # frames a drained auxiliary link took over from their primary
+        self._probed: dict[int, float] = {}  # peer -> when the last probe went there
+        self._probe_payload = memoryview(bytearray(PROBE_BYTES))
         self._inbound: list[Connection] = []
         self._addresses: list[tuple[str, int]] = []
         self._error: BaseException | None = None
@@ -382,6 +387,7 @@ class Site:
     def _read_data(self, conn: Connection) -> None:
         cfg = self.config
         src = conn.peer
+        probe = memoryview(bytearray(PROBE_BYTES))
         try:
             while not self._stop.is_set():
                 header = conn.read_header(max_length=cfg.max_frame)
@@ -389,6 +395,11 @@ class Site:
                     if not self._shutdown.is_set() and not self._stop.is_set():
                         raise PeerError(f"{conn.name} closed its connection mid-run")
                     return
+                if header.kind == wire.Kind.PROBE:
+                    if header.length > len(probe):
+                        raise ProtocolError(f"{conn.name}: probe of {header.length} bytes")
+                    conn.read_into(probe[:header.length])
+                    continue
                 if header.kind != wire.Kind.DATA:
                     raise ProtocolError(f"{conn.name}: control frame on a data connection")
                 coll = self._collective(header.seq, header.numel)
@@ -409,8 +420,9 @@ class Site:
             if not self._stop.is_set():
                 self._fail(exc)
 
-    def _sent(self, coll: _Collective) -> None:
-        self._events.put((0.0, "sent", coll))
+    def _sent(self, coll: _Collective | None) -> None:
+        if coll is not None:  # None: a probe
+            self._events.put((0.0, "sent", coll))
 
     def _dispatch(self, coll: _Collective, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
@@ -518,6 +530,27 @@ class Site:
         coll.done.set()
         self._control.send_control({"type": "report", "seq": coll.seq, "numel": coll.numel,
                                     "links": links})
+        self._probe(coll)
+
+    def _probe(self, coll: _Collective) -> None:
+        """Queue a probe on every link out of this site that no collective measured for
+        ``PROBE_AGE_S`` (DESIGN 7): so a link the plan avoids is seen when it gets better.
+        Probes go last in their link's queue and are measured like any frame."""
+        if self.config.emulate == "none" and self.config.master_addr in ("127.0.0.1",
+                                                                         "localhost"):
+            return  # loopback without emulation: every link is the same memory copy
+        now = time.monotonic()
+        age = PROBE_AGE_S / self.config.time_scale
+        for peer in np.nonzero(self.view.capacity[self.rank] > 0)[0].tolist():
+            link = self._links.get(peer)
+            last = -np.inf if link is None else link.last_sent
+            if now - max(last, self._probed.get(peer, -np.inf)) > age:
+                self._probed[peer] = now
+                header = wire.Header(kind=wire.Kind.PROBE, plan_version=coll.version,
+                                     seq=coll.seq, numel=0, shard=0, chunk=0, phase=0,
+                                     src=self.rank, dst=peer, length=PROBE_BYTES,
+                                     checksum=0)
+                self._link(peer).put(np.inf, header, self._probe_payload, None)
 
     # -- public -----------------------------------------------------------------------------
     def allreduce_async(self, array: Any) -> Handle:

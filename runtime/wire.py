@@ -76,10 +76,12 @@ PROTOCOL = 1
 
 
 class Kind(enum.IntEnum):
-    """What a frame carries: a slice of a collective's buffer, or a JSON control message."""
+    """What a frame carries: a slice of a collective's buffer, a JSON control message, or
+    filler bytes that time a link the plan does not use (a probe; the receiver drops it)."""
 
     DATA = 1
     CONTROL = 2
+    PROBE = 3
 
 
 class ChecksumAlgo(enum.IntEnum):
