@@ -44,6 +44,26 @@ def _storer(kind: str, hw_half: bool) -> Callable[..., Any]:
     raise ValueError(f"kind: unknown wire kind {kind!r}")
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _reduce_f32(out, inputs, scale, accumulate):  # pragma: no cover - compiled
+    """The fp32 reduction, written out at module level so that numba caches its compiled
+    specialisations on disk: every site process of a run (and every later run) then loads
+    them instead of spending ~0.75 s compiling each input count."""
+    k = len(inputs)
+    if accumulate:
+        for i in prange(out.size):
+            acc = inputs[0][i]
+            for j in range(1, k):
+                acc += inputs[j][i]
+            out[i] += scale * acc
+    else:
+        for i in prange(out.size):
+            acc = inputs[0][i]
+            for j in range(1, k):
+                acc += inputs[j][i]
+            out[i] = scale * acc
+
+
 @cache
 def reduce_kernel(kind: str, hw_half: bool = _bits.HW_HALF) -> Callable[..., None]:
     """Return ``kernel(out, inputs, scale, accumulate)``: ``out (+)= scale * sum(inputs)``.
@@ -54,6 +74,8 @@ def reduce_kernel(kind: str, hw_half: bool = _bits.HW_HALF) -> Callable[..., Non
     reference, so the result matches it bit for bit. The loop over inputs is short and
     inner; LLVM vectorises the element loop across lanes.
     """
+    if kind == "f32":
+        return _reduce_f32  # type: ignore[no-any-return]
     load = _loader(kind, hw_half)
 
     @njit(parallel=True, nogil=True)
