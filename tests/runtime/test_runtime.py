@@ -19,6 +19,7 @@ from netstorm import NetworkView
 from netstorm.builtin_topologies import builtin
 from netstorm.errors import NetstormError, PeerError
 from netstorm.planners import BUILTIN
+from netstorm.registry import plan
 from netstorm.testing import conformance_views
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,3 +238,38 @@ def site_message(site: Site, numel: int) -> tuple[Any, int]:
     message = sorted(m for m in prog.expects if m.src == 1)[0]
     step = next(st for st in prog.steps if message in st.waits)
     return message, step.ref.elems
+
+
+def test_a_link_that_drops_to_a_tenth_is_seen_and_planned_around() -> None:
+    """Emulated 4-site mesh; link a->b drops to 1/10 while the run goes on: the sender's
+    measurements show it, the coordinator re-plans, and the new plan moves bytes off it."""
+    from netstorm import link_loads
+    from netstorm.job import Job
+
+    view = _four()
+    numel, iterations = 1_000_000, 10
+    drop = "scale:1.5s:a->b:0.1"  # 1.5 s of topology time: a quarter second at scale 6
+
+    def body(site: Site) -> tuple[list[np.ndarray], dict[str, Any], Any]:
+        out = allreduce_loop(view, numel, iterations)(site)
+        return out, site.stats(), site.plan
+
+    results = run_sites(view, "treepack", body, emulate="inprocess", time_scale=6.0,
+                        dynamics=drop, site_kw={"chunk_bytes": 500_000})
+    check_exact(view, {w: r[0] for w, r in results.items()}, numel)
+    stats, last = results[0][1], results[0][2]
+    assert stats["switches"], "no re-plan after the drop"
+    first = stats["switches"][0]
+    assert first["from_seq"] <= first["after_seq"] + 2  # takes effect two collectives later
+    job = Job(buckets=numel * 4, chunk_bytes=500_000)
+    before = plan(view, job, "treepack")
+    share = link_loads(last, view, job)[0][0, 1] / link_loads(before, view, job)[0][0, 1]
+    assert share < 0.5, f"the new plan still sends {share:.0%} of the bytes over a->b"
+
+
+def _four() -> NetworkView:
+    mbit = 1e6 / 8
+    cap = np.array([[0, 400, 300, 200], [400, 0, 400, 300],
+                    [300, 400, 0, 400], [200, 300, 400, 0]], dtype=float) * mbit
+    return NetworkView(sites=("a", "b", "c", "d"), capacity=cap,
+                       latency=np.where(cap > 0, 0.005, 0.0), name="four")
