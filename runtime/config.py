@@ -15,7 +15,9 @@
                          this host's name when binding every interface).
 ``NETSTORM_PORT``        Data port of ranks other than 0 (default 0: any free port).
 ``NETSTORM_TIMEOUT``     Seconds before a silent peer is an error (default 60).
-``NETSTORM_EMULATE``     ``inprocess`` (shape every link as the topology says), ``none``.
+``NETSTORM_EMULATE``     ``inprocess`` (shape every link as the topology says), ``none``, or
+                         ``netns`` (the kernel shapes, set up by ``netstorm run --emulate
+                         netns``; the site only adds the links' delays).
 ``NETSTORM_TIME_SCALE``  Emulated rates times K, latencies and dynamics times 1/K.
 ``NETSTORM_DYNAMICS``    Dynamics applied live to the emulated links (DESIGN 5.2).
 ``NETSTORM_MAX_FRAME``   Largest payload accepted, bytes (default 1 GiB).
@@ -37,7 +39,7 @@ from netstorm.errors import NetstormError
 
 __all__ = ["EMULATE_MODES", "RuntimeConfig"]
 
-EMULATE_MODES = ("inprocess", "none")
+EMULATE_MODES = ("inprocess", "netns", "none")
 
 
 class ConfigError(NetstormError, ValueError):

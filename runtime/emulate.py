@@ -40,8 +40,9 @@ class Shaper:
         This site's index.
     scale
         Time scale ``K``: rates times K, delays divided by K.
-    enabled
-        ``False`` (``--emulate none``): no pacing and no delay.
+    pace, delay
+        Pace the links at their rates; hold arrivals for the links' delays. ``--emulate
+        none`` does neither; ``netns`` only delays (the kernel's ``tc htb`` paces).
 
     Notes
     -----
@@ -54,10 +55,11 @@ class Shaper:
     """
 
     def __init__(self, view: NetworkView, site: int, *, scale: float = 1.0,
-                 enabled: bool = True) -> None:
+                 pace: bool = True, delay: bool = True) -> None:
         self.site = site
         self.scale = float(scale)
-        self.enabled = enabled
+        self.pace = pace
+        self.delays = delay
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._latency = np.asarray(view.latency, dtype=float) / self.scale
@@ -79,7 +81,7 @@ class Shaper:
 
     def delay(self, src: int) -> float:
         """One-way delay of link ``src -> site``, seconds (scaled); 0 when not emulating."""
-        return float(self._latency[src, self.site]) if self.enabled else 0.0
+        return float(self._latency[src, self.site]) if self.delays else 0.0
 
     def transmit(self, dst: int, data: memoryview, write: Callable[[memoryview], None],
                  stop: threading.Event) -> float | None:
@@ -89,7 +91,7 @@ class Shaper:
         so a host too slow to keep up does not look like a slow link), or ``None`` when not
         emulating (the caller times the write itself).
         """
-        if not self.enabled:
+        if not self.pace:
             write(data)
             return None
         total = len(data)

@@ -128,7 +128,8 @@ class Site:
         self.options = dict(planner_options or {})
         self.info = planner_info(planner)
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
-                             enabled=config.emulate != "none")
+                             pace=config.emulate == "inprocess",
+                             delay=config.emulate in ("inprocess", "netns"))
         self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._plans: dict[tuple[int, int], tuple[Plan, SiteProgram, dict, int]] = {}
@@ -233,7 +234,7 @@ class Site:
             self._stop_threads()
             raise self._error or PeerError(
                 f"site {self.name}: not every site joined within {cfg.timeout_s:g} s")
-        if cfg.dynamics and self.shaper.enabled:
+        if cfg.dynamics and self.shaper.pace:
             dyn = parse_dynamics(cfg.dynamics)
             if dyn is not None:
                 dyn.validate(self.view)
