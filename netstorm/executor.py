@@ -78,20 +78,14 @@ class SiteProgram:
         self.local = [g for g, st in enumerate(steps) if st.add_local]
         self.initial = [g for g, count in enumerate(self.waits) if count == 0]
         self.mandatory = sum(not st.optional for st in steps)
-        #: per step, one Outgoing per send over its only (or primary) path, no payload
-        self.first = [tuple(Outgoing(send.message, send.paths[0], st.ref.nbytes, st.priority,
-                                     send=send if send.rule is not None else None)
-                            for send in st.sends) for st in steps]
         #: the rest of the path from this site, for a relay's forward steps (else None)
         self.relay_path = [st.sends[0].paths[0] if st.kind is StepKind.FORWARD else None
                            for st in steps]
-        #: per step, per send, one Outgoing template per candidate path
-        self.outs: list[tuple[tuple[Outgoing, ...], ...]] = [
-            tuple(tuple(Outgoing(send.message, path, st.ref.nbytes, st.priority,
-                                 send=send if send.rule is not None else None)
-                        for path in send.paths) for send in st.sends) for st in steps]
-        #: per step, the Outgoing of each send's only (or primary) path: the static case
-        self.first = [tuple(o[0] for o in outs) for outs in self.outs]
+        #: per step, one Outgoing per send over its only (or primary) path, no payload
+        self.first = [tuple(Outgoing(send.message, send.paths[0], st.ref.nbytes, st.priority,
+                                     None, send if send.rule is not None else None)
+                            for send in st.sends) for st in steps]
+        self.optional = [st.optional for st in steps]
 
 
 def index_programs(programs: Mapping[int, NodeProgram]) -> dict[int, SiteProgram]:
@@ -211,16 +205,12 @@ class Executor:
         if iteration is not None and iteration != self.iteration:
             raise ProtocolError(f"site {self.site}: message {message} of iteration "
                                 f"{iteration}, running iteration {self.iteration}")
-        return self._arrive(message, payload, path)
+        return self.receive(message, payload, path)
 
-    def deliver(self, out: Outgoing) -> tuple[Outgoing, ...]:
-        """``out``, returned by another site's executor of this plan version and iteration,
-        has arrived: :meth:`arrive` for in-process drivers (the simulator, tests), which
-        know the version and iteration match and pass sends through unchanged."""
-        return self._arrive(out.message, out.payload, out.path)
-
-    def _arrive(self, message: Message, payload: np.ndarray | None,
-                path: Path | None) -> tuple[Outgoing, ...]:
+    def receive(self, message: Message, payload: np.ndarray | None = None,
+                path: Path | None = None) -> tuple[Outgoing, ...]:
+        """:meth:`arrive` for in-process drivers (the simulator, tests), whose messages come
+        from executors of this very plan version and iteration: no version checks."""
         prog = self.prog
         k = prog.slot.get(message)
         if k is None:
@@ -243,15 +233,19 @@ class Executor:
                                     f"expected float32[{step.ref.elems}]")
             self._inbox.setdefault(g, [None] * len(step.waits))[prog.slot_pos[k]] = payload
         self._got[k] = 1
-        self._pending[g] -= 1
-        if self._pending[g]:
+        pending = self._pending
+        pending[g] -= 1
+        if pending[g]:
             return ()
-        return self._fire(g)
+        if self.data:
+            return self._fire(g)
+        if not prog.optional[g]:  # timing mode, inline: the simulator's hot path
+            self.remaining -= 1
+        return prog.first[g]
 
     def _fire(self, g: int) -> tuple[Outgoing, ...]:
         prog = self.prog
-        step = prog.steps[g]
-        if not step.optional:
+        if not prog.optional[g]:
             self.remaining -= 1
         first = prog.first[g]
         if not self.data:

@@ -113,7 +113,7 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
         site = out.path[1]
         ex = execs[site]
         before = ex.remaining
-        emit(site, ex.deliver(out))
+        emit(site, ex.receive(out.message, out.payload, out.path))
         if before and not ex.remaining:
             finished()
 
