@@ -19,8 +19,8 @@ something on a noisy machine:
               scaled by K: ``runtime_over_sim``.
 ``memory``    each site's peak RSS growth during an all-reduce over its RSS just before it
               (gradient resident), as a multiple of the gradient size:
-              ``first_call_growth_x`` for the first call after ``nr.init()`` (it also plans,
-              and numba compiles the reduction kernels: a fixed ~100 MB or so),
+              ``first_call_growth_x`` for the first call after ``nr.init()`` (it also plans
+              and imports numba and the reduction kernels: a fixed ~150 MB or so),
               ``later_call_growth_x`` the most of two later calls; ``peak_since_init_x``:
               the highest peak over the RSS right after ``nr.init()`` (gradient included).
 
