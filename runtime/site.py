@@ -133,6 +133,8 @@ class Site:
         self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._plans: dict[tuple[int, int], tuple[Plan, SiteProgram, dict, int]] = {}
+        self._plan_lock = threading.Lock()
+        self._sizes: set[int] = set()
         self._views: dict[int, NetworkView] = {1: view}
         self._switches: list[tuple[int, int]] = [(0, 1)]  # (from seq, version)
         self.switch_log: list[dict[str, Any]] = []
@@ -273,6 +275,8 @@ class Site:
                         confidence=None if conf is None else np.array(conf, dtype=float),
                         _graph_cache={})
                     self._switches.append((int(switch["from_seq"]), version))
+                    threading.Thread(target=self._prefetch, args=(version,), daemon=True,
+                                     name=f"{self.name}:plan-v{version}").start()
                     record = {k: switch[k] for k in (
                         "version", "from_seq", "after_seq", "reason", "planning_s")}
                     self.switch_log.append(record)
@@ -328,21 +332,34 @@ class Site:
             return max(v for start, v in self._switches if start <= seq)
 
     def _program(self, version: int, numel: int) -> tuple[Plan, SiteProgram, dict, int]:
+        """Plan version ``version`` for ``numel`` elements, compiled and indexed (cached).
+
+        Planning can take a second: it holds only the planning lock, never the site's, so
+        transfers and control messages go on meanwhile."""
         key = (version, numel)
-        found = self._plans.get(key)
-        if found is None:
-            job = Job(buckets=numel * 4, chunk_bytes=self.chunk_bytes)
-            p = dataclasses.replace(self._planner_call(self._views[version], job),
-                                    version=version)
-            prog = SiteProgram(compile(p, job, self.view.workers, view=self._views[version])
-                               [self.rank])
-            offsets, at = {}, 0
-            for m, k in prog.slot.items():
-                elems = prog.steps[prog.slot_step[k]].ref.elems
-                offsets[m] = (at, elems)
-                at += elems
-            found = self._plans[key] = (p, prog, offsets, at)
-        return found
+        with self._plan_lock:
+            found = self._plans.get(key)
+            if found is None:
+                job = Job(buckets=numel * 4, chunk_bytes=self.chunk_bytes)
+                view = self._views[version]
+                p = dataclasses.replace(self._planner_call(view, job), version=version)
+                prog = SiteProgram(compile(p, job, self.view.workers, view=view)[self.rank])
+                offsets, at = {}, 0
+                for m, k in prog.slot.items():
+                    elems = prog.steps[prog.slot_step[k]].ref.elems
+                    offsets[m] = (at, elems)
+                    at += elems
+                found = self._plans[key] = (p, prog, offsets, at)
+                self._sizes.add(numel)
+            return found
+
+    def _prefetch(self, version: int) -> None:
+        """Plan a new version for every size seen, before its first collective needs it."""
+        try:
+            for numel in sorted(self._sizes):
+                self._program(version, numel)
+        except BaseException as exc:
+            log.debug("site %s: planning version %d failed: %s", self.name, version, exc)
 
     def _collective(self, seq: int, numel: int) -> _Collective:
         """Collective ``seq``, made on first sight (a local call or a peer's first frame)."""
@@ -350,15 +367,18 @@ class Site:
             coll = self._colls.get(seq)
             if coll is None:
                 version = self._version(seq)
-                _, prog, offsets, size = self._program(version, numel)
-                coll = _Collective(seq, numel, version, prog, offsets,
-                                   np.empty(size, dtype=np.float32))
-                self._colls[seq] = coll
-            elif coll.numel != numel:
-                raise ProtocolError(f"collective {seq}: this site has {coll.numel} elements, "
-                                    f"a peer {numel} (every site must all-reduce the same "
-                                    f"sizes in the same order)")
-            return coll
+        if coll is None:
+            _, prog, offsets, size = self._program(version, numel)
+            with self._lock:
+                coll = self._colls.get(seq)  # another thread may have made it meanwhile
+                if coll is None:
+                    coll = self._colls[seq] = _Collective(
+                        seq, numel, version, prog, offsets, np.empty(size, dtype=np.float32))
+        if coll.numel != numel:
+            raise ProtocolError(f"collective {seq}: this site has {coll.numel} elements, "
+                                f"a peer {numel} (every site must all-reduce the same "
+                                f"sizes in the same order)")
+        return coll
 
     @property
     def plan(self) -> Plan | None:
