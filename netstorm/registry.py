@@ -25,6 +25,7 @@ entry-point planner gives them as attributes of its function (``f.make_state``,
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -80,6 +81,8 @@ class PlannerInfo:
 
 _registry: dict[str, PlannerInfo] = {}
 _loaded = False
+_loading = False
+_load_lock = threading.RLock()
 
 
 def _info(name: str, func: object, make_state: Any = None,
@@ -117,23 +120,35 @@ def _validate(name: str, func: object) -> Planner:
 
 
 def _load() -> None:
-    global _loaded
+    """Fill the registry once: built-ins, then entry points. Threads that come while it is
+    filled wait for it (a site's threads plan at once); a plug-in that registers while being
+    loaded re-enters and returns."""
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
-    from .planners import BUILTIN, BUILTIN_RUNS
-
-    for name, func in BUILTIN.items():
-        _registry.setdefault(name, _info(name, func, **BUILTIN_RUNS.get(name, {})))
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registry:
-            continue
+    with _load_lock:
+        if _loaded or _loading:
+            return
+        _loading = True
         try:
-            func = ep.load()
-            _registry[ep.name] = _info(ep.name, func, getattr(func, "make_state", None),
-                                       getattr(func, "default_policy", None))
-        except Exception as exc:  # a broken plug-in must not break the built-ins
-            _registry[ep.name] = PlannerInfo(ep.name, _broken(ep.name, ep.value, exc))
+            from .planners import BUILTIN, BUILTIN_RUNS
+
+            for name, func in BUILTIN.items():
+                _registry.setdefault(name, _info(name, func, **BUILTIN_RUNS.get(name, {})))
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                if ep.name in _registry:
+                    continue
+                try:
+                    func = ep.load()
+                    _registry[ep.name] = _info(ep.name, func,
+                                               getattr(func, "make_state", None),
+                                               getattr(func, "default_policy", None))
+                except Exception as exc:  # a broken plug-in must not break the built-ins
+                    _registry[ep.name] = PlannerInfo(ep.name,
+                                                     _broken(ep.name, ep.value, exc))
+            _loaded = True
+        finally:
+            _loading = False
 
 
 def _broken(name: str, target: str, exc: Exception) -> Planner:

@@ -9,6 +9,7 @@ name; the first child that fails stops the others and its status is the run's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -22,8 +23,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from netstorm.dynamics import parse_dynamics
 from netstorm.errors import NetstormError
 from netstorm.topology import load_topology
+
+from .netns import NetnsWAN, check_available
 
 __all__ = ["add_arguments", "format_summary", "run", "summary"]
 
@@ -35,8 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", "-p", default="treepack")
     p.add_argument("--policy", default=None,
                    choices=["hysteresis", "any-change", "every-iteration", "static"])
-    p.add_argument("--emulate", default="inprocess", choices=["inprocess", "none"],
-                   help="shape every link as the topology says (default) or run unshaped")
+    p.add_argument("--emulate", default="inprocess", choices=["inprocess", "netns", "none"],
+                   help="shape every link as the topology says in the site processes "
+                        "(default), in the kernel (netns: a network namespace per site, "
+                        "tc htb per link; root only), or run unshaped")
     p.add_argument("--dynamics", "-d", default=None,
                    help="capacity changes applied live (as netstorm sim --dynamics)")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
@@ -111,35 +117,55 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if args.dynamics:
         base["NETSTORM_DYNAMICS"] = args.dynamics
     out = sys.stderr if args.json else sys.stdout
+    dynamics = None
+    if args.emulate == "netns":
+        check_available()
+        dynamics = parse_dynamics(args.dynamics)
+        if dynamics is not None:
+            dynamics.validate(view)
     procs: list[subprocess.Popen[bytes]] = []
     pumps = []
     started = time.perf_counter()
     status = 0
-    try:
-        for rank, name in enumerate(view.sites):
-            env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank),
-                       NETSTORM_LOG=str(logs / f"{name}.jsonl"))
-            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
-            procs.append(proc)
-            pump = threading.Thread(target=_pump, args=(proc.stdout, name, out), daemon=True)
-            pump.start()
-            pumps.append(pump)
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                status = failed[0]
-                break
-            if all(c == 0 for c in codes):
-                break
-            time.sleep(0.05)
-    except KeyboardInterrupt:
-        status = 130
-    finally:
-        _stop(procs)
-        for pump in pumps:
-            pump.join(timeout=2)
+    with contextlib.ExitStack() as stack:
+        wan = None
+        if args.emulate == "netns":
+            wan = stack.enter_context(NetnsWAN(view, args.time_scale))
+        try:
+            stop = threading.Event()
+            stack.callback(stop.set)
+            for rank, name in enumerate(view.sites):
+                env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank),
+                           NETSTORM_LOG=str(logs / f"{name}.jsonl"))
+                argv = command
+                if wan is not None:
+                    env.update(MASTER_ADDR=wan.addresses[0], NETSTORM_BIND=wan.addresses[rank],
+                               NETSTORM_ADVERTISE=wan.addresses[rank])
+                    argv = ["ip", "netns", "exec", wan.namespaces[rank], *command]
+                proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+                procs.append(proc)
+                pump = threading.Thread(target=_pump, args=(proc.stdout, name, out),
+                                        daemon=True)
+                pump.start()
+                pumps.append(pump)
+            if wan is not None and dynamics is not None:
+                wan.follow(dynamics, time.time(), stop)
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = [c for c in codes if c not in (None, 0)]
+                if failed:
+                    status = failed[0]
+                    break
+                if all(c == 0 for c in codes):
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            status = 130
+        finally:
+            _stop(procs)  # before the namespaces go (ExitStack unwinds after this)
+            for pump in pumps:
+                pump.join(timeout=2)
     return status, summary(view.sites, logs, args.planner, time.perf_counter() - started)
 
 

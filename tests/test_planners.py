@@ -142,3 +142,22 @@ def test_registered_planner_is_found_by_name(monkeypatch: pytest.MonkeyPatch) ->
     p = plan(mesh(4, MB), JOB, "half-ps")
     assert len(p.shards) == 2 and p.predicted_time_s is not None
     check_planner("half-ps")
+
+
+def test_the_registry_fills_once_when_threads_race_for_it() -> None:
+    """A fresh interpreter whose first planner lookups come from several threads at once (a
+    runtime site's threads) finds every built-in."""
+    import subprocess
+    import sys
+
+    code = ("import threading, netstorm\n"
+            "errors = []\n"
+            "def look():\n"
+            "    try: netstorm.planner_info('ring')\n"
+            "    except Exception as exc: errors.append(exc)\n"
+            "threads = [threading.Thread(target=look) for _ in range(8)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n"
+            "assert not errors, errors\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
