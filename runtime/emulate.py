@@ -25,8 +25,6 @@ __all__ = ["Shaper"]
 #: Longest stretch a sender sleeps before writing the next slice (pacing granularity).
 SLICE_S = 0.005
 MIN_SLICE = 64 * 1024
-#: A link whose clock fell behind by less than this catches up (oversleeping is not idling).
-CATCH_UP_S = 0.02
 
 
 class Shaper:
@@ -46,12 +44,13 @@ class Shaper:
 
     Notes
     -----
-    A slice of ``b`` bytes to ``dst`` starts when the link's and the egress clocks are both
-    free (or now, if they have been free for over ``CATCH_UP_S``) and ends ``b / rate``
-    later on the link (``b / egress`` on the egress clock); the sender sleeps until the
-    later end, then writes. Back-to-back payloads therefore leave at the link's rate on
-    average even when sleeps overshoot, and concurrent links share the egress cap first
-    come, first served (not max-min fair: a simplification).
+    A frame's first slice of ``b`` bytes to ``dst`` starts when the link's and the egress
+    clocks are both free, and not before now; later slices of the frame follow on the
+    link's clock. A slice ends ``b / rate`` after it starts (``b / egress`` on the egress
+    clock); the sender sleeps until the later end, then writes. A frame therefore never
+    leaves faster than the link's rate, overshooting sleeps are made up within the frame,
+    and concurrent links share the egress cap first come, first served (not max-min fair:
+    a simplification).
     """
 
     def __init__(self, view: NetworkView, site: int, *, scale: float = 1.0,
@@ -104,13 +103,13 @@ class Shaper:
                 rate = float(self._rate[dst])
                 size = min(total - offset, max(MIN_SLICE, int(rate * SLICE_S)))
                 busy += size / rate
-                now = time.monotonic()
-                # Back to back (the link was busy until moments ago): continue its clock, so
-                # a sleep that overshot is made up by sending the next slice sooner; after
-                # an idle spell the link starts afresh from now.
+                # A frame's first slice starts when the link (and the egress cap) is free,
+                # or now; its later slices continue the frame's own clock, so a sleep that
+                # overshot is made up by the next slice of the same frame, never by a burst
+                # after the link sat idle.
                 start = max(self._free[dst], self._egress_free)
-                if start < now - CATCH_UP_S:
-                    start = now
+                if offset == 0:
+                    start = max(start, time.monotonic())
                 self._free[dst] = start + size / rate
                 if np.isfinite(self._egress):
                     self._egress_free = start + size / self._egress

@@ -129,9 +129,9 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     status = 0
     with contextlib.ExitStack() as stack:
         wan = None
-        if args.emulate == "netns":
-            wan = stack.enter_context(NetnsWAN(view, args.time_scale))
         try:
+            if args.emulate == "netns":
+                wan = stack.enter_context(NetnsWAN(view, args.time_scale))
             stop = threading.Event()
             stack.callback(stop.set)
             for rank, name in enumerate(view.sites):

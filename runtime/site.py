@@ -140,6 +140,7 @@ class Site:
         self.switch_log: list[dict[str, Any]] = []
         self._horizon = 0
         self._colls: dict[int, _Collective] = {}
+        self._arenas: dict[int, list[np.ndarray]] = {}  # size -> arenas free for reuse
         self._next_seq = 0
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._links: dict[int, OutLink] = {}
@@ -284,7 +285,10 @@ class Site:
                 self._horizon = max(self._horizon, int(msg["horizon"]))
                 done = int(msg["done"])  # finished on every site: no message can still come
                 for seq in [s for s, c in self._colls.items() if s <= done and c.done.is_set()]:
-                    del self._colls[seq]
+                    # finished everywhere: no frame of it is queued or can still come, so
+                    # its arena serves the next collective of its size
+                    arena = self._colls.pop(seq).arena
+                    self._arenas.setdefault(arena.size, []).append(arena)
                 self._ready.notify_all()
         elif kind == "shutdown":
             self._shutdown.set()
@@ -372,8 +376,10 @@ class Site:
             with self._lock:
                 coll = self._colls.get(seq)  # another thread may have made it meanwhile
                 if coll is None:
-                    coll = self._colls[seq] = _Collective(
-                        seq, numel, version, prog, offsets, np.empty(size, dtype=np.float32))
+                    pool = self._arenas.get(size)
+                    arena = pool.pop() if pool else np.empty(size, dtype=np.float32)
+                    coll = self._colls[seq] = _Collective(seq, numel, version, prog, offsets,
+                                                          arena)
         if coll.numel != numel:
             raise ProtocolError(f"collective {seq}: this site has {coll.numel} elements, "
                                 f"a peer {numel} (every site must all-reduce the same "
