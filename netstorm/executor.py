@@ -266,7 +266,9 @@ class Executor:
             value = inputs[0]
             assert value is not None  # every wait has arrived
             if step.store:
-                self.result[chunk] = value  # type: ignore[index]
+                keep = self.result[chunk]  # type: ignore[index]
+                if keep.ctypes.data != value.ctypes.data:  # a driver may receive in place
+                    keep[...] = value
             return value
         parts = [x for x in inputs if x is not None]
         if step.add_local:

@@ -9,6 +9,7 @@ order), paced by the :class:`~netstorm.runtime.emulate.Shaper`.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -172,7 +173,9 @@ class OutLink:
 
     Notes
     -----
-    Frames leave smallest ``priority`` first, ties in arrival order, as the simulator's
+    A DATA frame's checksum is computed here, when it is sent: on the link's thread, in
+    parallel with the site's reductions. Frames leave smallest ``priority`` first, ties in
+    arrival order, as the simulator's
     links serve them. ``depth()`` (queued plus the one being written) is what a route rule
     reads. The time to write each frame is the link's service time: the sender measures
     the link (:meth:`take_measurement`) because it knows when a frame starts; a receiver
@@ -252,6 +255,8 @@ class OutLink:
                     self._queued -= 1
                     self._busy = 1
                 header, payload = frame.header, frame.payload
+                if header.kind == wire.Kind.DATA and payload is not None:
+                    header = dataclasses.replace(header, checksum=wire.checksum(payload))
                 wire.pack_header(header, self._header)
                 began = time.monotonic()
                 emulated = None

@@ -32,7 +32,7 @@ from netstorm.errors import NetstormError, PeerError, ProtocolError
 from netstorm.executor import Executor, Outgoing, SiteProgram, pick_path
 from netstorm.job import Job
 from netstorm.plan import Plan
-from netstorm.program import Message
+from netstorm.program import Message, StepKind
 from netstorm.registry import plan as make_plan
 from netstorm.registry import planner_info
 from netstorm.topology import load_topology
@@ -85,12 +85,18 @@ class _Collective:
         self.t_end = 0.0
 
     def slot(self, message: Message) -> np.ndarray:
-        """The arena region where ``message``'s payload lands."""
+        """Where ``message``'s payload lands: the result array itself for a mean this
+        worker keeps (no copy afterwards), else the message's arena region."""
         found = self.offsets.get(message)
         if found is None:
             raise ProtocolError(f"collective {self.seq}: unexpected message {message} "
                                 f"(plan version {self.version})")
         start, elems = found
+        result = self.executor.result
+        if result is not None:
+            step = self.prog.steps[self.prog.slot_step[self.prog.slot[message]]]
+            if step.kind is StepKind.BROADCAST and step.store:
+                return result[step.ref.offset:step.ref.offset + elems]
         return self.arena[start:start + elems]
 
 
@@ -457,8 +463,9 @@ class Site:
             if out.send is not None:
                 out = pick_path(out, self._depth)
             payload = memoryview(out.payload).cast("B")  # type: ignore[arg-type]
-            header = wire.data_header(out.message, payload, plan_version=coll.version,
-                                      seq=coll.seq, numel=coll.numel)
+            m = out.message  # the link's thread fills in the checksum, off this thread
+            header = wire.Header(wire.Kind.DATA, coll.version, coll.seq, coll.numel, m.shard,
+                                 m.chunk, m.phase, m.src, m.dst, payload.nbytes, 0)
             coll.pending += 1
             frame = self._link(out.path[1]).put(out.priority, header, payload, coll)
             send = out.send
