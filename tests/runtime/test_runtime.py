@@ -194,7 +194,7 @@ def test_a_wrong_secret_cannot_join() -> None:
     assert isinstance(box.get("error"), PeerError)  # nobody joined: a clear timeout
 
 
-@pytest.mark.parametrize("damage", ["checksum", "oversize"])
+@pytest.mark.parametrize("damage", ["checksum", "oversize", "version"])
 def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
     """A peer holding the secret sends a damaged frame: the receiving site names the cause,
     every site's all-reduce raises instead of hanging."""
@@ -211,6 +211,8 @@ def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
             header = wire.data_header(message, payload, plan_version=1, seq=0, numel=numel)
             if damage == "checksum":
                 header = dataclasses.replace(header, checksum=header.checksum ^ 1)
+            elif damage == "version":  # a frame of another plan version: never mixed in
+                header = dataclasses.replace(header, plan_version=7)
             else:
                 header = dataclasses.replace(header, length=2 << 30)
             conn.write(wire.pack_header(header))
@@ -222,7 +224,8 @@ def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
         return "no error"
 
     results = run_sites(view, "ps", body, timeout_s=10.0)
-    cause = "checksum mismatch" if damage == "checksum" else "over the limit"
+    cause = {"checksum": "checksum mismatch", "oversize": "over the limit",
+             "version": "frame of plan version 7"}[damage]
     assert any(cause in r for r in results.values()), results
     assert all(r != "no error" for r in results.values()), results
 
