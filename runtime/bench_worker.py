@@ -89,23 +89,17 @@ def _netstorm(spec: dict[str, Any], rank: int) -> dict[str, Any]:
         src = _data(rank, numel)
         x = src.copy()
         tick = np.zeros(1, dtype=np.float32)
-        warm: list[float] = []
-        for _ in range(int(spec["warmup"])):
+
+        def one() -> float:
             x[:] = src
-            site.allreduce(tick)
+            site.allreduce(tick)  # a barrier: every site starts the timed call together
             started = time.perf_counter()
             site.allreduce(x)
-            warm.append(time.perf_counter() - started)
-        times: list[float] = []
+            return time.perf_counter() - started
+
+        warm = [one() for _ in range(int(spec["warmup"]))]
         cpu0, wall0 = _cpu(), time.perf_counter()
-        busy = 0.0
-        for _ in range(int(spec["reps"])):
-            x[:] = src
-            site.allreduce(tick)
-            started = time.perf_counter()
-            site.allreduce(x)
-            times.append(time.perf_counter() - started)
-            busy += times[-1]
+        times = [one() for _ in range(int(spec["reps"]))]
         cpu_s, wall_s = _cpu() - cpu0, time.perf_counter() - wall0
         plan = site.plan
         stats = site.stats()
@@ -131,23 +125,19 @@ def _gloo(spec: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
         numel = int(spec["numel"])
         src = torch.from_numpy(_data(rank, numel))
         x = src.clone()
-        warm: list[float] = []
-        for _ in range(int(spec["warmup"])):
+
+        def one() -> float:
             x.copy_(src)
             dist.barrier()
             started = time.perf_counter()
             dist.all_reduce(x)
-            warm.append(time.perf_counter() - started)
-            x /= world
-        times: list[float] = []
+            took = time.perf_counter() - started
+            x.div_(world)  # gloo sums; the mean is not timed
+            return took
+
+        warm = [one() for _ in range(int(spec["warmup"]))]
         cpu0, wall0 = _cpu(), time.perf_counter()
-        for _ in range(int(spec["reps"])):
-            x.copy_(src)
-            dist.barrier()
-            started = time.perf_counter()
-            dist.all_reduce(x)
-            times.append(time.perf_counter() - started)
-            x /= world
+        times = [one() for _ in range(int(spec["reps"]))]
         cpu_s, wall_s = _cpu() - cpu0, time.perf_counter() - wall0
         finite = bool(torch.isfinite(x).all())
         error = _max_error(x.numpy(), range(world)) if rank == 0 else None
