@@ -9,10 +9,8 @@ held for the link's emulated delay) and local-ready events, and hands the sends 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import heapq
-import itertools
 import json
 import logging
 import queue
@@ -26,23 +24,24 @@ from typing import Any
 import numpy as np
 
 from netstorm.awareness import Policy
-from netstorm.compiler import compile
 from netstorm.dynamics import parse_dynamics
 from netstorm.errors import NetstormError, PeerError, ProtocolError
-from netstorm.executor import Executor, Outgoing, SiteProgram, pick_path
+from netstorm.executor import Outgoing, pick_path
 from netstorm.job import Job
 from netstorm.plan import Plan
-from netstorm.program import Message, StepKind
 from netstorm.registry import plan as make_plan
 from netstorm.registry import planner_info
 from netstorm.topology import load_topology
 from netstorm.view import NetworkView
 
 from . import wire
+from .collective import Collective, flat_float32
 from .config import RuntimeConfig
 from .control import Coordinator
 from .emulate import Shaper
-from .links import Connection, Frame, OutLink, accept, connect
+from .links import Connection, accept, connect
+from .sender import PROBE_AGE_S, PROBE_BYTES, Sender
+from .versions import Versions
 
 __all__ = ["Handle", "Site", "init"]
 
@@ -50,9 +49,6 @@ log = logging.getLogger("netstorm.runtime")
 
 #: Collectives a site may start ahead of the last one finished everywhere.
 WINDOW = 2
-#: A probe's size, and how long (topology seconds) a link may go unmeasured before one.
-PROBE_BYTES = 256 * 1024
-PROBE_AGE_S = 10.0
 
 
 def fingerprint(view: NetworkView) -> str:
@@ -64,46 +60,10 @@ def fingerprint(view: NetworkView) -> str:
     return h.hexdigest()[:16]
 
 
-class _Collective:
-    """One all-reduce at this site: its executor, arena and bookkeeping."""
-
-    def __init__(self, seq: int, numel: int, version: int, prog: SiteProgram,
-                 offsets: dict[Message, tuple[int, int]], arena: np.ndarray) -> None:
-        self.seq = seq
-        self.numel = numel
-        self.version = version
-        self.prog = prog
-        self.offsets = offsets
-        self.arena = arena
-        self.executor = Executor(prog, iteration=seq, data=True)
-        self.pending = 0  # sends queued on links, not yet written
-        self.started = False  # the local call has arrived (workers)
-        self.kicked = False  # the executor's start() has run (engine thread)
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.t_start = time.perf_counter()
-        self.t_end = 0.0
-
-    def slot(self, message: Message) -> np.ndarray:
-        """Where ``message``'s payload lands: the result array itself for a mean this
-        worker keeps (no copy afterwards), else the message's arena region."""
-        found = self.offsets.get(message)
-        if found is None:
-            raise ProtocolError(f"collective {self.seq}: unexpected message {message} "
-                                f"(plan version {self.version})")
-        start, elems = found
-        result = self.executor.result
-        if result is not None:
-            step = self.prog.steps[self.prog.slot_step[self.prog.slot[message]]]
-            if step.kind is StepKind.BROADCAST and step.store:
-                return result[step.ref.offset:step.ref.offset + elems]
-        return self.arena[start:start + elems]
-
-
 class Handle:
     """An outstanding :meth:`Site.allreduce_async`; :meth:`wait` for it."""
 
-    def __init__(self, site: Site, coll: _Collective) -> None:
+    def __init__(self, site: Site, coll: Collective) -> None:
         self._site = site
         self._coll = coll
 
@@ -137,28 +97,17 @@ class Site:
                              pace=config.emulate == "inprocess",
                              delay=config.emulate in ("inprocess", "netns"))
         self._lock = threading.RLock()
-        self._ready = threading.Condition(self._lock)
-        self._plans: dict[tuple[int, int], tuple[Plan, SiteProgram, dict, int]] = {}
-        self._plan_lock = threading.Lock()
-        self._sizes: set[int] = set()
-        self._views: dict[int, NetworkView] = {1: view}
-        self._switches: list[tuple[int, int]] = [(0, 1)]  # (from seq, version)
+        self.versions = Versions(view, self.rank, self._planner_call,
+                                 chunk_bytes=chunk_bytes, timeout=config.timeout_s)
+        self.sender = Sender(self.rank, view.sites, secret=config.secret,
+                             timeout=config.timeout_s, shaper=self.shaper,
+                             on_sent=self._sent, on_error=self._fail)
         self.switch_log: list[dict[str, Any]] = []
-        self._horizon = 0
-        self._colls: dict[int, _Collective] = {}
+        self._colls: dict[int, Collective] = {}
         self._arenas: dict[int, list[np.ndarray]] = {}  # size -> arenas free for reuse
         self._next_seq = 0
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._links: dict[int, OutLink] = {}
-        #: auxiliary first hop -> frames waiting on their primary that it may take over
-        self._movable: dict[int, list[tuple[float, int, Frame, int, Any]]] = {}
-        self._move_seq = itertools.count()
-        self._move_lock = threading.Lock()
-        self.diverted = 0  # frames a drained auxiliary link took over from their primary
-        self._probed: dict[int, float] = {}  # peer -> when the last probe went there
-        self._probe_payload = memoryview(bytearray(PROBE_BYTES))
         self._inbound: list[Connection] = []
-        self._addresses: list[tuple[str, int]] = []
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._shutdown = threading.Event()
@@ -266,36 +215,25 @@ class Site:
     def _on_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "table":
-            self._addresses = [(str(h), int(p)) for h, p in msg["addresses"]]
+            self.sender.addresses = [(str(h), int(p)) for h, p in msg["addresses"]]
             self._start = float(msg["start"])
-            with self._lock:
-                self._horizon = int(msg["horizon"])
+            self.versions.release(int(msg["horizon"]))
             self._table.set()
         elif kind == "horizon":
+            switch = msg.get("switch")
+            if switch is not None:
+                record = {k: switch[k] for k in (
+                    "version", "from_seq", "after_seq", "reason", "planning_s")}
+                self.switch_log.append(record)
+                self._write({"site": self.name, "switch": record})
+            self.versions.release(int(msg["horizon"]), switch)
+            done = int(msg["done"])
             with self._lock:
-                switch = msg.get("switch")
-                if switch is not None:
-                    version = int(switch["version"])
-                    conf = switch.get("confidence")
-                    self._views[version] = dataclasses.replace(
-                        self.view, capacity=np.array(switch["capacity"], dtype=float),
-                        confidence=None if conf is None else np.array(conf, dtype=float),
-                        _graph_cache={})
-                    self._switches.append((int(switch["from_seq"]), version))
-                    threading.Thread(target=self._prefetch, args=(version,), daemon=True,
-                                     name=f"{self.name}:plan-v{version}").start()
-                    record = {k: switch[k] for k in (
-                        "version", "from_seq", "after_seq", "reason", "planning_s")}
-                    self.switch_log.append(record)
-                    self._write({"site": self.name, "switch": record})
-                self._horizon = max(self._horizon, int(msg["horizon"]))
-                done = int(msg["done"])  # finished on every site: no message can still come
                 for seq in [s for s, c in self._colls.items() if s <= done and c.done.is_set()]:
                     # finished everywhere: no frame of it is queued or can still come, so
                     # its arena serves the next collective of its size
                     arena = self._colls.pop(seq).arena
                     self._arenas.setdefault(arena.size, []).append(arena)
-                self._ready.notify_all()
         elif kind == "shutdown":
             self._shutdown.set()
         elif kind == "abort":
@@ -312,7 +250,7 @@ class Site:
                 if coll.error is None:
                     coll.error = exc
                 coll.done.set()
-            self._ready.notify_all()
+        self.versions.fail(exc)
         if first and tell and hasattr(self, "_control"):
             try:
                 self._control.send_control({"type": "error", "reason": str(exc)})
@@ -327,65 +265,20 @@ class Site:
         return make_plan(view, job, self.info.func, seed=self.seed, state=state,
                          **self.options)
 
-    def _version(self, seq: int) -> int:
-        """The plan version of collective ``seq``; waits until the coordinator released it."""
-        deadline = time.monotonic() + self.config.timeout_s
-        with self._lock:
-            while seq >= self._horizon and self._error is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PeerError(f"site {self.name}: collective {seq} not released by the "
-                                    f"coordinator within {self.config.timeout_s:g} s")
-                self._ready.wait(left)
-            if self._error is not None:
-                raise self._error
-            return max(v for start, v in self._switches if start <= seq)
-
-    def _program(self, version: int, numel: int) -> tuple[Plan, SiteProgram, dict, int]:
-        """Plan version ``version`` for ``numel`` elements, compiled and indexed (cached).
-
-        Planning can take a second: it holds only the planning lock, never the site's, so
-        transfers and control messages go on meanwhile."""
-        key = (version, numel)
-        with self._plan_lock:
-            found = self._plans.get(key)
-            if found is None:
-                job = Job(buckets=numel * 4, chunk_bytes=self.chunk_bytes)
-                view = self._views[version]
-                p = dataclasses.replace(self._planner_call(view, job), version=version)
-                prog = SiteProgram(compile(p, job, self.view.workers, view=view)[self.rank])
-                offsets, at = {}, 0
-                for m, k in prog.slot.items():
-                    elems = prog.steps[prog.slot_step[k]].ref.elems
-                    offsets[m] = (at, elems)
-                    at += elems
-                found = self._plans[key] = (p, prog, offsets, at)
-                self._sizes.add(numel)
-            return found
-
-    def _prefetch(self, version: int) -> None:
-        """Plan a new version for every size seen, before its first collective needs it."""
-        try:
-            for numel in sorted(self._sizes):
-                self._program(version, numel)
-        except BaseException as exc:
-            log.debug("site %s: planning version %d failed: %s", self.name, version, exc)
-
-    def _collective(self, seq: int, numel: int) -> _Collective:
+    def _collective(self, seq: int, numel: int) -> Collective:
         """Collective ``seq``, made on first sight (a local call or a peer's first frame)."""
         with self._lock:
             coll = self._colls.get(seq)
-            if coll is None:
-                version = self._version(seq)
         if coll is None:
-            _, prog, offsets, size = self._program(version, numel)
+            version = self.versions.version(seq)
+            made = self.versions.compiled(version, numel)
             with self._lock:
                 coll = self._colls.get(seq)  # another thread may have made it meanwhile
                 if coll is None:
-                    pool = self._arenas.get(size)
-                    arena = pool.pop() if pool else np.empty(size, dtype=np.float32)
-                    coll = self._colls[seq] = _Collective(seq, numel, version, prog, offsets,
-                                                          arena)
+                    pool = self._arenas.get(made.arena)
+                    arena = pool.pop() if pool else np.empty(made.arena, dtype=np.float32)
+                    coll = self._colls[seq] = Collective(seq, numel, version, made.program,
+                                                          made.offsets, arena)
         if coll.numel != numel:
             raise ProtocolError(f"collective {seq}: this site has {coll.numel} elements, "
                                 f"a peer {numel} (every site must all-reduce the same "
@@ -398,29 +291,10 @@ class Site:
         return self._last_plan
 
     # -- data plane -------------------------------------------------------------------------
-    def _depth(self, peer: int) -> int:
-        link = self._links.get(peer)
-        return 0 if link is None else link.depth()
-
-    def _link(self, peer: int) -> OutLink:
-        link = self._links.get(peer)
-        if link is None:
-            cfg = self.config
-            conn = connect(self._addresses[peer], rank=self.rank, secret=cfg.secret,
-                           timeout=cfg.timeout_s, name=f"site {self.view.sites[peer]}")
-            if conn.peer != peer:
-                conn.close()
-                raise PeerError(f"site {self.view.sites[peer]}: rank {conn.peer} answered "
-                                f"at its address")
-            conn.send_control({"type": "data"})
-            link = self._links[peer] = OutLink(conn, self.shaper, self._sent, self._fail,
-                                               self._drained)
-        return link
-
     def _read_data(self, conn: Connection) -> None:
         cfg = self.config
         src = conn.peer
-        probe = memoryview(bytearray(PROBE_BYTES))
+        probe = memoryview(bytearray(PROBE_BYTES))  # probes land here and are dropped
         try:
             while not self._stop.is_set():
                 header = conn.read_header(max_length=cfg.max_frame)
@@ -453,52 +327,26 @@ class Site:
             if not self._stop.is_set():
                 self._fail(exc)
 
-    def _sent(self, coll: _Collective | None) -> None:
+    def _sent(self, coll: Collective | None) -> None:
         if coll is not None:  # None: a probe
             self._events.put((0.0, "sent", coll))
 
-    def _dispatch(self, coll: _Collective, outs: tuple[Outgoing, ...]) -> None:
+    def _dispatch(self, coll: Collective, outs: tuple[Outgoing, ...]) -> None:
         for out in outs:
             assert out.payload is not None
-            if out.send is not None:
-                out = pick_path(out, self._depth)
+            send = out.send
+            if send is not None:
+                out = pick_path(out, self.sender.depth)
             payload = memoryview(out.payload).cast("B")  # type: ignore[arg-type]
             m = out.message  # the link's thread fills in the checksum, off this thread
             header = wire.Header(wire.Kind.DATA, coll.version, coll.seq, coll.numel, m.shard,
                                  m.chunk, m.phase, m.src, m.dst, payload.nbytes, 0)
             coll.pending += 1
-            frame = self._link(out.path[1]).put(out.priority, header, payload, coll)
-            send = out.send
-            if send is not None and out.path == send.paths[0]:
-                with self._move_lock:  # auxiliary first hops that drain may take it over
-                    for path in send.paths[1:]:
-                        self._link(path[1])  # connect now: the mover must not block
-                        heapq.heappush(self._movable.setdefault(path[1], []),
-                                       (out.priority, next(self._move_seq), frame,
-                                        out.path[1], send.rule))
-
-    def _drained(self, peer: int) -> None:
-        """Link ``site -> peer`` drained: take over the first frame waiting for its primary
-        that the route rule diverts here (:meth:`netstorm.QueueRule.divert`), as the
-        simulator's links do."""
-        with self._move_lock:
-            waiting = self._movable.get(peer)
-            keep = []
-            while waiting:
-                entry = heapq.heappop(waiting)
-                frame, primary, rule = entry[2], self._links[entry[3]], entry[4]
-                if not frame.queued:
-                    continue  # started on its primary, or moved already
-                if not rule.divert(primary.depth(), self._links[peer].depth()):
-                    keep.append(entry)
-                    continue
-                if primary.take(frame):
-                    self._links[peer].put(frame.priority, frame.header, frame.payload,
-                                          frame.token)
-                    self.diverted += 1
-                    break
-            for entry in keep:
-                heapq.heappush(waiting, entry)  # type: ignore[arg-type]
+            if send is not None and out.path == send.paths[0]:  # may move while it waits
+                self.sender.put(out.path[1], out.priority, header, payload, coll,
+                                rule=send.rule, auxiliary=tuple(p[1] for p in send.paths[1:]))
+            else:
+                self.sender.put(out.path[1], out.priority, header, payload, coll)
 
     def _engine(self) -> None:
         held: list[tuple[float, int, tuple[Any, ...]]] = []
@@ -542,17 +390,14 @@ class Site:
             coll.pending -= 1
         self._maybe_done(coll)
 
-    def _maybe_done(self, coll: _Collective) -> None:
+    def _maybe_done(self, coll: Collective) -> None:
         if coll.done.is_set() or not coll.executor.done or coll.pending:
             return
         if self.is_worker and not coll.started:
             return
         coll.t_end = time.perf_counter()
+        links = self.sender.measurements(self.config.time_scale)
         with self._lock:
-            scale = self.config.time_scale  # report in the topology's time, not scaled
-            links: list[tuple[int, int, float, float]] = [
-                (self.rank, peer, b, sec * scale) for peer, link in self._links.items()
-                for b, sec in [link.take_measurement()] if b > 0]
             row = {"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
                    "plan_version": coll.version, "numel": coll.numel}
             self.stats_rows.append(row)
@@ -566,25 +411,12 @@ class Site:
                                     "links": links})
         self._probe(coll)
 
-    def _probe(self, coll: _Collective) -> None:
-        """Queue a probe on every link out of this site that no collective measured for
-        ``PROBE_AGE_S`` (DESIGN 7): so a link the plan avoids is seen when it gets better.
-        Probes go last in their link's queue and are measured like any frame."""
+    def _probe(self, coll: Collective) -> None:
         if self.config.emulate == "none" and self.config.master_addr in ("127.0.0.1",
                                                                          "localhost"):
             return  # loopback without emulation: every link is the same memory copy
-        now = time.monotonic()
-        age = PROBE_AGE_S / self.config.time_scale
-        for peer in np.nonzero(self.view.capacity[self.rank] > 0)[0].tolist():
-            link = self._links.get(peer)
-            last = -np.inf if link is None else link.last_sent
-            if now - max(last, self._probed.get(peer, -np.inf)) > age:
-                self._probed[peer] = now
-                header = wire.Header(kind=wire.Kind.PROBE, plan_version=coll.version,
-                                     seq=coll.seq, numel=0, shard=0, chunk=0, phase=0,
-                                     src=self.rank, dst=peer, length=PROBE_BYTES,
-                                     checksum=0)
-                self._link(peer).put(np.inf, header, self._probe_payload, None)
+        self.sender.probe(self.view.capacity[self.rank], PROBE_AGE_S / self.config.time_scale,
+                          coll.version, coll.seq)
 
     # -- public -----------------------------------------------------------------------------
     def allreduce_async(self, array: Any) -> Handle:
@@ -593,12 +425,12 @@ class Site:
         worker."""
         if not self.is_worker:
             raise NetstormError(f"site {self.name} is relay-only: it has no gradient")
-        flat = _flat_float32(array)
+        flat = flat_float32(array)
         seq = self._next_seq
         self._next_seq += 1
         coll = self._collective(seq, flat.size)
         with self._lock:
-            self._last_plan = self._plans[(coll.version, coll.numel)][0]
+            self._last_plan = self.versions.compiled(coll.version, coll.numel).plan
             coll.executor.gradient = coll.executor.result = flat
             coll.started = True
             coll.t_start = time.perf_counter()
@@ -618,7 +450,7 @@ class Site:
         """
         self.allreduce_async(array).wait()
 
-    def _wait(self, coll: _Collective, timeout: float | None) -> None:
+    def _wait(self, coll: Collective, timeout: float | None) -> None:
         limit = self.config.timeout_s if timeout is None else timeout
         if not coll.done.wait(limit):
             missing = sorted({m.src for m in coll.prog.slot
@@ -638,13 +470,11 @@ class Site:
 
     def stats(self) -> dict[str, Any]:
         """Per-collective times and plan versions, plan switches, bytes sent per link."""
-        names = self.view.sites
         with self._lock:
             return {"site": self.name, "rank": self.rank,
                     "collectives": list(self.stats_rows),
-                    "switches": list(self.switch_log), "diverted": self.diverted,
-                    "bytes_sent": {f"{self.name}->{names[p]}": link.bytes_sent
-                                   for p, link in sorted(self._links.items())}}
+                    "switches": list(self.switch_log), "diverted": self.sender.diverted,
+                    "bytes_sent": self.sender.bytes_sent()}
 
     def serve(self) -> None:
         """Relay until the workers are done (what :func:`init` does on a relay-only rank)."""
@@ -667,9 +497,7 @@ class Site:
     def _stop_threads(self) -> None:
         self._stop.set()
         self._events.put((0.0, "stop", None))
-        for link in list(self._links.values()):
-            link.close()
-            link.conn.close()
+        self.sender.close()
         for conn in list(self._inbound):
             conn.close()
         if hasattr(self, "_control"):
@@ -688,31 +516,6 @@ class Site:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _flat_float32(array: Any) -> np.ndarray:
-    """A flat float32 numpy view of ``array`` sharing its memory (torch CPU tensors too)."""
-    if not isinstance(array, np.ndarray):
-        try:
-            import torch
-        except ImportError:
-            torch = None  # type: ignore[assignment]
-        if torch is not None and isinstance(array, torch.Tensor):
-            if array.device.type != "cpu":
-                raise TypeError(f"allreduce: a {array.device} tensor; netstorm.runtime "
-                                f"all-reduces CPU tensors (copy it to the CPU first)")
-            if not array.is_contiguous():
-                raise TypeError("allreduce: the tensor is not contiguous")
-            array = array.detach().numpy()
-        else:
-            raise TypeError(f"allreduce: expected a numpy array or CPU torch tensor, got "
-                            f"{type(array).__name__}")
-    if array.dtype != np.float32:
-        raise TypeError(f"allreduce: expected float32, got {array.dtype} (convert with "
-                        f"astype(np.float32) and copy back)")
-    if not array.flags.c_contiguous or not array.flags.writeable:
-        raise TypeError("allreduce: the array must be C-contiguous and writeable")
-    return array.reshape(-1)
 
 
 def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *,

@@ -54,7 +54,7 @@ def test_the_first_failing_site_stops_the_others_and_sets_the_status(tmp_path: P
     done = run("--topology", "random:3:1", "--", sys.executable, "-c", script)
     assert done.returncode == 3
     assert time.monotonic() - started < 30  # the sleepers were stopped, not waited for
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert marker not in ps  # no child left behind
 
 

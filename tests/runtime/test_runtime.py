@@ -203,7 +203,7 @@ def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
 
     def body(site: Site) -> str:
         if site.rank == 1:
-            conn = connect(site._addresses[0], rank=1, secret=SECRET, timeout=5,
+            conn = connect(site.sender.addresses[0], rank=1, secret=SECRET, timeout=5,
                            name="forger")
             conn.send_control({"type": "data"})
             message, elems = site_message(site, numel)
