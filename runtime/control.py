@@ -8,8 +8,8 @@ a plan or a measurement. (torch's ``TCPStore`` has no authentication; we do not 
 Messages (JSON control frames):
 
 - site -> coordinator: ``join`` (rank, data address, topology fingerprint), ``report`` (a
-  collective is done here: seq, bytes and busy seconds per incoming link), ``bye``,
-  ``error``;
+  collective is done here: seq, bytes and busy seconds per link it sent on, and per link it
+  received on when the links are not emulated in-process), ``bye``, ``error``;
 - coordinator -> site: ``table`` (every site's data address, the start time), ``horizon``
   (collectives below it may start, with any plan switch that takes effect from a given
   seq), ``shutdown``, ``abort``.
@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from netstorm.awareness import BandwidthEstimator, Policy
 from netstorm.controller import Controller
@@ -71,6 +73,8 @@ class Coordinator:
         self.conns: dict[int, Connection] = {}
         self.addresses: dict[int, list[Any]] = {}
         self.reports: dict[int, int] = {}
+        #: per link, the lowest rate its sender / its receiver timed since the last boundary
+        self._rates: dict[tuple[int, int], list[float]] = {}
         self.horizon = window
         self.byes: set[int] = set()
         self.estimator = BandwidthEstimator(view, clock=time.monotonic) if aware else None
@@ -146,16 +150,16 @@ class Coordinator:
     def _report(self, rank: int, msg: dict[str, Any]) -> None:
         seq = int(msg["seq"])
         with self._lock:
-            if self.estimator is not None:
-                now = time.monotonic()
-                for src, dst, nbytes, seconds in msg.get("links", ()):
+            for side, key in ((0, "links"), (1, "received")):
+                for src, dst, nbytes, seconds in msg.get(key, ()):
                     if nbytes > 0 and seconds > 0:
-                        self.estimator.observe(int(src), int(dst), float(nbytes),
-                                               float(seconds), now)
+                        seen = self._rates.setdefault((int(src), int(dst)), [np.inf, np.inf])
+                        seen[side] = min(seen[side], float(nbytes) / float(seconds))
             self.reports[seq] = self.reports.get(seq, 0) + 1
             if self.reports[seq] < self.n:
                 return
             del self.reports[seq]
+            self._observe()
             out: dict[str, Any] = {"type": "horizon", "done": seq}
             switch = self._boundary(seq, int(msg["numel"]))
             if switch is not None:
@@ -163,6 +167,23 @@ class Coordinator:
             self.horizon = max(self.horizon, seq + 1 + self.window)
             out["horizon"] = self.horizon
         self._broadcast(out)
+
+    def _observe(self) -> None:
+        """Feed the estimator one rate per link: the lower of what its sender and its
+        receiver timed since the last collective finished everywhere.
+
+        Both overstate a link: a sender's write returns once the bytes are in the socket
+        buffer (or a qdisc), a receiver that reads a header late times the rest too short.
+        An emulated link is timed by its sender on the link's own clock, exactly, and its
+        receiver does not report."""
+        rates, self._rates = self._rates, {}
+        if self.estimator is None:
+            return
+        now = time.monotonic()
+        for (src, dst), both in rates.items():
+            rate = min(both)
+            if np.isfinite(rate):
+                self.estimator.observe(src, dst, rate, 1.0, now)
 
     def _boundary(self, seq: int, numel: int) -> dict[str, Any] | None:
         """Collective ``seq`` is done everywhere: let the controller decide."""

@@ -194,8 +194,9 @@ def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> 
                                                           "plan_version": rec["plan_version"]})
                     row["time_s"] = max(row["time_s"], rec["time_s"])
             for link in rec.get("links", ()):
-                edge = f"{link['src']}->{link['dst']}"
-                links[edge] = links.get(edge, 0.0) + link["bytes"]
+                if link.get("timed_by", "sender") == "sender":  # count each byte once
+                    edge = f"{link['src']}->{link['dst']}"
+                    links[edge] = links.get(edge, 0.0) + link["bytes"]
             accuracy = rec.get("accuracy", accuracy)
     chosen = rows["iteration"] or rows["collective"]
     return {"planner": planner, "iterations": [chosen[i] for i in sorted(chosen)],

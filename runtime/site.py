@@ -104,6 +104,7 @@ class Site:
                              on_sent=self._sent, on_error=self._fail)
         self.switch_log: list[dict[str, Any]] = []
         self._colls: dict[int, Collective] = {}
+        self._received: dict[int, list[float]] = {}  # src -> [bytes, busy s] (unpaced links)
         self._arenas: dict[int, list[np.ndarray]] = {}  # size -> arenas free for reuse
         self._next_seq = 0
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -294,6 +295,7 @@ class Site:
     def _read_data(self, conn: Connection) -> None:
         cfg = self.config
         src = conn.peer
+        last = 0.0  # when the previous frame from src ended (busy spells do not overlap)
         probe = memoryview(bytearray(PROBE_BYTES))  # probes land here and are dropped
         try:
             while not self._stop.is_set():
@@ -319,7 +321,15 @@ class Site:
                 if len(view) != header.length:
                     raise ProtocolError(f"{conn.name}: message {header.message} of "
                                         f"{header.length} bytes, expected {len(view)}")
+                first = time.monotonic()
                 conn.read_into(view)
+                end = time.monotonic()
+                if not self.shaper.pace:  # time the link here too (see Coordinator._observe)
+                    with self._lock:
+                        seen = self._received.setdefault(src, [0.0, 0.0])
+                        seen[0] += header.length
+                        seen[1] += end - max(first, last)
+                last = end
                 wire.verify(header, view)
                 self._events.put((time.monotonic() + self.shaper.delay(src), "arrive", coll,
                                   header.message, payload))
@@ -396,19 +406,25 @@ class Site:
         if self.is_worker and not coll.started:
             return
         coll.t_end = time.perf_counter()
-        links = self.sender.measurements(self.config.time_scale)
+        scale = self.config.time_scale  # reports are in the topology's time
+        links = self.sender.measurements(scale)
         with self._lock:
+            received = [(src, self.rank, b, sec * scale)
+                        for src, (b, sec) in self._received.items() if b > 0]
+            self._received.clear()
             row = {"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
                    "plan_version": coll.version, "numel": coll.numel}
             self.stats_rows.append(row)
         names = self.view.sites
         self._write({"site": self.name, "collective": coll.seq, **row, "links": [
-            {"src": self.name, "dst": names[dst], "bytes": b, "busy_s": sec,
-             "rate_Bps": b / sec if sec > 0 else None} for _, dst, b, sec in links]})
+            {"src": names[src], "dst": names[dst], "bytes": b, "busy_s": sec,
+             "rate_Bps": b / sec if sec > 0 else None, "timed_by": by}
+            for by, rows in (("sender", links), ("receiver", received))
+            for src, dst, b, sec in rows]})
         # (busy_s and rate_Bps in the topology's time: wall seconds times the time scale)
         coll.done.set()
         self._control.send_control({"type": "report", "seq": coll.seq, "numel": coll.numel,
-                                    "links": links})
+                                    "links": links, "received": received})
         self._probe(coll)
 
     def _probe(self, coll: Collective) -> None:
