@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from netstorm.errors import NetstormError
@@ -139,21 +139,22 @@ class RuntimeConfig:
             master if rank == 0 or _loopback(master) else "0.0.0.0")
         advertise = env.get("NETSTORM_ADVERTISE") or (
             socket.gethostname() if bind == "0.0.0.0" else bind)
-        values: dict[str, object] = {
-            "rank": rank,
-            "world_size": _int(env, "WORLD_SIZE"),
-            "master_addr": master,
-            "master_port": _coordinator_port(env),
-            "bind": bind, "advertise": advertise,
-            "port": _int(env, "NETSTORM_PORT", 0),
-            "timeout_s": _float(env, "NETSTORM_TIMEOUT", 60.0),
-            "emulate": env.get("NETSTORM_EMULATE") or "inprocess",
-            "time_scale": _float(env, "NETSTORM_TIME_SCALE", 1.0),
-            "dynamics": env.get("NETSTORM_DYNAMICS") or None,
-            "max_frame": _int(env, "NETSTORM_MAX_FRAME", 1 << 30),
-            "log": env.get("NETSTORM_LOG") or None,
+        readers: dict[str, Callable[[], object]] = {
+            "world_size": lambda: _int(env, "WORLD_SIZE"),
+            "master_port": lambda: _coordinator_port(env),
+            "port": lambda: _int(env, "NETSTORM_PORT", 0),
+            "timeout_s": lambda: _float(env, "NETSTORM_TIMEOUT", 60.0),
+            "emulate": lambda: env.get("NETSTORM_EMULATE") or "inprocess",
+            "time_scale": lambda: _float(env, "NETSTORM_TIME_SCALE", 1.0),
+            "dynamics": lambda: env.get("NETSTORM_DYNAMICS") or None,
+            "max_frame": lambda: _int(env, "NETSTORM_MAX_FRAME", 1 << 30),
+            "log": lambda: env.get("NETSTORM_LOG") or None,
+            "secret": lambda: load_secret(env),
         }
-        values.update(given)
-        if "secret" not in values:
-            values["secret"] = load_secret(env)
+        values: dict[str, object] = {"rank": rank, "master_addr": master, "bind": bind,
+                                     "advertise": advertise}
+        values.update(given)  # an override is not read from the environment at all
+        for key, read in readers.items():
+            if key not in values:
+                values[key] = read()
         return cls(**values)  # type: ignore[arg-type]

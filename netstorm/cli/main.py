@@ -248,6 +248,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    import os
+
+    from netstorm.runtime import launch, measure
+
+    if os.environ.get("RANK") is not None:  # one rank of a run on several hosts
+        return measure.main(["--out", args.out, "--seconds", str(args.seconds)])
+    if not args.topology:
+        raise ValueError("netstorm measure: run it on every host with RANK, WORLD_SIZE, "
+                         "MASTER_ADDR, MASTER_PORT and NETSTORM_SECRET set, or give "
+                         "--topology T to measure T emulated on this machine")
+    script = [sys.executable, "-m", "netstorm.runtime.measure", "--out", args.out,
+              "--seconds", str(args.seconds), "--emulate-topology", args.topology]
+    run = argparse.Namespace(topology=args.topology, planner="ring", policy=None,
+                             emulate="inprocess", dynamics=None, time_scale=args.time_scale,
+                             iterations=1, mbytes=1.0, timeout=120.0, log_dir=None,
+                             json=args.json, script=script)
+    status, _ = launch.run(run)
+    if status:
+        return status
+    truth, got = load_topology(args.topology), load_topology(args.out)
+    rows = [[truth.sites[u], truth.sites[v], truth.capacity[u, v] * 8 / 1e6,
+             got.capacity[u, v] * 8 / 1e6] for u, v in truth.links]
+    if args.json:
+        _emit({"topology_file": args.out, "links": [
+            {"src": a, "dst": b, "configured_mbit_s": c, "measured_mbit_s": m}
+            for a, b, c, m in rows]})
+    else:
+        print(_table(["src", "dst", "configured Mbit/s", "measured Mbit/s"], rows))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="netstorm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -301,6 +334,16 @@ def _parser() -> argparse.ArgumentParser:
 
     run_arguments(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("measure", help="time every ordered pair of sites and write a "
+                                       "topology file (on every host, or emulated here)")
+    p.add_argument("--out", required=True, metavar="FILE.yaml")
+    p.add_argument("--seconds", type=float, default=3.0, help="streaming time in all")
+    p.add_argument("--topology", "-t", default=None,
+                   help="measure this topology emulated on this machine (a check)")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="K")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_measure)
 
     p = sub.add_parser("bench", help="benchmark figures (not pass/fail)")
     p.add_argument("what", nargs="?", default="bound",

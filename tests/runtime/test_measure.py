@@ -1,0 +1,98 @@
+"""``netstorm measure``: every ordered pair timed, a topology file written."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from netstorm import NetworkView
+from netstorm.runtime.measure import measure, write_topology
+from netstorm.topology import load_topology
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def emulated() -> NetworkView:
+    mbit = 1e6 / 8
+    cap = np.array([[0, 80, 40], [120, 0, 60], [40, 200, 0]], dtype=float) * mbit
+    return NetworkView(sites=("a", "b", "c"), capacity=cap, name="three")
+
+
+def run_measure(view: NetworkView, **kw: Any) -> dict[int, NetworkView]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out: dict[int, Any] = {}
+
+    def one(rank: int) -> None:
+        try:
+            out[rank] = measure(1.5, rank=rank, world_size=view.n, master_addr="127.0.0.1",
+                                master_port=port, secret=b"measure-test", bind="127.0.0.1",
+                                advertise="127.0.0.1", timeout_s=30.0, **kw)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            out[rank] = exc
+
+    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in range(view.n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "a site hung"
+    for r in out.values():
+        if isinstance(r, BaseException):
+            raise r
+    return out
+
+
+def test_an_emulated_topology_is_measured_back(tmp_path: Path) -> None:
+    view = emulated()
+    views = run_measure(view, emulate=view)
+    first = views[0]
+    for v in views.values():  # every rank returns the same matrix
+        assert np.array_equal(v.capacity, first.capacity)
+    links = view.capacity > 0
+    ratio = first.capacity[links] / view.capacity[links]
+    assert np.all(np.abs(ratio - 1) < 0.1), ratio
+    path = tmp_path / "measured.yaml"
+    write_topology(first, path)
+    back = load_topology(path)
+    assert back.sites == view.sites
+    np.testing.assert_allclose(back.capacity, first.capacity, rtol=1e-4)
+
+
+def test_loopback_is_measured_with_round_trips() -> None:
+    view = NetworkView(sites=("x", "y"), capacity=np.array([[0, 1.0], [1.0, 0]]))
+    views = run_measure(view)  # the real (loopback) network, unshaped
+    got = views[0]
+    assert got.sites == ("site0", "site1")
+    assert np.all(got.capacity[~np.eye(2, dtype=bool)] > 10e6)  # loopback: > 10 MB/s
+    assert np.all(got.latency[~np.eye(2, dtype=bool)] > 0)
+
+
+def test_the_cli_measures_an_emulated_topology(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    topo = tmp_path / "two.yaml"
+    topo.write_text("units: {bandwidth: Mbit/s}\nsites: [{name: a}, {name: b}]\n"
+                    "links: [{src: a, dst: b, bandwidth: 50}, {src: b, dst: a, bandwidth: 90}]\n")
+    out = tmp_path / "measured.yaml"
+    done = subprocess.run([sys.executable, "-m", "netstorm", "measure", "--topology", str(topo),
+                           "--out", str(out), "--seconds", "1", "--json"],
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    for link in doc["links"]:
+        assert abs(link["measured_mbit_s"] / link["configured_mbit_s"] - 1) < 0.1, link
+    assert load_topology(out).n == 2
+    bad = subprocess.run([sys.executable, "-m", "netstorm", "measure", "--out", str(out)],
+                         capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in __import__("os").environ.items()
+                              if k != "RANK"})
+    assert bad.returncode == 2 and "every host" in bad.stderr
