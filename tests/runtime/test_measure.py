@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from netstorm.runtime.measure import measure, write_topology
 
 from netstorm import NetworkView
-from netstorm.runtime.measure import measure, write_topology
 from netstorm.topology import load_topology
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,7 +34,7 @@ def run_measure(view: NetworkView, **kw: Any) -> dict[int, NetworkView]:
             out[rank] = measure(1.5, rank=rank, world_size=view.n, master_addr="127.0.0.1",
                                 master_port=port, secret=b"measure-test", bind="127.0.0.1",
                                 advertise="127.0.0.1", timeout_s=30.0, **kw)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             out[rank] = exc
 
     threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in range(view.n)]
