@@ -77,6 +77,16 @@ class SiteProgram:
         self.waits = [len(st.waits) + st.add_local for st in steps]
         self.local = [g for g, st in enumerate(steps) if st.add_local]
         self.initial = [g for g, count in enumerate(self.waits) if count == 0]
+        #: where each partial sum this site sends on (a reduce or root step that keeps
+        #: nothing) goes in a scratch buffer of ``scratch_elems`` elements, else -1
+        self.scratch_at: list[int] = []
+        self.scratch_elems = 0
+        for st in steps:
+            if st.kind in (StepKind.REDUCE, StepKind.ROOT) and not st.store:
+                self.scratch_at.append(self.scratch_elems)
+                self.scratch_elems += st.ref.elems
+            else:
+                self.scratch_at.append(-1)
         self.mandatory = sum(not st.optional for st in steps)
         #: the rest of the path from this site, for a relay's forward steps (else None)
         self.relay_path = [st.sends[0].paths[0] if st.kind is StepKind.FORWARD else None
@@ -119,6 +129,10 @@ class Executor:
         Payload mode: messages carry data and steps compute. Default: whether ``gradient``
         or ``result`` is given; a relay-only site passes ``data=True`` without buffers.
         Timing mode (``False``) moves no data at all.
+    scratch
+        A float32 buffer of at least ``SiteProgram.scratch_elems`` elements for the partial
+        sums this site sends on (each step has its own region, so no send's payload is
+        overwritten while it waits on a link); without it each is a new array.
 
     Notes
     -----
@@ -132,11 +146,11 @@ class Executor:
     """
 
     __slots__ = ("_got", "_inbox", "_local", "_pending", "data", "gradient", "iteration",
-                 "prog", "remaining", "result", "site", "version")
+                 "prog", "remaining", "result", "scratch", "site", "version")
 
     def __init__(self, program: SiteProgram | NodeProgram, *, iteration: int = 0,
                  gradient: np.ndarray | None = None, result: np.ndarray | None = None,
-                 data: bool | None = None) -> None:
+                 data: bool | None = None, scratch: np.ndarray | None = None) -> None:
         prog = program if isinstance(program, SiteProgram) else SiteProgram(program)
         self.data = (gradient is not None or result is not None) if data is None else data
         if not self.data and (gradient is not None or result is not None):
@@ -147,6 +161,10 @@ class Executor:
         self.iteration = iteration
         self.gradient = gradient
         self.result = result
+        if scratch is not None and scratch.size < prog.scratch_elems:
+            raise ValueError(f"scratch of {scratch.size} elements, the program needs "
+                             f"{prog.scratch_elems}")
+        self.scratch = scratch
         self._pending = list(prog.waits)
         #: steps that must still fire before the site is done (read-only)
         self.remaining = prog.mandatory
@@ -273,8 +291,13 @@ class Executor:
         parts = [x for x in inputs if x is not None]
         if step.add_local:
             parts.append(self.gradient[chunk])  # type: ignore[index]
-        out = (self.result[chunk] if step.store  # type: ignore[index]
-               else np.empty(ref.elems, parts[0].dtype))
+        if step.store:
+            out = self.result[chunk]  # type: ignore[index]
+        elif self.scratch is not None:
+            at = self.prog.scratch_at[g]
+            out = self.scratch[at:at + ref.elems]
+        else:
+            out = np.empty(ref.elems, parts[0].dtype)
         return _reduce()(out, parts, step.scale)
 
 

@@ -26,7 +26,8 @@ class Collective:
         self.prog = prog
         self.offsets = offsets
         self.arena = arena
-        self.executor = Executor(prog, iteration=seq, data=True)
+        self.executor = Executor(prog, iteration=seq, data=True,
+                                 scratch=arena[arena.size - prog.scratch_elems:])
         self.pending = 0  # sends queued on links, not yet written
         self.started = False  # the local call has arrived (workers)
         self.kicked = False  # the executor's start() has run (engine thread)

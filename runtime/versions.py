@@ -32,7 +32,7 @@ class Compiled(NamedTuple):
     program: SiteProgram
     #: where each awaited message lands in the collective's arena: (offset, elements)
     offsets: dict[Message, tuple[int, int]]
-    #: the arena's size, elements
+    #: the arena's size, elements: the awaited messages, then the executor's scratch
     arena: int
 
 
@@ -137,7 +137,9 @@ class Versions:
                     elems = prog.steps[prog.slot_step[k]].ref.elems
                     offsets[m] = (at, elems)
                     at += elems
-                found = self._plans[key] = Compiled(plan, prog, offsets, at)
+                # the arena: every awaited message, then the partial sums sent on
+                found = self._plans[key] = Compiled(plan, prog, offsets,
+                                                    at + prog.scratch_elems)
                 self._sizes.add(numel)
             return found
 
