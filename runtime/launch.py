@@ -100,10 +100,24 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if args.time_scale <= 0 or args.iterations < 1 or args.mbytes <= 0:
         raise ValueError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
     command = script or [sys.executable, "-m", "netstorm.runtime.demo"]
-    logs = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="netstorm-"))
-    logs.mkdir(parents=True, exist_ok=True)
-    for name in view.sites:
-        (logs / f"{name}.jsonl").unlink(missing_ok=True)
+    if args.emulate == "netns":
+        check_available()
+    with contextlib.ExitStack() as keep:
+        if args.log_dir:
+            logs = Path(args.log_dir)
+            logs.mkdir(parents=True, exist_ok=True)
+        else:  # the summary is all that is kept: the logs go with the run
+            logs = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="netstorm-")))
+        for name in view.sites:
+            (logs / f"{name}.jsonl").unlink(missing_ok=True)
+        status, doc = _launch(args, view, command, logs)
+        if not args.log_dir:
+            doc["log_dir"] = None
+        return status, doc
+
+
+def _launch(args: argparse.Namespace, view: Any, command: list[str],
+            logs: Path) -> tuple[int, dict[str, Any]]:
     threads = str(max(1, (os.cpu_count() or 1) // view.n))
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                 WORLD_SIZE=str(view.n), NETSTORM_SECRET=secrets.token_hex(32),
@@ -119,7 +133,6 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     out = sys.stderr if args.json else sys.stdout
     dynamics = None
     if args.emulate == "netns":
-        check_available()
         dynamics = parse_dynamics(args.dynamics)
         if dynamics is not None:
             dynamics.validate(view)

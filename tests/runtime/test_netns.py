@@ -216,7 +216,8 @@ def test_a_killed_launcher_leaves_resources_the_next_start_removes(tmp_path: Pat
     marker = f"netstorm-netns-test-{time.time_ns()}"
     script = f"import time; tag = '{marker}'; time.sleep(120)"
     launcher = subprocess.Popen([*NETSTORM, "run", "--topology", "random:3:1", "--emulate",
-                                 "netns", "--", sys.executable, "-c", script],
+                                 "netns", "--log-dir", str(tmp_path / "logs"), "--",
+                                 sys.executable, "-c", script],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -253,7 +254,8 @@ def test_a_signalled_launcher_stops_the_sites_and_tears_down(sig: int) -> None:
     marker = f"netstorm-netns-test-{time.time_ns()}"
     script = f"import time; tag = '{marker}'; time.sleep(120)"
     launcher = subprocess.Popen([*NETSTORM, "run", "--topology", "random:3:1", "--emulate",
-                                 "netns", "--", sys.executable, "-c", script],
+                                 "netns", "--log-dir", str(tmp_path / "logs"), "--",
+                                 sys.executable, "-c", script],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
