@@ -250,7 +250,7 @@ def _ps() -> str:
 
 @needs_netns
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signalled_launcher_stops_the_sites_and_tears_down(sig: int) -> None:
+def test_a_signalled_launcher_stops_the_sites_and_tears_down(sig: int, tmp_path: Path) -> None:
     marker = f"netstorm-netns-test-{time.time_ns()}"
     script = f"import time; tag = '{marker}'; time.sleep(120)"
     launcher = subprocess.Popen([*NETSTORM, "run", "--topology", "random:3:1", "--emulate",
