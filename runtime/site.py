@@ -119,6 +119,7 @@ class Site:
         self._log = open(config.log, "a") if config.log else None
         self._threads: list[threading.Thread] = []
         self._listen()
+        _warm_kernels()
         if self.rank == 0:
             rule = policy if policy is not None and not isinstance(policy, str) \
                 else self.info.policy(policy)
@@ -532,6 +533,16 @@ class Site:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _warm_kernels() -> None:
+    """Load the reduction kernel now, not inside the first collective (numba's import and
+    the cached machine code are most of a site's fixed memory and first-call time)."""
+    from netstorm.kernels import fused_reduce
+
+    one = np.zeros(1, dtype=np.float32)
+    for k in (1, 2, 3):
+        fused_reduce(one, [one] * k, 1.0)
 
 
 def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *,
