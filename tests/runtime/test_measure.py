@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ from netstorm.runtime.measure import measure, write_topology
 
 from netstorm import NetworkView
 from netstorm.topology import load_topology
+from tests.runtime.harness import free_port, in_threads
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,29 +23,11 @@ def emulated() -> NetworkView:
 
 
 def run_measure(view: NetworkView, **kw: Any) -> dict[int, NetworkView]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out: dict[int, Any] = {}
-
-    def one(rank: int) -> None:
-        try:
-            out[rank] = measure(1.5, rank=rank, world_size=view.n, master_addr="127.0.0.1",
-                                master_port=port, secret=b"measure-test", bind="127.0.0.1",
-                                advertise="127.0.0.1", timeout_s=30.0, **kw)
-        except BaseException as exc:
-            out[rank] = exc
-
-    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in range(view.n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=90)
-    assert not any(t.is_alive() for t in threads), "a site hung"
-    for r in out.values():
-        if isinstance(r, BaseException):
-            raise r
-    return out
+    port = free_port()
+    return in_threads(view.n, lambda rank: measure(
+        1.5, rank=rank, world_size=view.n, master_addr="127.0.0.1", master_port=port,
+        secret=b"measure-test", bind="127.0.0.1", advertise="127.0.0.1", timeout_s=30.0,
+        **kw))
 
 
 def test_an_emulated_topology_is_measured_back(tmp_path: Path) -> None:

@@ -21,16 +21,11 @@ from netstorm.errors import NetstormError, PeerError
 from netstorm.planners import BUILTIN
 from netstorm.registry import plan
 from netstorm.testing import conformance_views
+from tests.runtime.harness import free_port, in_threads
 
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = b"runtime-test-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(view: NetworkView, rank: int, port: int, **kw: Any) -> RuntimeConfig:
@@ -46,31 +41,19 @@ def run_sites(view: NetworkView, planner: str, body: Callable[[Site], Any], *,
     """Start every site of ``view`` in a thread; workers run ``body(site)`` then close,
     relays serve. Returns each worker's result; re-raises the first site's error."""
     port = free_port()
-    results: dict[int, Any] = {}
-    errors: dict[int, BaseException] = {}
 
-    def one(rank: int) -> None:
+    def one(rank: int) -> Any:
+        site = Site(config(view, rank, port, **cfg), view, planner, **(site_kw or {}))
+        if not site.is_worker:
+            site.serve()
+            return None
         try:
-            site = Site(config(view, rank, port, **cfg), view, planner, **(site_kw or {}))
-            if site.is_worker:
-                try:
-                    results[rank] = body(site)
-                finally:
-                    site.close()
-            else:
-                site.serve()
-        except BaseException as exc:
-            errors[rank] = exc
+            return body(site)
+        finally:
+            site.close()
 
-    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in range(view.n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=90)
-    assert not any(t.is_alive() for t in threads), "a site hung"
-    if errors:
-        raise next(iter(errors.values()))
-    return results
+    results = in_threads(view.n, one)
+    return {r: v for r, v in results.items() if r in view.workers}
 
 
 def grads(view: NetworkView, numel: int, it: int = 0) -> dict[int, np.ndarray]:
