@@ -9,6 +9,7 @@ held for the link's emulated delay) and local-ready events, and hands the sends 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from netstorm.awareness import Policy
+from netstorm.awareness import Policy, ReplanPolicy
 from netstorm.dynamics import parse_dynamics
 from netstorm.errors import NetstormError, PeerError, ProtocolError
 from netstorm.executor import Outgoing, pick_path
@@ -49,6 +50,8 @@ log = logging.getLogger("netstorm.runtime")
 
 #: Collectives a site may start ahead of the last one finished everywhere.
 WINDOW = 2
+#: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
+NOISY_THRESHOLD = 0.2
 
 
 def fingerprint(view: NetworkView) -> str:
@@ -123,8 +126,14 @@ class Site:
         if self.rank == 0:
             rule = policy if policy is not None and not isinstance(policy, str) \
                 else self.info.policy(policy)
+            noisy = not self.shaper.pace  # links timed on a real or kernel-shaped network
+            if noisy and policy is None and isinstance(rule, ReplanPolicy):
+                # the default hysteresis must exceed what the measurements scatter by
+                rule = dataclasses.replace(rule, threshold=max(rule.threshold,
+                                                               NOISY_THRESHOLD))
             self.coordinator = Coordinator(view, fingerprint(view), self._planner_call, rule,
-                                           window=window, workers=view.workers)
+                                           window=window, workers=view.workers,
+                                           smooth=3 if noisy else 1)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
         self._join()
