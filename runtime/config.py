@@ -21,6 +21,9 @@
 ``NETSTORM_TIME_SCALE``  Emulated rates times K, latencies and dynamics times 1/K.
 ``NETSTORM_DYNAMICS``    Dynamics applied live to the emulated links (DESIGN 5.2).
 ``NETSTORM_MAX_FRAME``   Largest payload accepted, bytes (default 1 GiB).
+``NETSTORM_TOPOLOGY``    The topology ``init()`` loads when not given one; likewise
+                         ``NETSTORM_PLANNER`` and ``NETSTORM_POLICY`` (``netstorm run`` sets
+                         all three).
 ``NETSTORM_LOG``         JSON lines file this site appends to: one line per collective
                          (time, plan version, bytes, busy time and rate per outgoing link)
                          and one per plan switch (``netstorm run --log-dir`` sets it).

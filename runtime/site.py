@@ -14,6 +14,7 @@ import hashlib
 import heapq
 import json
 import logging
+import os
 import queue
 import socket
 import sys
@@ -554,7 +555,7 @@ def _warm_kernels() -> None:
         fused_reduce(one, [one] * k, 1.0)
 
 
-def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *,
+def init(topology: str | NetworkView | None = None, planner: str | None = None, *,
          seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
          chunk_bytes: int = 4_000_000, planner_options: dict[str, Any] | None = None,
          **config: Any) -> Site:
@@ -565,11 +566,13 @@ def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *
     ----------
     topology
         A topology file, a built-in name, or a :class:`~netstorm.NetworkView`; every rank
-        must load the same one (checked). Rank i is the topology's i-th site.
+        must load the same one (checked). Rank i is the topology's i-th site. Default:
+        ``NETSTORM_TOPOLOGY`` (``netstorm run`` sets it).
     planner, seed, planner_options
-        The planner every site plans with (every site computes the same plans).
+        The planner every site plans with (every site computes the same plans). Default:
+        ``NETSTORM_PLANNER``, else ``treepack``.
     policy
-        Re-plan policy (name or object); default the planner's own.
+        Re-plan policy (name or object); default ``NETSTORM_POLICY``, else the planner's own.
     window
         Collectives a site may start ahead of the last one finished everywhere; a plan
         switch takes effect that many collectives after it is decided.
@@ -585,6 +588,12 @@ def init(topology: str | NetworkView = "netstorm9", planner: str = "treepack", *
         On a worker. A relay-only rank relays inside ``init()`` until every worker has
         closed, then exits the process (status 0), so one script serves every rank.
     """
+    topology = topology if topology is not None else os.environ.get("NETSTORM_TOPOLOGY")
+    if topology is None:
+        raise NetstormError("netstorm.runtime.init: no topology: pass topology= or set "
+                            "NETSTORM_TOPOLOGY (netstorm run sets it)")
+    planner = planner or os.environ.get("NETSTORM_PLANNER") or "treepack"
+    policy = policy if policy is not None else os.environ.get("NETSTORM_POLICY") or None
     view = topology if isinstance(topology, NetworkView) else load_topology(topology)
     cfg = RuntimeConfig.from_env(**config)
     site = Site(cfg, view, planner, seed=seed, policy=policy, window=window,

@@ -87,3 +87,17 @@ def test_the_same_script_runs_under_torchrun(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "iteration 1:" in done.stdout
+
+
+def test_a_script_gets_its_topology_and_planner_from_netstorm_run(tmp_path: Path) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text("import numpy as np, netstorm.runtime as nr\n"
+                      "site = nr.init()\n"
+                      "x = np.full(1000, float(site.rank), np.float32)\n"
+                      "site.allreduce(x)\n"
+                      "print('got', site.plan.planner, x[0], x[-1], flush=True)\n"
+                      "site.close()\n")
+    done = run("--topology", "random:3:1", "--planner", "ring", "--emulate", "none", "--",
+               sys.executable, str(script))
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert done.stdout.count("got ring 1.0 1.0") == 3  # the mean of ranks 0, 1, 2
