@@ -15,6 +15,7 @@
                          this host's name when binding every interface).
 ``NETSTORM_PORT``        Data port of ranks other than 0 (default 0: any free port).
 ``NETSTORM_TIMEOUT``     Seconds before a silent peer is an error (default 60).
+``NETSTORM_CONNECTIONS`` TCP connections per link (default 1).
 ``NETSTORM_EMULATE``     ``inprocess`` (shape every link as the topology says), ``none``, or
                          ``netns`` (the kernel shapes, set up by ``netstorm run --emulate
                          netns``; the site only adds the links' delays).
@@ -106,6 +107,7 @@ class RuntimeConfig:
     dynamics: str | None = None
     max_frame: int = 1 << 30
     log: str | None = None
+    connections: int = 1
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -115,6 +117,8 @@ class RuntimeConfig:
         if self.emulate not in EMULATE_MODES:
             raise ConfigError(f"NETSTORM_EMULATE must be one of {', '.join(EMULATE_MODES)}, "
                               f"got {self.emulate!r}")
+        if self.connections < 1:
+            raise ConfigError(f"NETSTORM_CONNECTIONS must be >= 1, got {self.connections}")
         if not 0 < self.master_port < 65536:
             raise ConfigError(f"MASTER_PORT {self.master_port} is not a TCP port")
 
@@ -152,6 +156,7 @@ class RuntimeConfig:
             "dynamics": lambda: env.get("NETSTORM_DYNAMICS") or None,
             "max_frame": lambda: _int(env, "NETSTORM_MAX_FRAME", 1 << 30),
             "log": lambda: env.get("NETSTORM_LOG") or None,
+            "connections": lambda: _int(env, "NETSTORM_CONNECTIONS", 1),
             "secret": lambda: load_secret(env),
         }
         values: dict[str, object] = {"rank": rank, "master_addr": master, "bind": bind,

@@ -154,12 +154,14 @@ class Frame:
 
 
 class OutLink:
-    """The send side of overlay link ``site -> peer``: a priority queue and its thread.
+    """The send side of overlay link ``site -> peer``: a priority queue, and a sender thread
+    per connection (several connections keep a long fat pipe full, as PCCL's pool does, and
+    let one frame's checksum overlap another's write).
 
     Parameters
     ----------
-    conn
-        The connection to ``peer``.
+    conns
+        The connections to ``peer`` (one or more).
     shaper
         Paces the payloads (emulated rate and egress cap).
     on_sent
@@ -185,12 +187,12 @@ class OutLink:
     to drain its socket is the host's limit, not the emulated WAN's.
     """
 
-    def __init__(self, conn: Connection, shaper: Shaper,
+    def __init__(self, conns: list[Connection], shaper: Shaper,
                  on_sent: Callable[[Any], None],
                  on_error: Callable[[BaseException], None],
                  on_idle: Callable[[int], None] | None = None) -> None:
-        self.conn = conn
-        self.peer = conn.peer
+        self.conns = conns
+        self.peer = conns[0].peer
         self._shaper = shaper
         self._on_sent = on_sent
         self._on_error = on_error
@@ -204,10 +206,11 @@ class OutLink:
         self.last_sent = -math.inf  # time.monotonic() when the last frame was written
         self._measured = [0.0, 0.0]  # bytes, seconds spent writing them, since last taken
         self._stop = threading.Event()
-        self._header = bytearray(wire.HEADER_SIZE)
-        self._thread = threading.Thread(target=self._run, name=f"send->{self.peer}",
-                                        daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(conn,), daemon=True,
+                                          name=f"send->{self.peer}#{i}")
+                         for i, conn in enumerate(conns)]
+        for thread in self._threads:
+            thread.start()
 
     def depth(self) -> int:
         """Frames queued or being written."""
@@ -240,7 +243,9 @@ class OutLink:
             self._queued -= 1
             return True
 
-    def _run(self) -> None:
+    def _run(self, conn: Connection) -> None:
+        """One connection's sender: takes the next frame of the link's queue and writes it."""
+        buffer = bytearray(wire.HEADER_SIZE)
         try:
             while True:
                 with self._cond:
@@ -253,26 +258,26 @@ class OutLink:
                     frame = heapq.heappop(self._queue)[2]
                     frame.queued = False
                     self._queued -= 1
-                    self._busy = 1
+                    self._busy += 1
                 header, payload = frame.header, frame.payload
                 if header.kind == wire.Kind.DATA and payload is not None:
                     header = dataclasses.replace(header, checksum=wire.checksum(payload))
-                wire.pack_header(header, self._header)
+                wire.pack_header(header, buffer)
                 began = time.monotonic()
                 emulated = None
-                with self.conn.lock():
-                    self.conn.write(self._header)
+                with conn.lock():
+                    conn.write(buffer)
                     if payload is not None and len(payload):
-                        emulated = self._shaper.transmit(self.peer, payload, self.conn.write,
+                        emulated = self._shaper.transmit(self.peer, payload, conn.write,
                                                          self._stop)
                 took = time.monotonic() - began if emulated is None else emulated
                 with self._cond:
-                    self._busy = 0
+                    self._busy -= 1
                     self.bytes_sent += header.length
                     self._measured[0] += header.length
                     self._measured[1] += took
                     self.last_sent = time.monotonic()
-                    drained = not self._queued
+                    drained = not self._queued and not self._busy
                 self._on_sent(frame.token)
                 if drained and self._on_idle is not None:
                     self._on_idle(self.peer)
@@ -281,7 +286,11 @@ class OutLink:
                 self._on_error(exc)
 
     def close(self) -> None:
+        """Stop the senders and close the connections."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for conn in self.conns:
+            conn.close()

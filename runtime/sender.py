@@ -39,6 +39,8 @@ class Sender:
         Paces every link (emulation).
     on_sent, on_error
         Passed to every :class:`~netstorm.runtime.links.OutLink`.
+    connections
+        TCP connections per link.
 
     Notes
     -----
@@ -50,7 +52,7 @@ class Sender:
 
     def __init__(self, rank: int, names: tuple[str, ...], *, secret: bytes, timeout: float,
                  shaper: Shaper, on_sent: Callable[[Any], None],
-                 on_error: Callable[[BaseException], None]) -> None:
+                 on_error: Callable[[BaseException], None], connections: int = 1) -> None:
         self.rank = rank
         self.names = names
         self.secret = secret
@@ -58,6 +60,7 @@ class Sender:
         self.shaper = shaper
         self.on_sent = on_sent
         self.on_error = on_error
+        self.connections = connections
         self.addresses: list[tuple[str, int]] = []
         self.links: dict[int, OutLink] = {}
         #: auxiliary first hop -> frames waiting on their primary that it may take over
@@ -73,14 +76,18 @@ class Sender:
         link = self.links.get(peer)
         if link is None:
             name = f"site {self.names[peer]}"
-            conn = connect(self.addresses[peer], rank=self.rank, secret=self.secret,
-                           timeout=self.timeout, name=name)
-            if conn.peer != peer:
-                conn.close()
-                raise PeerError(f"{name}: rank {conn.peer} answered at its address")
-            conn.send_control({"type": "data"})
-            link = self.links[peer] = OutLink(conn, self.shaper, self.on_sent, self.on_error,
-                                              self._drained)
+            conns = []
+            for _ in range(self.connections):
+                conn = connect(self.addresses[peer], rank=self.rank, secret=self.secret,
+                               timeout=self.timeout, name=name)
+                conns.append(conn)
+                if conn.peer != peer:
+                    for c in conns:
+                        c.close()
+                    raise PeerError(f"{name}: rank {conn.peer} answered at its address")
+                conn.send_control({"type": "data"})
+            link = self.links[peer] = OutLink(conns, self.shaper, self.on_sent,
+                                              self.on_error, self._drained)
         return link
 
     def depth(self, peer: int) -> int:
@@ -155,4 +162,3 @@ class Sender:
     def close(self) -> None:
         for link in list(self.links.values()):
             link.close()
-            link.conn.close()

@@ -105,7 +105,8 @@ class Site:
                                  chunk_bytes=chunk_bytes, timeout=config.timeout_s)
         self.sender = Sender(self.rank, view.sites, secret=config.secret,
                              timeout=config.timeout_s, shaper=self.shaper,
-                             on_sent=self._sent, on_error=self._fail)
+                             on_sent=self._sent, on_error=self._fail,
+                             connections=config.connections)
         self.switch_log: list[dict[str, Any]] = []
         self._colls: dict[int, Collective] = {}
         self._received: dict[int, list[float]] = {}  # src -> [bytes, busy s] (unpaced links)

@@ -259,3 +259,18 @@ def _four() -> NetworkView:
                     [300, 400, 0, 400], [200, 300, 400, 0]], dtype=float) * mbit
     return NetworkView(sites=("a", "b", "c", "d"), capacity=cap,
                        latency=np.where(cap > 0, 0.005, 0.0), name="four")
+
+
+def test_several_connections_per_link_stay_exact() -> None:
+    """Two connections per link: frames of one link leave on either, in any order."""
+    view = builtin("netstorm9")
+    numel = 40_000
+
+    def body(site: Site) -> Any:
+        out = allreduce_loop(view, numel, 2)(site)
+        return out, {len(link.conns) for link in site.sender.links.values()}
+
+    results = run_sites(view, "netstorm", body, connections=2,
+                        site_kw={"chunk_bytes": 16_000})
+    check_exact(view, {w: r[0] for w, r in results.items()}, numel)
+    assert all(r[1] == {2} for r in results.values())
