@@ -3,8 +3,9 @@
 Every figure is a ratio of two things measured (or simulated) in the same run, so it says
 something on a noisy machine:
 
-``loopback``  unshaped loopback (``NETSTORM_EMULATE=none``), P site processes on a P-site
-              full mesh (``random:P:1``, every site a worker): ``site.allreduce`` (planners
+``loopback``  unshaped loopback (``NETSTORM_EMULATE=none``), P site processes planned on
+              a uniform P-site full mesh (every pair 40 Gbit/s: what loopback is; every site
+              a worker): ``site.allreduce`` (planners
               treepack and ring, policy static) and torch's gloo ``dist.all_reduce`` in the
               same processes; ``gloo_over_this`` = gloo time / this time (> 1: faster than
               gloo). ``cpu_cores_per_process``: CPU seconds (all threads) per wall second
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from netstorm.cost import link_loads
 from netstorm.errors import NetstormError
@@ -214,7 +216,13 @@ def loopback(sites: int, mbytes: float, *, planners: Sequence[str] = ("treepack"
              timeout_s: float = 600.0) -> list[dict[str, Any]]:
     """Unshaped loopback all-reduce of ``mbytes`` MB over ``sites`` processes."""
     numel = int(mbytes * 1e6) // 4
-    topo = f"random:{sites}:1"
+    folder = tempfile.TemporaryDirectory(prefix="netstorm-bench-")
+    topo = str(Path(folder.name) / f"loopback{sites}.yaml")
+    Path(topo).write_text(yaml.safe_dump({  # what loopback is: every pair alike
+        "name": f"loopback{sites}", "units": {"bandwidth": "Gbit/s", "latency": "ms"},
+        "sites": [{"name": f"p{i}"} for i in range(sites)],
+        "links": [{"src": f"p{i}", "dst": f"p{j}", "bandwidth": 40, "latency": 0}
+                  for i in range(sites) for j in range(sites) if i != j]}))
     phases: list[dict[str, Any]] = [
         {"kind": "netstorm", "topology": topo, "planner": p, "policy": "static",
          "numel": numel, "warmup": warmup, "reps": reps} for p in planners]
@@ -223,7 +231,8 @@ def loopback(sites: int, mbytes: float, *, planners: Sequence[str] = ("treepack"
                        "timeout_s": timeout_s})
     _log(f"loopback: {sites} sites, {mbytes:g} MB ({', '.join(planners)}"
          f"{', gloo' if gloo else ''})")
-    ranks = launch(sites, phases, timeout_s=timeout_s, label=f"loopback {sites} sites")
+    with folder:
+        ranks = launch(sites, phases, timeout_s=timeout_s, label=f"loopback {sites} sites")
     rows = []
     gloo_s = _timing(ranks, len(phases) - 1)["time_s"] if gloo else None
     for i, ph in enumerate(phases):
