@@ -21,7 +21,9 @@ demo: $(STAMP)
 		--draw out/treepack-plan.png
 	$(BIN)/netstorm sim --topology netstorm9 --model resnet50 --planner ps,netstorm,treepack \
 		--iterations 60 --dynamics redraw:180s:20Mbit/s:155Mbit/s:1 --plot out/iterations.png
-	@echo "drawings and plots are in out/"
+	$(BIN)/netstorm run --topology netstorm9 --planner treepack --time-scale 4 --iterations 4 \
+		--mbytes 16 --log-dir out/run
+	@echo "drawings and plots are in out/, the runtime's per-site logs in out/run/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -454,6 +454,7 @@ class Site:
         if not self.is_worker:
             raise NetstormError(f"site {self.name} is relay-only: it has no gradient")
         flat = flat_float32(array)
+        called = time.perf_counter()  # a collective's time counts waiting for its plan too
         seq = self._next_seq
         self._next_seq += 1
         coll = self._collective(seq, flat.size)
@@ -461,7 +462,7 @@ class Site:
             self._last_plan = self.versions.compiled(coll.version, coll.numel).plan
             coll.executor.gradient = coll.executor.result = flat
             coll.started = True
-            coll.t_start = time.perf_counter()
+            coll.t_start = called
         self._events.put((0.0, "start", coll))
         return Handle(self, coll)
 
