@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -178,7 +177,7 @@ class Site:
                 raise ProtocolError(f"{conn.name}: first frame is not a hello")
             hello = conn.read_control(header, 1 << 20)
         except NetstormError as exc:
-            print(f"netstorm: site {self.name}: refused a connection: {exc}", file=sys.stderr)
+            log.warning("site %s: refused a connection: %s", self.name, exc)
             return
         if hello.get("type") == "join":
             if self.coordinator is None:
