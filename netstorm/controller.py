@@ -55,7 +55,8 @@ class Controller:
     policy
         When to switch (:mod:`netstorm.awareness`); ``None`` with an estimator: never.
     estimator
-        Collects transfer observations (:meth:`observe`); ``None`` turns awareness off.
+        The driver reports every transfer to it (``estimator.observe``); ``None`` turns
+        awareness off.
     clock
         The time now, in seconds (policies' minimum intervals, switch times).
     workers, by_bucket
@@ -99,15 +100,6 @@ class Controller:
     def _compile(self) -> dict[int, NodeProgram]:
         return compile(self.plan, self.job, self.workers, by_bucket=self.by_bucket,
                        view=self.reference)
-
-    def observe(self, src: int, dst: int, nbytes: float, seconds: float,
-                when: float | None = None) -> None:
-        """A transfer of ``nbytes`` from ``src`` to ``dst`` took ``seconds`` (ending at
-        ``when``, default now). Ignored when awareness is off. A hot loop may call
-        ``controller.estimator.observe`` directly: this adds nothing but the clock."""
-        if self.estimator is not None:
-            self.estimator.observe(src, dst, nbytes, seconds,
-                                   self.clock() if when is None else when)
 
     def boundary(self, iteration: int) -> Switch | None:
         """Before ``iteration`` starts: let the policy decide on the current estimate.

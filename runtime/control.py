@@ -88,7 +88,6 @@ class Coordinator:
         self.byes: set[int] = set()
         self.estimator = BandwidthEstimator(view, clock=time.monotonic) if aware else None
         self.controller: Controller | None = None
-        self.switches: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.closed = threading.Event()
@@ -116,7 +115,7 @@ class Coordinator:
                     if conn.peer not in self.byes:
                         self._abort(f"site {conn.peer} closed its control connection")
                     return
-                self._handle(conn.peer, conn.read_control(header, 1 << 26))
+                self._handle(conn.peer, conn.read_control(header))
         except Exception as exc:
             if not self.closed.is_set():
                 self._abort(f"control connection to site {conn.peer}: {exc}")
@@ -221,8 +220,6 @@ class Coordinator:
                   "capacity": estimate.capacity.tolist(),
                   "confidence": (None if estimate.confidence is None
                                  else estimate.confidence.tolist())}
-        self.switches.append({k: switch[k] for k in ("version", "from_seq", "reason",
-                                                     "after_seq", "planning_s")})
         return switch
 
     def _abort(self, reason: str) -> None:

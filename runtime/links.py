@@ -59,9 +59,8 @@ class Connection:
         with self._send_lock:
             self.write(frame)
 
-    def read_header(self, max_length: int) -> wire.Header | None:
-        """The next frame's header; ``None`` when the peer closed between frames."""
-        view = memoryview(self._header)
+    def _fill(self, view: memoryview) -> int:
+        """Read into ``view`` until it is full or the peer closes; return the bytes read."""
         got = 0
         while got < len(view):
             try:
@@ -69,25 +68,25 @@ class Connection:
             except OSError as exc:
                 raise self._fail("connection lost", exc) from exc
             if n == 0:
-                if got == 0:
-                    return None
-                raise self._fail("closed the connection inside a frame header")
+                break
             got += n
+        return got
+
+    def read_header(self, max_length: int) -> wire.Header | None:
+        """The next frame's header; ``None`` when the peer closed between frames."""
+        got = self._fill(memoryview(self._header))
+        if got == 0:
+            return None
+        if got < len(self._header):
+            raise self._fail("closed the connection inside a frame header")
         return wire.unpack_header(self._header, max_length=max_length)
 
     def read_into(self, view: memoryview) -> None:
         """Fill ``view`` from the socket (a payload; no allocation)."""
-        got = 0
-        while got < len(view):
-            try:
-                n = self.sock.recv_into(view[got:])
-            except OSError as exc:
-                raise self._fail("connection lost inside a frame", exc) from exc
-            if n == 0:
-                raise self._fail("closed the connection inside a frame")
-            got += n
+        if self._fill(view) < len(view):
+            raise self._fail("closed the connection inside a frame")
 
-    def read_control(self, header: wire.Header, max_length: int) -> dict[str, Any]:
+    def read_control(self, header: wire.Header) -> dict[str, Any]:
         """The JSON object of a control frame whose header was just read."""
         payload = bytearray(header.length)
         self.read_into(memoryview(payload))

@@ -90,9 +90,7 @@ class Site:
         self.rank = config.rank
         self.name = view.sites[self.rank]
         self.is_worker = self.rank in view.workers
-        self.planner = planner
         self.seed = seed
-        self.window = window
         self.chunk_bytes = chunk_bytes
         self.options = dict(planner_options or {})
         self.info = planner_info(planner)
@@ -175,7 +173,7 @@ class Site:
             header = conn.read_header(max_length=1 << 20)
             if header is None or header.kind != wire.Kind.CONTROL:
                 raise ProtocolError(f"{conn.name}: first frame is not a hello")
-            hello = conn.read_control(header, 1 << 20)
+            hello = conn.read_control(header)
         except NetstormError as exc:
             log.warning("site %s: refused a connection: %s", self.name, exc)
             return
@@ -219,7 +217,7 @@ class Site:
                     if not self._shutdown.is_set():
                         self._fail(PeerError(f"site {self.name}: the coordinator closed"))
                     return
-                self._on_control(self._control.read_control(header, 1 << 26))
+                self._on_control(self._control.read_control(header))
         except BaseException as exc:
             if not self._stop.is_set():
                 self._fail(exc)

@@ -4,7 +4,6 @@ keywords (``make_state``, ``default_policy``) as the simulator's loop uses them.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import netstorm.sim
 import numpy as np
@@ -102,7 +101,7 @@ def test_every_iteration_switches_at_every_boundary() -> None:
     got = []
     for it in range(1, 5):
         now[0] = 3.0 * it + 0.5
-        ctl.observe(0, 1, 2 * MB * it, 1.0)  # a new rate on 0 -> 1 before each boundary
+        est.observe(0, 1, 2 * MB * it, 1.0, now[0])  # a new rate on 0 -> 1 each time
         old = ctl.programs
         sw = ctl.boundary(it)
         assert sw == Switch(iteration=it, time_s=now[0], version=it + 1, planning_s=0.25,
@@ -124,34 +123,36 @@ def test_every_iteration_switches_at_every_boundary() -> None:
 @pytest.mark.parametrize("kind", ["static", "no-estimator"])
 def test_nothing_changes_without_a_policy_or_estimator(kind: str) -> None:
     if kind == "static":
-        ctl, fake, now, _ = controller(StaticPolicy())
+        ctl, fake, now, est = controller(StaticPolicy())
     else:
-        ctl, fake, now, _ = controller(policy_named("every-iteration"), estimator=False)
+        ctl, fake, now, est = controller(policy_named("every-iteration"), estimator=False)
     plan, programs = ctl.plan, ctl.programs
     for it in range(1, 5):
         now[0] = float(it)
-        ctl.observe(0, 1, 50 * MB * it, 1.0)  # ignored without an estimator
+        if est is not None:
+            est.observe(0, 1, 50 * MB * it, 1.0, now[0])
         assert ctl.boundary(it) is None
     assert ctl.plan is plan and ctl.programs is programs and ctl.version == 1
     assert len(fake.views) == 1 and ctl.switches == []
 
 
 def test_default_policy_is_static() -> None:
-    ctl, fake, now, _ = controller(None)
-    assert isinstance(ctl.policy, StaticPolicy)
+    ctl, fake, now, est = controller(None)
+    assert isinstance(ctl.policy, StaticPolicy) and est is not None
     now[0] = 5.0
-    ctl.observe(0, 1, 99 * MB, 1.0)
+    est.observe(0, 1, 99 * MB, 1.0, now[0])
     assert ctl.boundary(1) is None and len(fake.views) == 1
 
 
 def test_min_interval_spaces_the_switches() -> None:
     # change_tol=0: any moved estimate is a reason to look; the fake's candidate always
     # predicts 1e-9 s, so every look switches unless the interval forbids it
-    ctl, fake, now, _ = controller(ReplanPolicy(min_interval_s=10, change_tol=0.0))
+    ctl, fake, now, est = controller(ReplanPolicy(min_interval_s=10, change_tol=0.0))
+    assert est is not None
     times = [1.0, 5.0, 10.9, 11.0, 12.0, 20.9, 21.0, 40.0, 45.0]
     for it, t in enumerate(times, start=1):
         now[0] = t
-        ctl.observe(0, 1, MB * 2.0 ** it, 1.0)  # a jump every time: the estimate moves
+        est.observe(0, 1, MB * 2.0 ** it, 1.0, t)  # a jump every time: the estimate moves
         ctl.boundary(it)
     # by hand: 1 switches (no switch before); 5 and 10.9 are < 1 + 10; 11 switches; 12 and
     # 20.9 are < 21; 21 switches; 40 switches; 45 < 50
@@ -163,34 +164,8 @@ def test_min_interval_spaces_the_switches() -> None:
                for a, b in zip(ctl.switches, ctl.switches[1:], strict=False))
 
 
-def test_observations_reach_the_estimator() -> None:
-    ctl, fake, now, est = controller(policy_named("every-iteration"))
-    assert est is not None
-    now[0] = 2.0
-    ctl.observe(0, 1, 8 * MB, 1.0)  # the first sample replaces the prior (10 MB/s)
-    assert est.estimate()[0, 1] == 8 * MB and est.samples()[0, 1] == 1
-    assert est.confidence(2.0)[0, 1] == pytest.approx(1 - math.exp(-1 / 3))
-    ctl.observe(0, 1, 9 * MB, 1.0, when=3.0)  # within 30 %: EWMA, 8 + (9 - 8) / 2
-    assert est.estimate()[0, 1] == 8.5 * MB and est.samples()[0, 1] == 2
-    assert est.confidence(3.0)[0, 1] == pytest.approx(1 - math.exp(-2 / 3))
-    # last seen at 3.0 (the given time, not the clock): one half-life later, half
-    assert est.confidence(603.0)[0, 1] == pytest.approx((1 - math.exp(-2 / 3)) / 2)
-    ctl.observe(0, 1, 2 * MB, 0.5)  # 4 MB/s is 53 % off 8.5: a level shift, replaced
-    assert est.estimate()[0, 1] == 4 * MB and est.samples()[0, 1] == 3
-    ctl.observe(2, 3, 0, 1.0)  # zero bytes: ignored
-    assert est.samples()[2, 3] == 0 and est.estimate()[2, 3] == 10 * MB
-    now[0] = 4.0
-    ctl.boundary(1)
-    seen = fake.views[-1].capacity
-    assert seen[0, 1] == 4 * MB
-    mask = np.ones((4, 4), bool)
-    mask[0, 1] = False
-    assert np.array_equal(seen[mask], mesh4().capacity[mask])
-
-
 # ---------------------------------------------------------------------------------------
 # register_planner(make_state=, default_policy=)
-
 
 @pytest.fixture
 def registry_copy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -322,16 +322,20 @@ def relay_plan() -> tuple[NetworkView, Plan, Job]:
     return view, plan, Job(buckets=4 * 8, chunk_bytes=16)
 
 
+def root_executor() -> tuple[Executor, np.ndarray, np.ndarray]:
+    """Site 0 of :func:`relay_plan` (the root) in iteration 3: its executor, gradient, result."""
+    _, plan, job = relay_plan()
+    g = np.arange(8, dtype=np.float32)
+    res = np.full(8, np.nan, np.float32)
+    return Executor(compile(plan, job, (0, 1))[0], gradient=g, result=res, iteration=3), g, res
+
+
 def up(chunk: int) -> Message:
     return Message(0, chunk, REDUCE, 1, 0)
 
 
 def test_executor_fires_and_is_done_only_after_the_last_step() -> None:
-    _, plan, job = relay_plan()
-    prog = compile(plan, job, (0, 1))[0]
-    g = np.arange(8, dtype=np.float32)
-    res = np.full(8, np.nan, np.float32)
-    ex = Executor(prog, gradient=g, result=res, iteration=3)
+    ex, g, res = root_executor()
     assert ex.start() == () and not ex.done
     assert ex.local_ready() == () and not ex.done  # both chunks still wait for b
     part0 = np.array([1, 2, 3, 4], np.float32)
@@ -349,11 +353,7 @@ def test_executor_fires_and_is_done_only_after_the_last_step() -> None:
 
 
 def test_protocol_errors_change_nothing() -> None:
-    _, plan, job = relay_plan()
-    prog = compile(plan, job, (0, 1))[0]
-    g = np.arange(8, dtype=np.float32)
-    res = np.full(8, np.nan, np.float32)
-    ex = Executor(prog, gradient=g, result=res, iteration=3)
+    ex, g, res = root_executor()
     first = np.array([1, 2, 3, 4], np.float32)
     assert ex.arrive(up(0), first) == ()  # waits for the local slice too
     with pytest.raises(ProtocolError, match="twice"):
