@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,8 @@ from netstorm.executor import Executor, SiteProgram
 from netstorm.program import Message, StepKind
 
 __all__ = ["Collective", "flat_float32"]
+
+log = logging.getLogger("netstorm.runtime")
 
 
 class Collective:
@@ -33,8 +37,37 @@ class Collective:
         self.kicked = False  # the executor's start() has run (engine thread)
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
+        self._finish_lock = threading.Lock()
         self.t_start = time.perf_counter()
         self.t_end = 0.0
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Mark the collective done (with ``error`` if it failed) and run its callbacks, once:
+        a later call changes nothing."""
+        with self._finish_lock:
+            if self.done.is_set():
+                return
+            self.error = self.error or error
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            self._call(fn)
+
+    def on_done(self, fn: Callable[[BaseException | None], None]) -> None:
+        """Call ``fn(error)`` when the collective is done (now, if it is): ``error`` is
+        ``None`` on success. ``fn`` runs on the runtime's engine thread and must not block."""
+        with self._finish_lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        self._call(fn)
+
+    def _call(self, fn: Callable[[BaseException | None], None]) -> None:
+        try:
+            fn(self.error)
+        except Exception:  # a caller's bug must not stop the engine
+            log.exception("collective %d: a done callback raised", self.seq)
 
     def slot(self, message: Message) -> np.ndarray:
         """Where ``message``'s payload lands: the result array itself for a mean this

@@ -48,22 +48,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="emulated rates times K, delays and dynamics times 1/K")
     p.add_argument("--iterations", "-n", type=int, default=5,
-                   help="iterations of the built-in demo")
+                   help="steps of the built-in training")
     p.add_argument("--mbytes", type=float, default=16.0,
-                   help="all-reduce size of the built-in demo, MB")
+                   help="all-reduce size, MB, of the all-reduce check "
+                        "(-- python -m netstorm.runtime.demo)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds before a silent peer is an error (NETSTORM_TIMEOUT)")
     p.add_argument("--log-dir", default=None,
                    help="write one JSON lines file per site (per collective, switches)")
     p.add_argument("--json", action="store_true")
     p.add_argument("script", nargs=argparse.REMAINDER,
-                   help="-- python script.py ARGS (default: the built-in demo)")
+                   help="-- python script.py ARGS (default: the built-in training, "
+                        "python -m netstorm.runtime.train)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(k: int) -> list[int]:
+    """``k`` distinct free loopback ports (held open together while picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(k)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         script = script[1:]
     if args.time_scale <= 0 or args.iterations < 1 or args.mbytes <= 0:
         raise ValueError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
-    command = script or [sys.executable, "-m", "netstorm.runtime.demo"]
+    command = script or [sys.executable, "-m", "netstorm.runtime.train"]
     if args.emulate == "netns":
         check_available()
     with contextlib.ExitStack() as keep:
@@ -119,7 +124,11 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 def _launch(args: argparse.Namespace, view: Any, command: list[str],
             logs: Path) -> tuple[int, dict[str, Any]]:
     threads = str(max(1, (os.cpu_count() or 1) // view.n))
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+    # torchrun's layout: torch's store (a training script's init_process_group) on
+    # MASTER_PORT, the runtime's coordinator on its own port
+    store_port, coordinator_port = _free_ports(2)
+    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store_port),
+                NETSTORM_COORD_PORT=str(coordinator_port),
                 WORLD_SIZE=str(view.n), NETSTORM_SECRET=secrets.token_hex(32),
                 NETSTORM_TOPOLOGY=str(args.topology), NETSTORM_PLANNER=args.planner,
                 NETSTORM_EMULATE=args.emulate, NETSTORM_TIME_SCALE=str(args.time_scale),

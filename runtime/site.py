@@ -50,6 +50,8 @@ log = logging.getLogger("netstorm.runtime")
 
 #: Collectives a site may start ahead of the last one finished everywhere.
 WINDOW = 2
+#: How often the engine looks for collectives past the timeout, seconds.
+WATCHDOG_S = 1.0
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
 NOISY_THRESHOLD = 0.2
 
@@ -73,6 +75,12 @@ class Handle:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the result is in the array (raises what the collective raised)."""
         self._site._wait(self._coll, timeout)
+
+    def add_done_callback(self, fn: Callable[[BaseException | None], None]) -> None:
+        """Call ``fn(error)`` once the collective is done (``error`` is ``None`` on success,
+        and the result is in the array). ``fn`` runs on the runtime's engine thread (or
+        here, if already done): it must be quick and must not wait for another collective."""
+        self._coll.on_done(fn)
 
 
 class Site:
@@ -256,10 +264,9 @@ class Site:
             first = self._error is None
             if first:
                 self._error = exc
-            for coll in self._colls.values():
-                if coll.error is None:
-                    coll.error = exc
-                coll.done.set()
+            colls = list(self._colls.values())
+        for coll in colls:  # outside the lock: callbacks may call back into the site
+            coll.finish(exc)
         self.versions.fail(exc)
         if first and tell and hasattr(self, "_control"):
             try:
@@ -370,8 +377,10 @@ class Site:
     def _engine(self) -> None:
         held: list[tuple[float, int, tuple[Any, ...]]] = []
         order = 0
+        watch = time.monotonic() + WATCHDOG_S
         while not self._stop.is_set():
-            timeout = None if not held else max(0.0, held[0][0] - time.monotonic())
+            wake = watch if not held else min(watch, held[0][0])
+            timeout = max(0.0, wake - time.monotonic())
             due: list[tuple[Any, ...]] = []
             try:
                 event = self._events.get(timeout=timeout)
@@ -383,6 +392,9 @@ class Site:
             except queue.Empty:
                 pass
             now = time.monotonic()
+            if now >= watch:
+                watch = now + WATCHDOG_S
+                self._watchdog()
             while held and held[0][0] <= now:
                 due.append(heapq.heappop(held)[2])
             for ev in due:
@@ -392,6 +404,25 @@ class Site:
                     self._step(ev)
                 except BaseException as exc:
                     self._fail(exc)
+
+    def _watchdog(self) -> None:
+        """Fail the run when a started collective is not done within the timeout, so that
+        callers who never :meth:`Handle.wait` (a DDP hook's future) are not left hanging."""
+        limit = self.config.timeout_s
+        now = time.perf_counter()
+        with self._lock:
+            late = [c for c in self._colls.values()
+                    if c.started and not c.done.is_set() and now - c.t_start > limit]
+        if late:
+            self._fail(self._stalled(min(late, key=lambda c: c.seq), limit))
+
+    def _stalled(self, coll: Collective, limit: float) -> PeerError:
+        missing = sorted({m.src for m in coll.prog.slot
+                          if not coll.executor._got[coll.prog.slot[m]]
+                          and m in coll.prog.program.expects})
+        names = ", ".join(self.view.sites[s] for s in missing) or "none"
+        return PeerError(f"site {self.name}: collective {coll.seq} not done after {limit:g} s "
+                         f"(still waiting for messages of tree edges from: {names})")
 
     def _step(self, event: tuple[Any, ...]) -> None:
         kind, coll = event[1], event[2]
@@ -431,7 +462,7 @@ class Site:
             for by, rows in (("sender", links), ("receiver", received))
             for src, dst, b, sec in rows]})
         # (busy_s and rate_Bps in the topology's time: wall seconds times the time scale)
-        coll.done.set()
+        coll.finish()
         self._control.send_control({"type": "report", "seq": coll.seq, "numel": coll.numel,
                                     "links": links, "received": received})
         self._probe(coll)
@@ -479,13 +510,7 @@ class Site:
     def _wait(self, coll: Collective, timeout: float | None) -> None:
         limit = self.config.timeout_s if timeout is None else timeout
         if not coll.done.wait(limit):
-            missing = sorted({m.src for m in coll.prog.slot
-                              if not coll.executor._got[coll.prog.slot[m]]
-                              and m in coll.prog.program.expects})
-            names = ", ".join(self.view.sites[s] for s in missing) or "none"
-            raise PeerError(f"site {self.name}: collective {coll.seq} not done after "
-                            f"{limit:g} s (still waiting for messages of tree edges from: "
-                            f"{names})")
+            raise self._stalled(coll, limit)
         if coll.error is not None:
             raise coll.error
 

@@ -7,7 +7,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["free_port", "in_threads"]
+from netstorm.runtime import RuntimeConfig, Site
+
+from netstorm import NetworkView
+
+__all__ = ["SECRET", "config", "free_port", "in_threads", "run_sites"]
 
 
 def free_port() -> int:
@@ -40,3 +44,34 @@ def in_threads(n: int, one: Callable[[int], Any], *, timeout: float = 90) -> dic
     if errors:
         raise errors[min(errors)]
     return results
+
+
+SECRET = b"runtime-test-secret"
+
+
+def config(view: NetworkView, rank: int, port: int, **kw: Any) -> RuntimeConfig:
+    values: dict[str, Any] = {"rank": rank, "world_size": view.n, "master_addr": "127.0.0.1",
+                              "master_port": port, "secret": SECRET, "bind": "127.0.0.1",
+                              "advertise": "127.0.0.1", "timeout_s": 30.0, "emulate": "none"}
+    values.update(kw)
+    return RuntimeConfig(**values)
+
+
+def run_sites(view: NetworkView, planner: str, body: Callable[[Site], Any], *,
+              site_kw: dict[str, Any] | None = None, **cfg: Any) -> dict[int, Any]:
+    """Start every site of ``view`` in a thread; workers run ``body(site)`` then close,
+    relays serve. Returns each worker's result; re-raises the first site's error."""
+    port = free_port()
+
+    def one(rank: int) -> Any:
+        site = Site(config(view, rank, port, **cfg), view, planner, **(site_kw or {}))
+        if not site.is_worker:
+            site.serve()
+            return None
+        try:
+            return body(site)
+        finally:
+            site.close()
+
+    results = in_threads(view.n, one)
+    return {r: v for r, v in results.items() if r in view.workers}

@@ -13,6 +13,14 @@ import pytest
 pytestmark = pytest.mark.timeout(180)
 
 NETSTORM = [sys.executable, "-m", "netstorm"]
+LINE = """
+name: line
+units: {bandwidth: Gbit/s, latency: ms}
+sites: [{name: a}, {name: r, worker: false}, {name: b}]
+links:
+  - {src: a, dst: r, bandwidth: 1, latency: 1, symmetric: true}
+  - {src: r, dst: b, bandwidth: 1, latency: 1, symmetric: true}
+"""
 
 
 def run(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -20,20 +28,13 @@ def run(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
                           timeout=timeout)
 
 
-def test_the_demo_runs_one_process_per_site_and_checks_every_result(tmp_path: Path) -> None:
+def test_the_allreduce_check_runs_a_process_per_site_and_checks_results(tmp_path: Path) -> None:
     # a relay-only site among the workers: its process relays inside init() and exits 0
     topo = tmp_path / "line.yaml"
-    topo.write_text("""
-name: line
-units: {bandwidth: Gbit/s, latency: ms}
-sites: [{name: a}, {name: r, worker: false}, {name: b}]
-links:
-  - {src: a, dst: r, bandwidth: 1, latency: 1, symmetric: true}
-  - {src: r, dst: b, bandwidth: 1, latency: 1, symmetric: true}
-""")
+    topo.write_text(LINE)
     done = run("--topology", str(topo), "--planner", "ring", "--iterations", "2",
                "--mbytes", "1", "--emulate", "none", "--log-dir", str(tmp_path / "logs"),
-               "--json")
+               "--json", "--", sys.executable, "-m", "netstorm.runtime.demo")
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads(done.stdout)  # stdout is exactly one JSON object
     assert doc["planner"] == "ring" and doc["accuracy"] is None
@@ -43,6 +44,17 @@ links:
     assert "[a] iteration 1" in done.stderr  # children's output, prefixed by site
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
         "a.jsonl", "b.jsonl", "r.jsonl"]
+
+
+def test_without_a_script_it_trains_ddp_through_the_hook(tmp_path: Path) -> None:
+    topo = tmp_path / "line.yaml"
+    topo.write_text(LINE)
+    done = run("--topology", str(topo), "--iterations", "10", "--emulate", "none", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    assert len(doc["iterations"]) == 10 and doc["accuracy"] > 0.3  # chance is 0.1
+    assert doc["bytes"].get("a->r", 0) > 0  # the gradients went through the relay
+    assert "[a] step 10/10: loss" in done.stderr
 
 
 def test_the_first_failing_site_stops_the_others_and_sets_the_status(tmp_path: Path) -> None:

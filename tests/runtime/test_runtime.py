@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from netstorm.runtime import RuntimeConfig, Site, wire
+from netstorm.runtime import Site, wire
 from netstorm.runtime.links import connect
 
 from netstorm import NetworkView
@@ -21,40 +21,9 @@ from netstorm.errors import NetstormError, PeerError
 from netstorm.planners import BUILTIN
 from netstorm.registry import plan
 from netstorm.testing import conformance_views
-from tests.runtime.harness import free_port, in_threads
+from tests.runtime.harness import SECRET, config, free_port, run_sites
 
 pytestmark = pytest.mark.timeout(120)
-
-SECRET = b"runtime-test-secret"
-
-
-def config(view: NetworkView, rank: int, port: int, **kw: Any) -> RuntimeConfig:
-    values: dict[str, Any] = {"rank": rank, "world_size": view.n, "master_addr": "127.0.0.1",
-                              "master_port": port, "secret": SECRET, "bind": "127.0.0.1",
-                              "advertise": "127.0.0.1", "timeout_s": 30.0, "emulate": "none"}
-    values.update(kw)
-    return RuntimeConfig(**values)
-
-
-def run_sites(view: NetworkView, planner: str, body: Callable[[Site], Any], *,
-              site_kw: dict[str, Any] | None = None, **cfg: Any) -> dict[int, Any]:
-    """Start every site of ``view`` in a thread; workers run ``body(site)`` then close,
-    relays serve. Returns each worker's result; re-raises the first site's error."""
-    port = free_port()
-
-    def one(rank: int) -> Any:
-        site = Site(config(view, rank, port, **cfg), view, planner, **(site_kw or {}))
-        if not site.is_worker:
-            site.serve()
-            return None
-        try:
-            return body(site)
-        finally:
-            site.close()
-
-    results = in_threads(view.n, one)
-    return {r: v for r, v in results.items() if r in view.workers}
-
 
 def grads(view: NetworkView, numel: int, it: int = 0) -> dict[int, np.ndarray]:
     return {w: np.random.default_rng((w, it)).standard_normal(numel, dtype=np.float32)

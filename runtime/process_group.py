@@ -1,0 +1,246 @@
+"""The ``"netstorm"`` torch.distributed backend: a Python process group over the runtime.
+
+``import netstorm.runtime.torch`` registers it; then ``dist.init_process_group("netstorm")``
+joins the run (topology from ``NETSTORM_TOPOLOGY``, planner from ``NETSTORM_PLANNER``, as
+``netstorm run`` sets them) and DDP runs on it without a hook.
+
+What goes where:
+
+- ``all_reduce`` of float32 tensors, SUM or AVG: the runtime, on the run's plan (the only
+  traffic that is large and frequent: DDP's gradient buckets).
+- ``broadcast``, ``all_gather``, ``barrier`` and all-reduces of other dtypes: through the
+  process group's store (torch's TCPStore on ``MASTER_ADDR``). DDP uses them at start-up and
+  when it rebuilds its buckets: small or one-off, where a round trip to the store is
+  cheaper than a plan.
+- Every other collective raises :class:`NotImplementedError` naming it.
+
+The pattern is torch's own Python process groups (``ProcessLocalGroup``; torchft's): a
+``dist.ProcessGroup`` subclass whose collectives return ``Work`` made from futures.
+Relay-only sites relay inside ``init_process_group`` and exit; the group's ranks and size
+count the workers only, so DDP's averages are over the workers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import (  # type: ignore[attr-defined]
+    AllgatherOptions,
+    AllreduceOptions,
+    BarrierOptions,
+    BroadcastOptions,
+    ReduceOp,
+    _create_work_from_future,
+)
+
+from netstorm.errors import NetstormError
+from netstorm.topology import load_topology
+
+from .config import RuntimeConfig
+from .site import Site
+
+__all__ = ["BACKEND", "ProcessGroupNetstorm", "register"]
+
+BACKEND = "netstorm"
+SUPPORTED = "all_reduce (SUM, AVG), broadcast, all_gather, barrier"
+
+
+def _done(value: Any) -> dist.Work:
+    fut: torch.futures.Future[Any] = torch.futures.Future()
+    fut.set_result(value)
+    return _create_work_from_future(fut)
+
+
+def _unsupported(name: str) -> Callable[..., Any]:
+    def method(self: ProcessGroupNetstorm, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"the netstorm backend does not implement {name} "
+                                  f"(it has {SUPPORTED}); use a gloo group for it")
+    method.__name__ = name
+    return method
+
+
+def _to_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _from_bytes(data: bytes, like: torch.Tensor) -> torch.Tensor:
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return flat.view(like.dtype).view(like.shape)
+
+
+class ProcessGroupNetstorm(dist.ProcessGroup):
+    """A process group whose all-reduces run on netstorm's plans (see the module docstring).
+
+    Parameters
+    ----------
+    store
+        The group's store (from ``init_process_group``).
+    site
+        This process's site (a worker).
+    """
+
+    def __init__(self, store: dist.Store, site: Site) -> None:
+        workers = site.view.workers
+        super().__init__(workers.index(site.rank), len(workers))  # type: ignore[call-arg]
+        self.site = site
+        self._store = store
+        self._ops = 0  # collectives through the store, counted alike on every rank
+
+    def getBackendName(self) -> str:
+        return BACKEND
+
+    @property
+    def _world(self) -> int:
+        return len(self.site.view.workers)
+
+    @property
+    def _me(self) -> int:
+        return self.site.view.workers.index(self.site.rank)
+
+    # -- the runtime ------------------------------------------------------------------------
+    def allreduce(self, tensors: Sequence[torch.Tensor],  # type: ignore[override]
+                  opts: AllreduceOptions | ReduceOp | None = None) -> dist.Work:
+        given = opts if opts is not None else AllreduceOptions()
+        op = (given if isinstance(given, ReduceOp) else given.reduceOp).op  # type: ignore[attr-defined]
+        if op not in (ReduceOp.SUM, ReduceOp.AVG):
+            raise NotImplementedError(f"the netstorm backend all-reduces with SUM or AVG, "
+                                      f"not {op.name}")
+        if len(tensors) != 1:
+            raise NotImplementedError("the netstorm backend all-reduces one tensor per call")
+        tensor = tensors[0]
+        if tensor.dtype != torch.float32 or not tensor.is_contiguous():
+            self._allreduce_by_store(tensor, op)
+            return _done(list(tensors))
+        from .torch import allreduce_tensor
+
+        scale = float(self._world) if op == ReduceOp.SUM else None
+        fut = allreduce_tensor(self.site, tensor, slot=-1, scale=scale)
+        return _create_work_from_future(fut.then(lambda f: [f.value()]))
+
+    # -- the store --------------------------------------------------------------------------
+    def _key(self, kind: str) -> str:
+        self._ops += 1
+        return f"netstorm/{kind}/{self._ops}"
+
+    def _read_and_release(self, key: str, names: list[str],
+                          also: tuple[str, ...] = ()) -> list[bytes]:
+        """Read ``names``; the last rank to have read them deletes them (and ``also``)."""
+        values = [self._store.get(n) for n in names]
+        if self._store.add(f"{key}/read", 1) == self._world:
+            for n in [*names, *also, f"{key}/read"]:
+                self._store.delete_key(n)
+        return values
+
+    def _gather(self, tensor: torch.Tensor) -> list[bytes]:
+        key = self._key("gather")
+        self._store.set(f"{key}/{self._me}", _to_bytes(tensor))  # type: ignore[arg-type]
+        return self._read_and_release(key, [f"{key}/{r}" for r in range(self._world)])
+
+    def _allreduce_by_store(self, tensor: torch.Tensor, op: ReduceOp.RedOpType) -> None:
+        parts = [_from_bytes(b, tensor) for b in self._gather(tensor)]
+        total = parts[0].clone()
+        for p in parts[1:]:  # rank order: the same bytes on every rank
+            total += p
+        if op == ReduceOp.AVG:
+            if not total.is_floating_point():
+                raise NotImplementedError(f"the netstorm backend averages floating tensors, "
+                                          f"not {tensor.dtype}")
+            total /= self._world
+        tensor.copy_(total)
+
+    def broadcast(self, tensors: Sequence[torch.Tensor],  # type: ignore[override]
+                  opts: BroadcastOptions | None = None) -> dist.Work:
+        root = opts.rootRank if opts is not None else 0
+        key = self._key("broadcast")
+        for i, tensor in enumerate(tensors):
+            if self._me == root:
+                self._store.set(f"{key}/{i}", _to_bytes(tensor))  # type: ignore[arg-type]
+        names = [f"{key}/{i}" for i in range(len(tensors))]
+        for tensor, data in zip(tensors, self._read_and_release(key, names), strict=True):
+            if self._me != root:
+                tensor.copy_(_from_bytes(data, tensor))
+        return _done(list(tensors))
+
+    def allgather(self, output_tensors: Sequence[Sequence[torch.Tensor]],  # type: ignore[override]
+                  input_tensors: Sequence[torch.Tensor],
+                  opts: AllgatherOptions | None = None) -> dist.Work:
+        if len(input_tensors) != 1:
+            raise NotImplementedError("the netstorm backend all-gathers one tensor per call")
+        outputs = output_tensors[0]
+        for out, data in zip(outputs, self._gather(input_tensors[0]), strict=True):
+            out.copy_(_from_bytes(data, out))
+        return _done([list(outputs)])
+
+    def barrier(self, opts: BarrierOptions | None = None) -> dist.Work:  # type: ignore[override]
+        key = self._key("barrier")
+        if self._store.add(f"{key}/in", 1) == self._world:
+            self._store.set(f"{key}/all", b"1")  # type: ignore[arg-type]
+        self._read_and_release(key, [f"{key}/all"], also=(f"{key}/in",))
+        return _done([])
+
+    def shutdown(self) -> None:
+        """Leave the run (``dist.destroy_process_group`` calls this)."""
+        self.site.close()
+
+    # -- the rest ---------------------------------------------------------------------------
+    for _name in ("allreduce_coalesced", "reduce", "allgather_coalesced",
+                  "allgather_into_tensor_coalesced", "_allgather_base", "all_gather_single",
+                  "gather", "scatter", "reduce_scatter", "reduce_scatter_single",
+                  "_reduce_scatter_base", "reduce_scatter_tensor_coalesced", "alltoall",
+                  "alltoall_base", "all_to_all_single", "send", "recv", "recv_anysource",
+                  "monitored_barrier"):
+        locals()[_name] = _unsupported(_name)
+    del _name
+
+    def __repr__(self) -> str:
+        return f"ProcessGroupNetstorm(site={self.site.name!r}, rank={self._me}/{self._world})"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _create(store: dist.Store, rank: int, world_size: int,
+            timeout: datetime.timedelta) -> ProcessGroupNetstorm:
+    """The backend's constructor (``Backend.register_backend``'s contract)."""
+    topology = os.environ.get("NETSTORM_TOPOLOGY")
+    if not topology:
+        raise NetstormError("the netstorm backend needs NETSTORM_TOPOLOGY (a topology file "
+                            "or built-in name; netstorm run sets it)")
+    view = load_topology(topology)
+    if world_size != view.n:
+        raise NetstormError(f"init_process_group: world_size is {world_size} but topology "
+                            f"{view.name!r} has {view.n} sites (one process per site)")
+    # rank 0 serves the runtime's coordinator on a free port and, unless the environment
+    # holds a secret, makes one: both reach the other ranks through torch's store
+    given: dict[str, Any] = {"rank": rank, "world_size": world_size}
+    if rank == 0:
+        port = _free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
+        secret = os.environ.get("NETSTORM_SECRET") or secrets.token_hex(32)
+        store.set("netstorm/coordinator", str(port))
+        store.set("netstorm/secret", secret)
+    given["master_port"] = int(store.get("netstorm/coordinator").decode())
+    given["secret"] = store.get("netstorm/secret")
+    cfg = RuntimeConfig.from_env(**given)
+    site = Site(cfg, view, os.environ.get("NETSTORM_PLANNER") or "treepack",
+                policy=os.environ.get("NETSTORM_POLICY") or None)
+    if not site.is_worker:
+        site.serve()
+        raise SystemExit(0)
+    return ProcessGroupNetstorm(store, site)
+
+
+def register() -> None:
+    """Register the ``"netstorm"`` backend with torch.distributed (idempotent)."""
+    if BACKEND not in dist.Backend.backend_list:
+        dist.Backend.register_backend(BACKEND, _create, devices=["cpu", "cuda"])
+

@@ -1,0 +1,109 @@
+"""PyTorch on the runtime: a DDP communication hook, and the ``"netstorm"`` backend.
+
+>>> import netstorm.runtime as nr
+>>> site = nr.init()                                  # topology and planner from the env
+>>> ddp.register_comm_hook(site, nr.torch.comm_hook)  # DDP over gloo, gradients over netstorm
+
+or with no hook at all (importing this module registers the backend)::
+
+    import netstorm.runtime.torch
+    dist.init_process_group("netstorm")               # see netstorm.runtime.process_group
+    model = DistributedDataParallel(model)
+
+The hook follows torch's comm-hook contract: a stateless function of explicit state (the
+:class:`~netstorm.runtime.Site`) and a :class:`~torch.distributed.GradBucket`, returning a
+future of the bucket's averaged gradient. Buckets are pipelined: the hook starts the bucket's
+all-reduce and returns at once, so backward goes on computing the next bucket.
+"""
+
+# no "from __future__ import annotations": DDP checks the hook's annotations as objects
+import weakref
+
+import torch
+import torch.distributed as dist
+
+from .process_group import BACKEND, ProcessGroupNetstorm, register
+from .site import Site
+
+__all__ = ["BACKEND", "ProcessGroupNetstorm", "allreduce_tensor", "comm_hook"]
+
+#: Pinned host copies of device buckets, per site: (device, elements) -> buffer.
+_staging: "weakref.WeakKeyDictionary[Site, dict[tuple[str, int, int], torch.Tensor]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _host_buffer(site: Site, tensor: torch.Tensor, slot: int) -> torch.Tensor:
+    """A pinned float32 host buffer for ``tensor`` (reused across iterations)."""
+    key = (str(tensor.device), slot, tensor.numel())
+    buffers = _staging.setdefault(site, {})
+    found = buffers.get(key)
+    if found is None:
+        found = buffers[key] = torch.empty(tensor.numel(), dtype=torch.float32,
+                                           pin_memory=torch.cuda.is_available())
+    return found
+
+
+def allreduce_tensor(site: Site, tensor: torch.Tensor, *, slot: int = 0,
+                     scale: float | None = None) -> torch.futures.Future[torch.Tensor]:
+    """Start the mean all-reduce of a float32 ``tensor`` (CPU or CUDA) through ``site``.
+
+    Parameters
+    ----------
+    site
+        This process's site.
+    tensor
+        Contiguous float32. A CPU tensor is reduced in place; a device tensor goes through a
+        pinned host buffer (``slot`` names which, so that concurrent all-reduces of one size
+        do not share one) and the result is copied back into it.
+    scale
+        Multiply the mean by this afterwards (``len(workers)`` turns it into a sum).
+
+    Returns
+    -------
+    torch.futures.Future
+        Completes with ``tensor`` holding the result, or with the runtime's error (a
+        :class:`~netstorm.errors.PeerError` when a peer died or went silent).
+
+    Notes
+    -----
+    A device tensor costs a device-to-host and a host-to-device copy over PCIe on top of the
+    network transfer; the reduction runs on the host, where the frames land (the runtime's
+    sums are memory-bound and overlap the transfers).
+    """
+    if tensor.dtype != torch.float32:
+        raise TypeError(f"netstorm all-reduce: expected a float32 tensor, got {tensor.dtype}")
+    if not tensor.is_contiguous():
+        raise TypeError("netstorm all-reduce: the tensor is not contiguous")
+    flat = tensor.view(-1)
+    host = flat if flat.device.type == "cpu" else _host_buffer(site, flat, slot)
+    if host is not flat:
+        host.copy_(flat)  # synchronous: the bucket's gradient is complete on the host
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+
+    def done(error: BaseException | None) -> None:
+        if error is not None:
+            fut.set_exception(error)  # type: ignore[arg-type]
+            return
+        if scale is not None:
+            host.mul_(scale)
+        if host is not flat:
+            flat.copy_(host)
+        fut.set_result(tensor)
+
+    site.allreduce_async(host).add_done_callback(done)
+    return fut
+
+
+def comm_hook(state: Site, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: average the bucket over every worker through the runtime.
+
+    Register with ``ddp.register_comm_hook(site, comm_hook)``. Every worker must build the
+    same buckets (DDP does: same model, same ``bucket_cap_mb``); each bucket is one runtime
+    collective, planned for its size. The result equals plain DDP's average within float32
+    rounding, and is bit-identical on every worker.
+    """
+    return allreduce_tensor(state, bucket.buffer(), slot=bucket.index())
+
+
+register()
+

@@ -1,0 +1,201 @@
+"""The built-in training of ``netstorm run``: an MLP on sklearn's digits, DDP over the WAN.
+
+Run with no script, ``netstorm run`` starts this on every site::
+
+    netstorm run -t netstorm9 -p treepack                       # DDP + the netstorm hook
+    netstorm run -t netstorm9 -- python -m netstorm.runtime.train --comm backend --steps 200
+
+``--comm`` picks how gradients travel: ``hook`` (DDP over gloo, buckets through the netstorm
+comm hook), ``backend`` (``dist.init_process_group("netstorm")``, no hook) or ``gloo`` (plain
+DDP: what a PyTorch user runs today). The first worker prints one line per evaluation and
+every site logs one record per step (``NETSTORM_LOG``), which ``netstorm run`` summarises:
+time per step, plan version, loss, test accuracy.
+
+The data are offline (sklearn's 1,797 8x8 digits); every worker takes its own slice of each
+step's global batch, so the global batch, and the result, do not depend on the number of
+workers' order of arrival.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["Digits", "digits", "main", "make_model", "train"]
+
+
+@dataclass(frozen=True)
+class Digits:
+    """sklearn's digits, standardised, split 80/20 with a fixed seed."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def digits(seed: int = 0, device: torch.device | str = "cpu") -> Digits:
+    """Load the digits (offline: they ship with sklearn) onto ``device``."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    xt = torch.tensor(x, dtype=torch.float32)[order]
+    yt = torch.tensor(y, dtype=torch.int64)[order]
+    cut = int(0.8 * len(yt))
+    mean, std = xt[:cut].mean(0), xt[:cut].std(0) + 1e-3
+    xt = (xt - mean) / std
+    return Digits(*(t.to(device) for t in (xt[:cut], yt[:cut], xt[cut:], yt[cut:])))
+
+
+def make_model(width: int = 1024, seed: int = 0) -> nn.Module:
+    """A two-hidden-layer MLP, 64 -> width -> width -> 10 (``width`` 1024: 4.5 MB of
+    float32 gradients, enough for the network, not per-message latency, to set the pace)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 10))
+
+
+def _batch(data: Digits, step: int, batch: int, me: int, workers: int,
+           seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Worker ``me``'s slice of step ``step``'s global batch (epochs reshuffled by seed)."""
+    n = len(data.y_train)
+    per_epoch = max(1, n // (batch * workers))
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    at = (k * workers + me) * batch
+    idx = order[at:at + batch].to(data.y_train.device)
+    return data.x_train[idx], data.y_train[idx]
+
+
+def accuracy(model: nn.Module, data: Digits) -> float:
+    """Test accuracy, 0..1."""
+    with torch.no_grad():
+        return float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+
+
+def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0.05,
+          me: int, workers: int, seed: int = 0, eval_every: int = 0,
+          on_step: Any = None) -> list[dict[str, Any]]:
+    """SGD with momentum on ``data`` for ``steps`` steps; one record per step.
+
+    ``on_step(record)`` is called after every step (the record holds ``iteration``,
+    ``time_s``, ``loss``, ``elapsed_s`` and, every ``eval_every`` steps and at the end,
+    ``accuracy``).
+    """
+    opt = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for step in range(steps):
+        x, y = _batch(data, step, batch, me, workers, seed)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(ddp(x), y)
+        loss.backward()  # DDP's all-reduces end inside backward
+        opt.step()
+        row: dict[str, Any] = {"iteration": step, "time_s": time.perf_counter() - t0,
+                               "loss": loss.item(), "elapsed_s": time.perf_counter() - start}
+        last = step == steps - 1
+        if last or (eval_every and (step + 1) % eval_every == 0):
+            row["accuracy"] = accuracy(ddp, data)
+        rows.append(row)
+        if on_step is not None:
+            on_step(row)
+    return rows
+
+
+def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
+    """Join the run for ``comm``: ``(site or None, the workers' group DDP runs on)``.
+    Relay-only sites relay (or, under plain gloo, have nothing to do) and exit."""
+    if comm == "backend":
+        import netstorm.runtime.torch as nt
+
+        dist.init_process_group(nt.BACKEND)  # its ranks count the workers only
+        return dist.distributed_c10d._get_default_group().site, None  # type: ignore[attr-defined]
+    from netstorm.topology import load_topology
+
+    from . import init
+
+    dist.init_process_group("gloo")  # torch's store on MASTER_PORT
+    workers = load_topology(os.environ["NETSTORM_TOPOLOGY"]).workers
+    group = dist.new_group(list(workers)) if len(workers) < dist.get_world_size() else None
+    if comm == "gloo":
+        if dist.get_rank() not in workers:
+            raise SystemExit(0)
+        return None, group
+    return init(), group  # the runtime's coordinator on NETSTORM_COORD_PORT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m netstorm.runtime.train")
+    parser.add_argument("--comm", choices=["hook", "backend", "gloo"], default="hook")
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("NETSTORM_ITERATIONS",
+                                                                       "60")))
+    parser.add_argument("--batch", type=int, default=32, help="per worker")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (gradients staged "
+                        "through pinned host memory by the hook)")
+    parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write the final parameters to DIR/RANK.pt")
+    args = parser.parse_args(argv)
+    site, group = _setup(args.comm)
+    workers = dist.get_world_size(group)
+    me = dist.get_rank(group)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))
+                              % torch.cuda.device_count())
+    model = make_model(args.width, args.seed).to(device)
+    ddp = DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb, process_group=group)
+    if args.comm == "hook":
+        from .torch import comm_hook
+
+        ddp.register_comm_hook(site, comm_hook)
+    data = digits(args.seed, device)
+    log = open(os.environ["NETSTORM_LOG"], "a") if os.environ.get("NETSTORM_LOG") else None
+
+    def on_step(row: dict[str, Any]) -> None:
+        if site is not None and site.plan is not None:
+            row["plan_version"] = site.plan.version
+        row.setdefault("plan_version", 0)
+        if log is not None:
+            log.write(json.dumps({"site": os.environ.get("RANK"), **row}) + "\n")
+            log.flush()
+        if me == 0 and "accuracy" in row:
+            print(f"step {row['iteration'] + 1}/{args.steps}: loss {row['loss']:.3f}, test "
+                  f"accuracy {row['accuracy']:.3f}, {row['time_s'] * 1e3:.0f} ms/step, plan "
+                  f"v{row['plan_version']}", flush=True)
+
+    train(ddp, data, steps=args.steps, batch=args.batch, lr=args.lr, me=me, workers=workers,
+          seed=args.seed, eval_every=args.eval_every, on_step=on_step)
+    if args.save is not None:
+        args.save.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                   args.save / f"{os.environ.get('RANK', me)}.pt")
+    if args.comm == "hook" and site is not None:
+        site.close()
+    dist.destroy_process_group()
+    if log is not None:
+        log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""PyTorch on the runtime: the DDP comm hook and the ``"netstorm"`` backend against plain DDP
+on gloo (the oracle), in real processes started by ``netstorm run``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from netstorm.runtime.torch import allreduce_tensor
+from netstorm.runtime.train import make_model
+
+from netstorm.builtin_topologies import builtin
+from netstorm.errors import PeerError
+from tests.runtime.harness import run_sites
+
+pytestmark = pytest.mark.timeout(300)
+
+HERE = Path(__file__).parent
+
+
+def netstorm_run(topology: str, *script: str, timeout: float = 200) -> str:
+    done = subprocess.run([sys.executable, "-m", "netstorm", "run", "-t", topology,
+                           "--emulate", "none", "--timeout", "60", "--", sys.executable,
+                           *script], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def trained(tmp: Path, comm: str, device: str = "cpu", sites: int = 4) -> list[dict]:
+    out = tmp / comm
+    netstorm_run(f"random:{sites}:1", "-m", "netstorm.runtime.train", "--comm", comm,
+                 "--steps", "20", "--width", "96", "--batch", "16", "--bucket-mb", "0.02",
+                 "--eval-every", "0", "--device", device, "--save", str(out))
+    return [torch.load(out / f"{r}.pt") for r in range(sites)]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_ddp_on_the_hook_and_on_the_backend_equals_ddp_on_gloo(tmp_path: Path) -> None:
+    # 20 steps of SGD with momentum, 4 sites, several buckets per step (bucket_cap 0.02 MB)
+    gloo = trained(tmp_path, "gloo")
+    initial = make_model(96, 0).state_dict()
+    assert max_diff(gloo[0], initial) > 1e-2  # training moved the weights far past the tolerance
+    for comm in ("hook", "backend"):
+        ours = trained(tmp_path, comm)
+        for rank in range(1, 4):  # every worker holds the root's bytes
+            assert max_diff(ours[rank], ours[0]) == 0.0, (comm, rank)
+        diff = max_diff(ours[0], gloo[0])
+        print(f"{comm}: max |parameter - gloo's| = {diff:.2e}")
+        assert diff < 1e-5, (comm, diff)
+
+
+def test_the_backend_does_what_ddp_needs_and_refuses_the_rest() -> None:
+    out = netstorm_run("random:3:1", str(HERE / "pg_worker.py"))
+    for rank in range(3):
+        assert f"rank {rank}: collectives ok" in out
+        assert f"rank {rank}: reduce_scatter not implemented: ok" in out
+
+
+def test_a_silent_peer_fails_the_hooks_future_instead_of_hanging() -> None:
+    view = builtin("random:2:1")
+
+    def body(site):  # type: ignore[no-untyped-def]
+        if site.rank == 1:
+            time.sleep(4)  # never joins the collective
+            return None
+        fut = allreduce_tensor(site, torch.ones(100))
+        started = time.monotonic()
+        with pytest.raises(PeerError, match="not done after 2 s"):
+            fut.wait()
+        return time.monotonic() - started
+
+    waited = run_sites(view, "ring", body, timeout_s=2.0)
+    assert waited[0] < 5
+
+
+def test_sum_scales_the_mean_and_leaves_every_worker_the_same_bytes() -> None:
+    view = builtin("random:3:2")
+    rng = np.random.default_rng(7)
+    inputs = {w: rng.standard_normal(5000).astype(np.float32) for w in view.workers}
+
+    def body(site):  # type: ignore[no-untyped-def]
+        t = torch.from_numpy(inputs[site.rank].copy())
+        allreduce_tensor(site, t, scale=float(len(view.workers))).wait()
+        return t.numpy()
+
+    got = run_sites(view, "treepack", body)
+    want = np.sum([inputs[w] for w in view.workers], axis=0, dtype=np.float64)
+    first = got[view.workers[0]]
+    np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-5)
+    assert all(np.array_equal(first, g) for g in got.values())
+
+
+def test_wrong_dtypes_are_refused_with_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="float32"):
+        allreduce_tensor(None, torch.ones(3, dtype=torch.float64))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="contiguous"):
+        allreduce_tensor(None, torch.ones(4, 4).t())  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ddp_on_cuda_through_the_hook_equals_ddp_on_gloo(tmp_path: Path) -> None:
+    gloo = trained(tmp_path, "gloo", "cuda", sites=2)
+    ours = trained(tmp_path, "hook", "cuda", sites=2)
+    assert max_diff(ours[1], ours[0]) == 0.0
+    assert max_diff(ours[0], gloo[0]) < 1e-5
