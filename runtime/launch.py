@@ -162,7 +162,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                 argv = command
                 if wan is not None:
                     env.update(MASTER_ADDR=wan.addresses[0], NETSTORM_BIND=wan.addresses[rank],
-                               NETSTORM_ADVERTISE=wan.addresses[rank])
+                               NETSTORM_ADVERTISE=wan.addresses[rank],
+                               GLOO_SOCKET_IFNAME="eth0")  # gloo's too, not loopback
                     argv = ["ip", "netns", "exec", wan.namespaces[rank], *command]
                 proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)

@@ -49,6 +49,8 @@ from .site import Site
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "register"]
 
 BACKEND = "netstorm"
+#: Bytes per value in torch's store (its libuv server refuses values over 8 MiB).
+STORE_PIECE = 4 << 20
 SUPPORTED = "all_reduce (SUM, AVG), broadcast, all_gather, barrier"
 
 
@@ -129,18 +131,31 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         self._ops += 1
         return f"netstorm/{kind}/{self._ops}"
 
+    def _put(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` in pieces (torch's store takes 8 MiB a value)."""
+        pieces = [data[i:i + STORE_PIECE] for i in range(0, len(data), STORE_PIECE)] or [b""]
+        for i, piece in enumerate(pieces):
+            self._store.set(f"{name}/{i}", piece)  # type: ignore[arg-type]
+        self._store.set(name, str(len(pieces)))
+
     def _read_and_release(self, key: str, names: list[str],
                           also: tuple[str, ...] = ()) -> list[bytes]:
-        """Read ``names``; the last rank to have read them deletes them (and ``also``)."""
-        values = [self._store.get(n) for n in names]
+        """Read what :meth:`_put` stored under ``names``; the last rank to have read them
+        deletes them (and ``also``)."""
+        values, keys = [], [*also, f"{key}/read"]
+        for n in names:
+            count = int(self._store.get(n))  # waits until it is there
+            parts = [f"{n}/{i}" for i in range(count)]
+            values.append(b"".join(self._store.get(p) for p in parts))
+            keys += [n, *parts]
         if self._store.add(f"{key}/read", 1) == self._world:
-            for n in [*names, *also, f"{key}/read"]:
-                self._store.delete_key(n)
+            for k in keys:
+                self._store.delete_key(k)
         return values
 
     def _gather(self, tensor: torch.Tensor) -> list[bytes]:
         key = self._key("gather")
-        self._store.set(f"{key}/{self._me}", _to_bytes(tensor))  # type: ignore[arg-type]
+        self._put(f"{key}/{self._me}", _to_bytes(tensor))
         return self._read_and_release(key, [f"{key}/{r}" for r in range(self._world)])
 
     def _allreduce_by_store(self, tensor: torch.Tensor, op: ReduceOp.RedOpType) -> None:
@@ -161,7 +176,7 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         key = self._key("broadcast")
         for i, tensor in enumerate(tensors):
             if self._me == root:
-                self._store.set(f"{key}/{i}", _to_bytes(tensor))  # type: ignore[arg-type]
+                self._put(f"{key}/{i}", _to_bytes(tensor))
         names = [f"{key}/{i}" for i in range(len(tensors))]
         for tensor, data in zip(tensors, self._read_and_release(key, names), strict=True):
             if self._me != root:
@@ -181,7 +196,7 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
     def barrier(self, opts: BarrierOptions | None = None) -> dist.Work:  # type: ignore[override]
         key = self._key("barrier")
         if self._store.add(f"{key}/in", 1) == self._world:
-            self._store.set(f"{key}/all", b"1")  # type: ignore[arg-type]
+            self._put(f"{key}/all", b"")
         self._read_and_release(key, [f"{key}/all"], also=(f"{key}/in",))
         return _done([])
 

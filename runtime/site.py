@@ -131,6 +131,8 @@ class Site:
         self._listen()
         _warm_kernels()
         if self.rank == 0:
+            if policy is None and self._unshaped_loopback:
+                policy = "static"  # every link is the same memory copy: nothing to adapt to
             rule = policy if policy is not None and not isinstance(policy, str) \
                 else self.info.policy(policy)
             noisy = not self.shaper.pace  # links timed on a real or kernel-shaped network
@@ -144,6 +146,13 @@ class Site:
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
         self._join()
+
+    @property
+    def _unshaped_loopback(self) -> bool:
+        """Every site on this machine, no emulation: the links' timings measure the CPU's
+        scheduling, not a network (re-planning on them only adds noise)."""
+        return self.config.emulate == "none" and self.config.master_addr in ("127.0.0.1",
+                                                                             "localhost")
 
     # -- set-up -----------------------------------------------------------------------------
     def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
@@ -468,9 +477,8 @@ class Site:
         self._probe(coll)
 
     def _probe(self, coll: Collective) -> None:
-        if self.config.emulate == "none" and self.config.master_addr in ("127.0.0.1",
-                                                                         "localhost"):
-            return  # loopback without emulation: every link is the same memory copy
+        if self._unshaped_loopback:
+            return  # every link is the same memory copy
         self.sender.probe(self.view.capacity[self.rank], PROBE_AGE_S / self.config.time_scale,
                           coll.version, coll.seq)
 

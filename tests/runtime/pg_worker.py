@@ -25,6 +25,9 @@ def main() -> int:
     t = torch.full((3, 2), float(me))
     dist.broadcast(t, src=n - 1)
     assert (t == n - 1).all(), t
+    big = torch.full((3_000_000,), float(me + 1))  # 12 MB: over the store's 8 MiB a value
+    dist.broadcast(big, src=0)
+    assert (big == 1).all()
     out = [torch.zeros(2, dtype=torch.float64) for _ in range(n)]
     dist.all_gather(out, torch.full((2,), me / 3, dtype=torch.float64))
     assert [o.tolist() for o in out] == [[r / 3, r / 3] for r in range(n)], out
