@@ -18,7 +18,16 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from numba import config, cuda
+
+# numba-cuda (to 0.2x at least) registers typing overloads for NumPy functions that NumPy 2.5
+# removed; its first kernel compile then fails with "module 'numpy' has no attribute
+# 'row_stack'". Alias the removed names to their replacements (netstorm calls none of them).
+for _old, _new in (("row_stack", "vstack"), ("trapz", "trapezoid"), ("in1d", "isin")):
+    if not hasattr(np, _old) and hasattr(np, _new):
+        setattr(np, _old, getattr(np, _new))
+del _old, _new
+
+from numba import config, cuda  # noqa: E402
 
 __all__ = [
     "SIMULATOR",
