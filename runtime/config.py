@@ -22,6 +22,8 @@
 ``NETSTORM_TIME_SCALE``  Emulated rates times K, latencies and dynamics times 1/K.
 ``NETSTORM_DYNAMICS``    Dynamics applied live to the emulated links (DESIGN 5.2).
 ``NETSTORM_MAX_FRAME``   Largest payload accepted, bytes (default 1 GiB).
+``NETSTORM_WIRE``        ``fp32`` (default), ``fp16`` or ``bf16``: how gradients travel (sums
+                         stay float32; every site must use the same).
 ``NETSTORM_TOPOLOGY``    The topology ``init()`` loads when not given one; likewise
                          ``NETSTORM_PLANNER`` and ``NETSTORM_POLICY`` (``netstorm run`` sets
                          all three).
@@ -41,9 +43,10 @@ from dataclasses import dataclass
 
 from netstorm.errors import NetstormError
 
-__all__ = ["EMULATE_MODES", "RuntimeConfig"]
+__all__ = ["EMULATE_MODES", "WIRE_DTYPES", "RuntimeConfig"]
 
 EMULATE_MODES = ("inprocess", "netns", "none")
+WIRE_DTYPES = ("fp32", "fp16", "bf16")
 
 
 class ConfigError(NetstormError, ValueError):
@@ -108,6 +111,7 @@ class RuntimeConfig:
     max_frame: int = 1 << 30
     log: str | None = None
     connections: int = 1
+    wire: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -117,6 +121,9 @@ class RuntimeConfig:
         if self.emulate not in EMULATE_MODES:
             raise ConfigError(f"NETSTORM_EMULATE must be one of {', '.join(EMULATE_MODES)}, "
                               f"got {self.emulate!r}")
+        if self.wire not in WIRE_DTYPES:
+            raise ConfigError(f"NETSTORM_WIRE must be one of {', '.join(WIRE_DTYPES)}, "
+                              f"got {self.wire!r}")
         if self.connections < 1:
             raise ConfigError(f"NETSTORM_CONNECTIONS must be >= 1, got {self.connections}")
         if not 0 < self.master_port < 65536:
@@ -157,6 +164,7 @@ class RuntimeConfig:
             "max_frame": lambda: _int(env, "NETSTORM_MAX_FRAME", 1 << 30),
             "log": lambda: env.get("NETSTORM_LOG") or None,
             "connections": lambda: _int(env, "NETSTORM_CONNECTIONS", 1),
+            "wire": lambda: env.get("NETSTORM_WIRE") or "fp32",
             "secret": lambda: load_secret(env),
         }
         values: dict[str, object] = {"rank": rank, "master_addr": master, "bind": bind,

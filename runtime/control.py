@@ -124,8 +124,9 @@ class Coordinator:
         rank = conn.peer
         problem = None
         if join.get("fingerprint") != self.fingerprint:
-            problem = (f"site {rank} loaded a different topology than rank 0 "
-                       f"({join.get('name')!r} vs {self.view.name!r})")
+            problem = (f"site {rank} loaded a different topology or wire encoding than "
+                       f"rank 0 ({join.get('name')!r} vs {self.view.name!r}, wire "
+                       f"{join.get('wire')} vs {self.fingerprint.rpartition('/')[2]})")
         elif join.get("world_size") != self.n:
             problem = f"site {rank} has WORLD_SIZE {join.get('world_size')}, rank 0 {self.n}"
         elif rank in self.conns:

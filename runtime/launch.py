@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mbytes", type=float, default=16.0,
                    help="all-reduce size, MB, of the all-reduce check "
                         "(-- python -m netstorm.runtime.demo)")
+    p.add_argument("--wire", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="how gradients travel between sites (sums stay float32)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds before a silent peer is an error (NETSTORM_TIMEOUT)")
     p.add_argument("--log-dir", default=None,
@@ -132,7 +134,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                 WORLD_SIZE=str(view.n), NETSTORM_SECRET=secrets.token_hex(32),
                 NETSTORM_TOPOLOGY=str(args.topology), NETSTORM_PLANNER=args.planner,
                 NETSTORM_EMULATE=args.emulate, NETSTORM_TIME_SCALE=str(args.time_scale),
-                NETSTORM_TIMEOUT=str(args.timeout), NETSTORM_ITERATIONS=str(args.iterations),
+                NETSTORM_TIMEOUT=str(args.timeout), NETSTORM_WIRE=args.wire,
+                NETSTORM_ITERATIONS=str(args.iterations),
                 NETSTORM_MBYTES=str(args.mbytes), NUMBA_NUM_THREADS=threads,
                 OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
     if args.policy:

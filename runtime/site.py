@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from netstorm.kernels import fused_reduce, pack
 
 from netstorm.awareness import Policy, ReplanPolicy
 from netstorm.dynamics import parse_dynamics
@@ -50,6 +51,8 @@ log = logging.getLogger("netstorm.runtime")
 
 #: Collectives a site may start ahead of the last one finished everywhere.
 WINDOW = 2
+#: numpy element types of the wire encodings (bf16 travels as uint16 bit patterns).
+WIRE_NUMPY: dict[str, Any] = {"fp32": None, "fp16": np.float16, "bf16": np.uint16}
 #: How often the engine looks for collectives past the timeout, seconds.
 WATCHDOG_S = 1.0
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
@@ -101,6 +104,7 @@ class Site:
         self.seed = seed
         self.chunk_bytes = chunk_bytes
         self.options = dict(planner_options or {})
+        self._wire = None if config.wire == "fp32" else config.wire
         self.info = planner_info(planner)
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
                              pace=config.emulate == "inprocess",
@@ -140,12 +144,17 @@ class Site:
                 # the default hysteresis must exceed what the measurements scatter by
                 rule = dataclasses.replace(rule, threshold=max(rule.threshold,
                                                                NOISY_THRESHOLD))
-            self.coordinator = Coordinator(view, fingerprint(view), self._planner_call, rule,
+            self.coordinator = Coordinator(view, self._fingerprint, self._planner_call, rule,
                                            window=window, workers=view.workers,
                                            smooth=3 if noisy else 1)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
         self._join()
+
+    @property
+    def _fingerprint(self) -> str:
+        """What every site must agree on: the topology, and how payloads are encoded."""
+        return f"{fingerprint(self.view)}/{self.config.wire}"
 
     @property
     def _unshaped_loopback(self) -> bool:
@@ -212,7 +221,7 @@ class Site:
                                 name=f"coordinator {cfg.master_addr}:{cfg.master_port}",
                                 retry_until=deadline)
         self._control.send_control({"type": "join", "address": [cfg.advertise, self.port],
-                                    "fingerprint": fingerprint(self.view),
+                                    "fingerprint": self._fingerprint, "wire": cfg.wire,
                                     "world_size": cfg.world_size, "name": self.view.name})
         self._spawn(self._read_control, "control")
         if not self._table.wait(cfg.timeout_s) or self._error is not None:
@@ -322,6 +331,7 @@ class Site:
         src = conn.peer
         last = 0.0  # when the previous frame from src ended (busy spells do not overlap)
         probe = memoryview(bytearray(PROBE_BYTES))  # probes land here and are dropped
+        encoded = WIRE_NUMPY[cfg.wire]
         try:
             while not self._stop.is_set():
                 header = conn.read_header(max_length=cfg.max_frame)
@@ -342,10 +352,12 @@ class Site:
                                         f"version {header.plan_version}, this site runs "
                                         f"version {coll.version}")
                 payload = coll.slot(header.message)
-                view = memoryview(payload).cast("B")  # type: ignore[arg-type]
+                packed = payload if encoded is None else np.empty(payload.size, dtype=encoded)
+                view = memoryview(packed).cast("B")  # type: ignore[arg-type]
                 if len(view) != header.length:
                     raise ProtocolError(f"{conn.name}: message {header.message} of "
-                                        f"{header.length} bytes, expected {len(view)}")
+                                        f"{header.length} bytes, expected {len(view)} "
+                                        f"(wire {cfg.wire})")
                 first = time.monotonic()
                 conn.read_into(view)
                 end = time.monotonic()
@@ -356,6 +368,8 @@ class Site:
                         seen[1] += end - max(first, last)
                 last = end
                 wire.verify(header, view)
+                if packed is not payload:
+                    fused_reduce(payload, [packed], 1.0)  # decode into float32
                 self._events.put((time.monotonic() + self.shaper.delay(src), "arrive", coll,
                                   header.message, payload))
         except BaseException as exc:
@@ -372,7 +386,8 @@ class Site:
             send = out.send
             if send is not None:
                 out = pick_path(out, self.sender.depth)
-            payload = memoryview(out.payload).cast("B")  # type: ignore[arg-type]
+            data = out.payload if self._wire is None else pack(out.payload, dtype=self._wire)
+            payload = memoryview(data).cast("B")  # type: ignore[arg-type]
             m = out.message  # the link's thread fills in the checksum, off this thread
             header = wire.Header(wire.Kind.DATA, coll.version, coll.seq, coll.numel, m.shard,
                                  m.chunk, m.phase, m.src, m.dst, payload.nbytes, 0)
@@ -454,6 +469,11 @@ class Site:
             return
         if self.is_worker and not coll.started:
             return
+        if self._wire is not None and coll.executor.result is not None:
+            # the roots kept float32 means but sent them rounded: round theirs alike, so
+            # every worker holds the same bytes (a no-op where the result came off the wire)
+            result = coll.executor.result
+            fused_reduce(result, [pack(result, dtype=self._wire)], 1.0)
         coll.t_end = time.perf_counter()
         scale = self.config.time_scale  # reports are in the topology's time
         links = self.sender.measurements(scale)

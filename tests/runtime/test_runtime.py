@@ -243,3 +243,47 @@ def test_several_connections_per_link_stay_exact() -> None:
                         site_kw={"chunk_bytes": 16_000})
     check_exact(view, {w: r[0] for w, r in results.items()}, numel)
     assert all(r[1] == {2} for r in results.values())
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "bf16"])
+def test_a_16_bit_wire_rounds_alike_on_every_worker(encoding: str) -> None:
+    """Gradients travel in 16 bits, sums stay float32: each worker ends on the wire type's
+    grid with the same bytes, within the encoding's rounding of numpy's mean."""
+    view = builtin("netstorm9")
+    numel = 30_000
+    results = run_sites(view, "treepack", allreduce_loop(view, numel, 2), wire=encoding,
+                        site_kw={"chunk_bytes": 24_000})
+    unit = 2.0**-11 if encoding == "fp16" else 2.0**-8  # the unit roundoff
+    for it in range(2):
+        g = grads(view, numel, it)
+        want = np.mean([g[w] for w in view.workers], axis=0, dtype=np.float64)
+        first = results[view.workers[0]][it]
+        assert all(np.array_equal(results[w][it], first) for w in view.workers)
+        if encoding == "fp16":
+            on_grid = first.astype(np.float16).astype(np.float32)
+        else:
+            on_grid = (first.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+        assert np.array_equal(on_grid, first)
+        # every partial sum is rounded once per hop: a few units of the largest gradient
+        scale = max(float(np.abs(g[w]).max()) for w in view.workers)
+        err = np.abs(first - want)
+        assert err.max() < 4 * unit * scale and err.max() > 0
+
+
+def test_sites_on_different_wire_encodings_cannot_join() -> None:
+    view = builtin("random:2:1")
+    port = free_port()
+    box: dict[str, Any] = {}
+
+    def coordinator() -> None:
+        try:
+            Site(config(view, 0, port, timeout_s=3.0), view, "ring")
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=coordinator, daemon=True)
+    t.start()
+    with pytest.raises(NetstormError, match="wire fp16 vs fp32"):
+        Site(config(view, 1, port, wire="fp16", timeout_s=3.0), view, "ring")
+    t.join(timeout=10)
+    assert isinstance(box.get("error"), NetstormError)

@@ -23,10 +23,12 @@ pytestmark = pytest.mark.timeout(300)
 HERE = Path(__file__).parent
 
 
-def netstorm_run(topology: str, *script: str, timeout: float = 200) -> str:
+def netstorm_run(topology: str, *script: str, options: tuple[str, ...] = (),
+                 timeout: float = 200) -> str:
     done = subprocess.run([sys.executable, "-m", "netstorm", "run", "-t", topology,
-                           "--emulate", "none", "--timeout", "60", "--", sys.executable,
-                           *script], capture_output=True, text=True, timeout=timeout)
+                           "--emulate", "none", "--timeout", "60", *options, "--",
+                           sys.executable, *script], capture_output=True, text=True,
+                          timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -55,6 +57,18 @@ def test_ddp_on_the_hook_and_on_the_backend_equals_ddp_on_gloo(tmp_path: Path) -
         diff = max_diff(ours[0], gloo[0])
         print(f"{comm}: max |parameter - gloo's| = {diff:.2e}")
         assert diff < 1e-5, (comm, diff)
+
+
+def test_an_fp16_wire_trains_to_the_same_accuracy_as_fp32() -> None:
+    accuracy = {}
+    for wire in ("fp32", "fp16"):
+        out = netstorm_run("random:3:1", "-m", "netstorm.runtime.train", "--steps", "60",
+                           "--width", "128", "--eval-every", "60", options=("--wire", wire))
+        line = next(x for x in out.splitlines() if "step 60/60" in x)
+        accuracy[wire] = float(line.split("test accuracy ")[1].split(",")[0])
+    print(accuracy)
+    assert accuracy["fp32"] > 0.9  # it learned (chance is 0.1)
+    assert abs(accuracy["fp16"] - accuracy["fp32"]) <= 0.01
 
 
 def test_the_backend_does_what_ddp_needs_and_refuses_the_rest() -> None:
