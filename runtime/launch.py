@@ -29,7 +29,7 @@ from netstorm.topology import load_topology
 
 from .netns import NetnsWAN, check_available
 
-__all__ = ["add_arguments", "format_summary", "run", "summary"]
+__all__ = ["add_arguments", "format_summary", "options", "run", "summary"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", nargs=argparse.REMAINDER,
                    help="-- python script.py ARGS (default: the built-in training, "
                         "python -m netstorm.runtime.train)")
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    """``netstorm run``'s options from ``argv`` (its defaults for the rest)."""
+    parser = argparse.ArgumentParser(prog="netstorm run")
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def _free_ports(k: int) -> list[int]:
@@ -232,9 +239,7 @@ def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m netstorm.runtime.launch`` (the same as ``netstorm run``)."""
-    parser = argparse.ArgumentParser(prog="netstorm run")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = options(sys.argv[1:] if argv is None else argv)
     try:
         status, doc = run(args)
     except (NetstormError, ValueError) as exc:

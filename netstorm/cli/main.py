@@ -261,10 +261,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
                          "--topology T to measure T emulated on this machine")
     script = [sys.executable, "-m", "netstorm.runtime.measure", "--out", args.out,
               "--seconds", str(args.seconds), "--emulate-topology", args.topology]
-    run = argparse.Namespace(topology=args.topology, planner="ring", policy=None,
-                             emulate="inprocess", dynamics=None, time_scale=args.time_scale,
-                             iterations=1, mbytes=1.0, timeout=120.0, log_dir=None,
-                             json=args.json, script=script)
+    run = launch.options(["--topology", args.topology, "--planner", "ring", "--time-scale",
+                          str(args.time_scale), *(["--json"] if args.json else []), "--",
+                          *script])
     status, _ = launch.run(run)
     if status:
         return status
