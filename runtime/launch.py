@@ -29,14 +29,18 @@ from netstorm.topology import load_topology
 
 from .netns import NetnsWAN, check_available
 
-__all__ = ["add_arguments", "format_summary", "options", "run", "summary"]
+__all__ = ["add_arguments", "execute", "format_summary", "is_experiment", "options", "run",
+           "summary"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``run`` options; the script and its arguments follow ``--``."""
     p.add_argument("--topology", "-t", required=True,
                    help="topology file or built-in name (one site per process)")
-    p.add_argument("--planner", "-p", default="treepack")
+    p.add_argument("--planner", "-p", default="treepack",
+                   help="planner; several, comma-separated, run the experiment: the "
+                        "built-in training once per planner, time to --target accuracy "
+                        "beside the simulator's prediction")
     p.add_argument("--policy", default=None,
                    choices=["hysteresis", "any-change", "every-iteration", "static"])
     p.add_argument("--emulate", default="inprocess", choices=["inprocess", "netns", "none"],
@@ -59,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", default=None,
                    help="write one JSON lines file per site (per collective, switches)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--target", type=float, default=None, metavar="ACC",
+                   help="experiment: report each planner's time to this test accuracy")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="experiment: plot accuracy against time, one line per planner")
     p.add_argument("script", nargs=argparse.REMAINDER,
                    help="-- python script.py ARGS (default: the built-in training, "
                         "python -m netstorm.runtime.train)")
@@ -145,6 +153,7 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                 NETSTORM_ITERATIONS=str(args.iterations),
                 NETSTORM_MBYTES=str(args.mbytes), NUMBA_NUM_THREADS=threads,
                 OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    base.update(getattr(args, "env", None) or {})
     if args.policy:
         base["NETSTORM_POLICY"] = args.policy
     if args.dynamics:
@@ -237,15 +246,33 @@ def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> 
             "bytes": links, "wall_s": wall_s, "log_dir": str(logs)}
 
 
+def is_experiment(args: argparse.Namespace) -> bool:
+    """Several planners, ``--target`` or ``--plot``: the experiment, not one run."""
+    return "," in args.planner or args.target is not None or args.plot is not None
+
+
+def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    """``netstorm run``: one run or the experiment; ``(status, summary, its text)``."""
+    if is_experiment(args):
+        from . import experiment
+
+        if args.target is None:
+            args.target = 0.9
+        status, doc = experiment.run(args)
+        return status, doc, experiment.format_table(doc)
+    status, doc = run(args)
+    return status, doc, format_summary(doc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m netstorm.runtime.launch`` (the same as ``netstorm run``)."""
     args = options(sys.argv[1:] if argv is None else argv)
     try:
-        status, doc = run(args)
+        status, doc, text = execute(args)
     except (NetstormError, ValueError) as exc:
         print(f"netstorm run: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(doc) if args.json else format_summary(doc))
+    print(json.dumps(doc) if args.json else text)
     return status
 
 

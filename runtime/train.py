@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Digits", "digits", "main", "make_model", "train"]
+__all__ = ["Digits", "digits", "main", "make_model", "measure_compute", "train"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,21 @@ def accuracy(model: nn.Module, data: Digits) -> float:
     """Test accuracy, 0..1."""
     with torch.no_grad():
         return float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+
+
+def measure_compute(model: nn.Module, data: Digits, batch: int, steps: int = 7) -> float:
+    """Median seconds of one forward and backward pass of ``model`` alone (no all-reduce):
+    the compute time per step a simulation of the run charges."""
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for step in range(steps):
+        x, y = _batch(data, step, batch, 0, 1, 0)
+        t0 = time.perf_counter()
+        loss_fn(model(x), y).backward()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0.05,
@@ -148,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-every", type=int,
+                        default=int(os.environ.get("NETSTORM_EVAL_EVERY", "10")))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (gradients staged "
                         "through pinned host memory by the hook)")
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
@@ -169,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ddp.register_comm_hook(site, comm_hook)
     data = digits(args.seed, device)
+    compute_s = measure_compute(make_model(args.width, args.seed).to(device), data,
+                                args.batch)
     log = open(os.environ["NETSTORM_LOG"], "a") if os.environ.get("NETSTORM_LOG") else None
 
     def on_step(row: dict[str, Any]) -> None:
@@ -183,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"accuracy {row['accuracy']:.3f}, {row['time_s'] * 1e3:.0f} ms/step, plan "
                   f"v{row['plan_version']}", flush=True)
 
+    if log is not None:  # what a simulation of this run needs: the compute time per step
+        log.write(json.dumps({"site": os.environ.get("RANK"), "compute_s": compute_s}) + "\n")
     train(ddp, data, steps=args.steps, batch=args.batch, lr=args.lr, me=me, workers=workers,
           seed=args.seed, eval_every=args.eval_every, on_step=on_step)
     if args.save is not None:

@@ -240,11 +240,11 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from netstorm.runtime import launch
 
-    status, doc = launch.run(args)
+    status, doc, text = launch.execute(args)
     if args.json:
         _emit(doc)
     else:
-        print(launch.format_summary(doc))
+        print(text)
     return status
 
 

@@ -113,3 +113,26 @@ def test_a_script_gets_its_topology_and_planner_from_netstorm_run(tmp_path: Path
                sys.executable, str(script))
     assert done.returncode == 0, done.stdout[-2000:]
     assert done.stdout.count("got ring 1.0 1.0") == 3  # the mean of ranks 0, 1, 2
+
+
+def test_several_planners_run_the_experiment_with_the_simulator_beside_it(
+        tmp_path: Path) -> None:
+    fig = tmp_path / "fig.png"
+    done = run("--topology", "random:3:1", "-p", "ring,treepack", "--iterations", "6",
+               "--target", "0.3", "--plot", str(fig), "--json", timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    assert [r["planner"] for r in doc["runs"]] == ["ring", "treepack"]
+    for r in doc["runs"]:
+        assert r["steps"] == 6 and len(r["accuracy"]) == 6 and None not in r["accuracy"]
+        assert r["time_s"] == sorted(r["time_s"]) and len(r["sim_time_s"]) == 6
+        assert r["compute_s"] > 0 and sum(r["buckets"]) == 4 * 1_126_410  # the MLP's grads
+        assert r["time_to_target_s"] is not None and r["sim_time_to_target_s"] is not None
+    assert set(doc["ratios"]) == {"treepack vs ring"}
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_experiment_runs_the_built_in_training_only() -> None:
+    done = run("--topology", "random:3:1", "-p", "ring,treepack", "--", sys.executable,
+               "-c", "pass")
+    assert done.returncode == 2 and "built-in training" in done.stderr
