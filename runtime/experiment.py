@@ -80,9 +80,11 @@ def _one(args: argparse.Namespace, planner: str, logs: Path) -> dict[str, Any]:
         "time_to_target_s": time_to(times, accuracy, args.target)}
     compute = [r["compute_s"] for s in view.sites for r in _records(logs / f"{s}.jsonl")
                if "compute_s" in r]
+    warmup = next((int(r["warmup"]) for r in first if "warmup" in r), 0)
     colls = [r for r in first if "collective" in r]
-    if steps and compute and colls and len(colls) % len(steps) == 0:
-        per_step = len(colls) // len(steps)
+    passes = len(steps) + warmup  # every backward pass all-reduced every bucket
+    if steps and compute and colls and len(colls) % passes == 0:
+        per_step = len(colls) // passes
         # the last step's buckets (after DDP rebuilt them), in model order
         buckets = [4 * int(r["numel"]) for r in colls[-per_step:]][::-1]
         sim = sim_time_axis(args, planner, buckets, float(np.median(compute)), len(steps))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -56,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mbytes", type=float, default=16.0,
                    help="all-reduce size, MB, of the all-reduce check "
                         "(-- python -m netstorm.runtime.demo)")
+    p.add_argument("--procs-per-site", type=int, default=1, metavar="L",
+                   help="processes per site (LOCAL_RANK, LOCAL_WORLD_SIZE): they reduce "
+                        "inside the site, one leader per site takes part in the plan")
     p.add_argument("--wire", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="how gradients travel between sites (sums stay float32)")
     p.add_argument("--timeout", type=float, default=120.0,
@@ -121,6 +125,8 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         script = script[1:]
     if args.time_scale <= 0 or args.iterations < 1 or args.mbytes <= 0:
         raise ValueError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
+    if args.procs_per_site < 1:
+        raise ValueError(f"--procs-per-site must be >= 1, got {args.procs_per_site}")
     command = script or [sys.executable, "-m", "netstorm.runtime.train"]
     if args.emulate == "netns":
         check_available()
@@ -140,13 +146,13 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
 def _launch(args: argparse.Namespace, view: Any, command: list[str],
             logs: Path) -> tuple[int, dict[str, Any]]:
-    threads = str(max(1, (os.cpu_count() or 1) // view.n))
+    threads = str(max(1, (os.cpu_count() or 1) // (view.n * args.procs_per_site)))
     # torchrun's layout: torch's store (a training script's init_process_group) on
     # MASTER_PORT, the runtime's coordinator on its own port
     store_port, coordinator_port = _free_ports(2)
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store_port),
                 NETSTORM_COORD_PORT=str(coordinator_port),
-                WORLD_SIZE=str(view.n), NETSTORM_SECRET=secrets.token_hex(32),
+                WORLD_SIZE=str(view.n * args.procs_per_site), NETSTORM_SECRET=secrets.token_hex(32),
                 NETSTORM_TOPOLOGY=str(args.topology), NETSTORM_PLANNER=args.planner,
                 NETSTORM_EMULATE=args.emulate, NETSTORM_TIME_SCALE=str(args.time_scale),
                 NETSTORM_TIMEOUT=str(args.timeout), NETSTORM_WIRE=args.wire,
@@ -175,15 +181,20 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                 wan = stack.enter_context(NetnsWAN(view, args.time_scale))
             stop = threading.Event()
             stack.callback(stop.set)
-            for rank, name in enumerate(view.sites):
-                env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank),
+            per = args.procs_per_site
+            for rank, (site, local) in enumerate(itertools.product(range(view.n), range(per))):
+                name = view.sites[site]
+                env = dict(base, RANK=str(rank), LOCAL_RANK=str(local if per > 1 else rank),
                            NETSTORM_LOG=str(logs / f"{name}.jsonl"))
+                if per > 1:
+                    env["LOCAL_WORLD_SIZE"] = str(per)
+                    name = f"{name}/{local}"
                 argv = command
                 if wan is not None:
-                    env.update(MASTER_ADDR=wan.addresses[0], NETSTORM_BIND=wan.addresses[rank],
-                               NETSTORM_ADVERTISE=wan.addresses[rank],
+                    env.update(MASTER_ADDR=wan.addresses[0], NETSTORM_BIND=wan.addresses[site],
+                               NETSTORM_ADVERTISE=wan.addresses[site],
                                GLOO_SOCKET_IFNAME="eth0")  # gloo's too, not loopback
-                    argv = ["ip", "netns", "exec", wan.namespaces[rank], *command]
+                    argv = ["ip", "netns", "exec", wan.namespaces[site], *command]
                 proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
                 procs.append(proc)

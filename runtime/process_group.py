@@ -45,6 +45,7 @@ from netstorm.topology import load_topology
 
 from .config import RuntimeConfig
 from .site import Site
+from .site_group import SiteGroup, check_all_workers, layout
 
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "register"]
 
@@ -88,23 +89,22 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         This process's site (a worker).
     """
 
-    def __init__(self, store: dist.Store, site: Site) -> None:
-        workers = site.view.workers
-        super().__init__(workers.index(site.rank), len(workers))  # type: ignore[call-arg]
+    def __init__(self, store: dist.Store, site: Site | None,
+                 group: SiteGroup | None = None) -> None:
+        if group is not None:  # several processes per site: every process is a rank
+            me, world = group.layout.rank, group.layout.world_size
+        else:
+            assert site is not None
+            me, world = site.view.workers.index(site.rank), len(site.view.workers)
+        super().__init__(me, world)  # type: ignore[call-arg]
         self.site = site
+        self.group = group
+        self._me, self._world = me, world
         self._store = store
         self._ops = 0  # collectives through the store, counted alike on every rank
 
     def getBackendName(self) -> str:
         return BACKEND
-
-    @property
-    def _world(self) -> int:
-        return len(self.site.view.workers)
-
-    @property
-    def _me(self) -> int:
-        return self.site.view.workers.index(self.site.rank)
 
     # -- the runtime ------------------------------------------------------------------------
     def allreduce(self, tensors: Sequence[torch.Tensor],  # type: ignore[override]
@@ -123,6 +123,9 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         from .torch import allreduce_tensor
 
         scale = float(self._world) if op == ReduceOp.SUM else None
+        if self.group is not None:
+            return _done([self.group.allreduce(tensor, scale)])
+        assert self.site is not None
         fut = allreduce_tensor(self.site, tensor, slot=-1, scale=scale)
         return _create_work_from_future(fut.then(lambda f: [f.value()]))
 
@@ -202,7 +205,8 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
 
     def shutdown(self) -> None:
         """Leave the run (``dist.destroy_process_group`` calls this)."""
-        self.site.close()
+        if self.site is not None:
+            self.site.close()
 
     # -- the rest ---------------------------------------------------------------------------
     for _name in ("allreduce_coalesced", "reduce", "allgather_coalesced",
@@ -215,7 +219,7 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
     del _name
 
     def __repr__(self) -> str:
-        return f"ProcessGroupNetstorm(site={self.site.name!r}, rank={self._me}/{self._world})"
+        return f"ProcessGroupNetstorm(rank={self._me}/{self._world})"
 
 
 def _free_port(host: str) -> int:
@@ -232,12 +236,16 @@ def _create(store: dist.Store, rank: int, world_size: int,
         raise NetstormError("the netstorm backend needs NETSTORM_TOPOLOGY (a topology file "
                             "or built-in name; netstorm run sets it)")
     view = load_topology(topology)
-    if world_size != view.n:
+    where = layout(rank=rank, world_size=world_size)
+    if where.sites != view.n:
         raise NetstormError(f"init_process_group: world_size is {world_size} but topology "
-                            f"{view.name!r} has {view.n} sites (one process per site)")
+                            f"{view.name!r} has {view.n} sites ({where.local_size} "
+                            f"process(es) per site, LOCAL_WORLD_SIZE)")
+    if where.local_size > 1:
+        check_all_workers(view)
     # rank 0 serves the runtime's coordinator on a free port and, unless the environment
     # holds a secret, makes one: both reach the other ranks through torch's store
-    given: dict[str, Any] = {"rank": rank, "world_size": world_size}
+    given: dict[str, Any] = {"rank": where.site, "world_size": where.sites}
     if rank == 0:
         port = _free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
         secret = os.environ.get("NETSTORM_SECRET") or secrets.token_hex(32)
@@ -245,13 +253,20 @@ def _create(store: dist.Store, rank: int, world_size: int,
         store.set("netstorm/secret", secret)
     given["master_port"] = int(store.get("netstorm/coordinator").decode())
     given["secret"] = store.get("netstorm/secret")
-    cfg = RuntimeConfig.from_env(**given)
-    site = Site(cfg, view, os.environ.get("NETSTORM_PLANNER") or "treepack",
-                policy=os.environ.get("NETSTORM_POLICY") or None)
-    if not site.is_worker:
-        site.serve()
-        raise SystemExit(0)
-    return ProcessGroupNetstorm(store, site)
+    site = None
+    if where.local_rank == 0:  # the site's leader takes part in the plan
+        site = Site(RuntimeConfig.from_env(**given), view,
+                    os.environ.get("NETSTORM_PLANNER") or "treepack",
+                    policy=os.environ.get("NETSTORM_POLICY") or None)
+        if not site.is_worker:
+            site.serve()
+            raise SystemExit(0)
+    if where.local_size == 1:
+        return ProcessGroupNetstorm(store, site)
+    # no group can be registered while init_process_group runs: a bare gloo backend
+    local = dist.ProcessGroupGloo(dist.PrefixStore(f"netstorm/site{where.site}", store),
+                                  where.local_rank, where.local_size, timeout)
+    return ProcessGroupNetstorm(store, site, SiteGroup(where, local, site))
 
 
 def register() -> None:

@@ -24,8 +24,10 @@ import torch.distributed as dist
 
 from .process_group import BACKEND, ProcessGroupNetstorm, register
 from .site import Site
+from .site_group import SiteGroup, join
 
-__all__ = ["BACKEND", "ProcessGroupNetstorm", "allreduce_tensor", "comm_hook"]
+__all__ = ["BACKEND", "ProcessGroupNetstorm", "SiteGroup", "allreduce_tensor", "comm_hook",
+           "join"]
 
 #: Pinned host copies of device buckets, per site: (device, elements) -> buffer.
 _staging: "weakref.WeakKeyDictionary[Site, dict[tuple[str, int, int], torch.Tensor]]" = (
@@ -94,14 +96,22 @@ def allreduce_tensor(site: Site, tensor: torch.Tensor, *, slot: int = 0,
     return fut
 
 
-def comm_hook(state: Site, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def comm_hook(state: "Site | SiteGroup",
+              bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: average the bucket over every worker through the runtime.
 
-    Register with ``ddp.register_comm_hook(site, comm_hook)``. Every worker must build the
+    Register with ``ddp.register_comm_hook(site, comm_hook)``; with several processes per
+    site, ``state`` is what :func:`~netstorm.runtime.site_group.join` returned (on every
+    process), and each bucket is reduced inside the site, over the plan by the site's
+    leader, and broadcast inside the site before the hook returns. Every worker must build the
     same buckets (DDP does: same model, same ``bucket_cap_mb``); each bucket is one runtime
     collective, planned for its size. The result equals plain DDP's average within float32
     rounding, and is bit-identical on every worker.
     """
+    if isinstance(state, SiteGroup):  # several processes per site: one step at a time
+        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        fut.set_result(state.allreduce(bucket.buffer()))
+        return fut
     return allreduce_tensor(state, bucket.buffer(), slot=bucket.index())
 
 

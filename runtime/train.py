@@ -102,9 +102,14 @@ def measure_compute(model: nn.Module, data: Digits, batch: int, steps: int = 7) 
 
 
 def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0.05,
-          me: int, workers: int, seed: int = 0, eval_every: int = 0,
+          me: int, workers: int, seed: int = 0, eval_every: int = 0, warmup: int = 0,
           on_step: Any = None) -> list[dict[str, Any]]:
     """SGD with momentum on ``data`` for ``steps`` steps; one record per step.
+
+    ``warmup`` untimed backward passes come first, their gradients all-reduced and dropped:
+    the runtime plans each new bucket size when it first sees it (seconds for treepack on
+    nine sites), and DDP rebuilds its buckets after its first pass, so without them the
+    first steps would time one-off set-up rather than training.
 
     ``on_step(record)`` is called after every step (the record holds ``iteration``,
     ``time_s``, ``loss``, ``elapsed_s`` and, every ``eval_every`` steps and at the end,
@@ -112,6 +117,10 @@ def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0
     """
     opt = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
+    for _ in range(warmup):  # all-reduced, never applied: plans and buckets settle first
+        x, y = _batch(data, 0, batch, me, workers, seed)
+        loss_fn(ddp(x), y).backward()
+        opt.zero_grad(set_to_none=False)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for step in range(steps):
@@ -133,7 +142,8 @@ def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0
 
 
 def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
-    """Join the run for ``comm``: ``(site or None, the workers' group DDP runs on)``.
+    """Join the run for ``comm``: ``(the hook's state or None, the workers' group DDP runs
+    on)``; several processes per site (``LOCAL_WORLD_SIZE``) make a :class:`SiteGroup`.
     Relay-only sites relay (or, under plain gloo, have nothing to do) and exit."""
     if comm == "backend":
         import netstorm.runtime.torch as nt
@@ -145,6 +155,12 @@ def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
     from . import init
 
     dist.init_process_group("gloo")  # torch's store on MASTER_PORT
+    if int(os.environ.get("LOCAL_WORLD_SIZE") or 1) > 1:  # several processes per site
+        if comm == "gloo":
+            return None, None
+        from .site_group import join
+
+        return join(), None
     workers = load_topology(os.environ["NETSTORM_TOPOLOGY"]).workers
     group = dist.new_group(list(workers)) if len(workers) < dist.get_world_size() else None
     if comm == "gloo":
@@ -163,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed backward passes first (all-reduced, not applied)")
     parser.add_argument("--eval-every", type=int,
                         default=int(os.environ.get("NETSTORM_EVAL_EVERY", "10")))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (gradients staged "
@@ -189,11 +207,15 @@ def main(argv: list[str] | None = None) -> int:
                                 args.batch)
     log = open(os.environ["NETSTORM_LOG"], "a") if os.environ.get("NETSTORM_LOG") else None
 
+    runtime = getattr(site, "site", site)  # a SiteGroup's leader holds the site
+    leader = (int(os.environ.get("LOCAL_WORLD_SIZE") or 1) == 1
+              or int(os.environ.get("LOCAL_RANK") or 0) == 0)
+
     def on_step(row: dict[str, Any]) -> None:
-        if site is not None and site.plan is not None:
-            row["plan_version"] = site.plan.version
+        if runtime is not None and runtime.plan is not None:
+            row["plan_version"] = runtime.plan.version
         row.setdefault("plan_version", 0)
-        if log is not None:
+        if log is not None and leader:  # one record per site
             log.write(json.dumps({"site": os.environ.get("RANK"), **row}) + "\n")
             log.flush()
         if me == 0 and "accuracy" in row:
@@ -201,16 +223,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"accuracy {row['accuracy']:.3f}, {row['time_s'] * 1e3:.0f} ms/step, plan "
                   f"v{row['plan_version']}", flush=True)
 
-    if log is not None:  # what a simulation of this run needs: the compute time per step
-        log.write(json.dumps({"site": os.environ.get("RANK"), "compute_s": compute_s}) + "\n")
+    if log is not None and leader:  # what a simulation of this run needs: compute per step
+        log.write(json.dumps({"site": os.environ.get("RANK"), "compute_s": compute_s,
+                              "warmup": args.warmup}) + "\n")
     train(ddp, data, steps=args.steps, batch=args.batch, lr=args.lr, me=me, workers=workers,
-          seed=args.seed, eval_every=args.eval_every, on_step=on_step)
+          seed=args.seed, eval_every=args.eval_every, warmup=args.warmup, on_step=on_step)
     if args.save is not None:
         args.save.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                    args.save / f"{os.environ.get('RANK', me)}.pt")
     if args.comm == "hook" and site is not None:
-        site.close()
+        site.close()  # a Site or a SiteGroup
     dist.destroy_process_group()
     if log is not None:
         log.close()

@@ -33,12 +33,15 @@ def netstorm_run(topology: str, *script: str, options: tuple[str, ...] = (),
     return done.stdout
 
 
-def trained(tmp: Path, comm: str, device: str = "cpu", sites: int = 4) -> list[dict]:
-    out = tmp / comm
+def trained(tmp: Path, comm: str, device: str = "cpu", sites: int = 4,
+            per_site: int = 1) -> list[dict]:
+    """Every process's parameters after 20 DDP steps (``per_site`` processes per site)."""
+    out = tmp / f"{comm}-{per_site}"
     netstorm_run(f"random:{sites}:1", "-m", "netstorm.runtime.train", "--comm", comm,
                  "--steps", "20", "--width", "96", "--batch", "16", "--bucket-mb", "0.02",
-                 "--eval-every", "0", "--device", device, "--save", str(out))
-    return [torch.load(out / f"{r}.pt") for r in range(sites)]
+                 "--eval-every", "0", "--device", device, "--save", str(out),
+                 options=("--procs-per-site", str(per_site)))
+    return [torch.load(out / f"{r}.pt") for r in range(sites * per_site)]
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -56,6 +59,18 @@ def test_ddp_on_the_hook_and_on_the_backend_equals_ddp_on_gloo(tmp_path: Path) -
             assert max_diff(ours[rank], ours[0]) == 0.0, (comm, rank)
         diff = max_diff(ours[0], gloo[0])
         print(f"{comm}: max |parameter - gloo's| = {diff:.2e}")
+        assert diff < 1e-5, (comm, diff)
+
+
+def test_two_processes_per_site_reduce_inside_the_site_and_equal_ddp_on_gloo(
+        tmp_path: Path) -> None:
+    # 2 sites x 2 processes: gloo inside each site, the leaders on the plan
+    gloo = trained(tmp_path, "gloo", sites=4)  # plain DDP over the same 4 processes
+    for comm in ("hook", "backend"):
+        ours = trained(tmp_path, comm, sites=2, per_site=2)
+        assert all(max_diff(p, ours[0]) == 0.0 for p in ours[1:]), comm
+        diff = max_diff(ours[0], gloo[0])
+        print(f"{comm}, 2 processes per site: max |parameter - gloo's| = {diff:.2e}")
         assert diff < 1e-5, (comm, diff)
 
 

@@ -1,0 +1,150 @@
+"""Several processes per site (a machine with several GPUs): reduce inside the site, one
+leader per site on the WAN plan, broadcast inside the site.
+
+torchrun's layout: ``RANK = site * LOCAL_WORLD_SIZE + LOCAL_RANK`` over ``WORLD_SIZE =
+sites * LOCAL_WORLD_SIZE`` processes; the topology names sites, not processes. The
+processes of a site sum their tensors over a gloo group of their own, the site's leader
+(``LOCAL_RANK`` 0) takes part in the plan with the site's mean, and the leader's result is
+broadcast to the others, so every process of every site ends with the leaders' bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import BroadcastOptions  # type: ignore[attr-defined]
+
+from netstorm.errors import NetstormError
+
+from .site import Site
+
+__all__ = ["Layout", "SiteGroup", "check_all_workers", "join", "layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process is: its site, its rank inside the site, processes per site."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_size: int
+
+    @property
+    def site(self) -> int:
+        return self.rank // self.local_size
+
+    @property
+    def sites(self) -> int:
+        return self.world_size // self.local_size
+
+    @property
+    def leader(self) -> int:
+        """The global rank of this site's leader."""
+        return self.site * self.local_size
+
+    def ranks_of(self, site: int) -> list[int]:
+        return list(range(site * self.local_size, (site + 1) * self.local_size))
+
+
+def layout(env: Mapping[str, str] | None = None, *, rank: int | None = None,
+           world_size: int | None = None) -> Layout:
+    """This process's :class:`Layout` from torchrun's variables (``LOCAL_WORLD_SIZE``
+    absent: one process per site).
+
+    Raises
+    ------
+    NetstormError
+        The variables do not describe whole sites of consecutive ranks.
+    """
+    env = os.environ if env is None else env
+    rank = int(env.get("RANK", "0")) if rank is None else rank
+    world = int(env.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    size = int(env.get("LOCAL_WORLD_SIZE") or 1)
+    local = int(env.get("LOCAL_RANK") or 0) if size > 1 else 0
+    if size < 1 or world % size or rank % size != local:
+        raise NetstormError(f"RANK {rank}, WORLD_SIZE {world}, LOCAL_RANK {local}, "
+                            f"LOCAL_WORLD_SIZE {size}: expected LOCAL_WORLD_SIZE processes "
+                            f"per site with RANK = site * LOCAL_WORLD_SIZE + LOCAL_RANK")
+    return Layout(rank, world, local, size)
+
+
+@dataclass
+class SiteGroup:
+    """The state of the hook and the backend when a site runs several processes."""
+
+    layout: Layout
+    #: gloo group of this site's processes (a process group, or a bare gloo backend inside
+    #: the netstorm backend's constructor, where no group can be registered)
+    local: Any
+    #: this process's site (leaders only)
+    site: Site | None
+
+    def allreduce(self, tensor: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """Mean of ``tensor`` over every process of every site, in place (then times
+        ``scale``); blocks until done.
+
+        Notes
+        -----
+        Sums inside the site over gloo, divides by the site's process count, the leaders
+        average over the plan, the leader broadcasts: the mean over sites of the sites'
+        means, which is the mean over processes because every site has as many.
+        """
+        from .torch import allreduce_tensor
+
+        self.local.allreduce([tensor]).wait()  # SUM
+        tensor.div_(self.layout.local_size)
+        if self.site is not None:
+            allreduce_tensor(self.site, tensor).wait()
+        opts = BroadcastOptions()
+        opts.rootRank = 0  # the leader, in the site's group
+        self.local.broadcast([tensor], opts).wait()
+        if scale is not None:
+            tensor.mul_(scale)
+        return tensor
+
+    def close(self) -> None:
+        if self.site is not None:
+            self.site.close()
+
+
+def join(**init_kwargs: object) -> Site | SiteGroup:
+    """The state to pass to :func:`netstorm.runtime.torch.comm_hook`: this process's
+    :class:`Site` with one process per site, else a :class:`SiteGroup` (the default
+    process group must be initialised; every process calls this, in the same order).
+    ``init_kwargs`` go to :func:`netstorm.runtime.init` (the leaders')."""
+    from . import init
+
+    where = layout(rank=dist.get_rank(), world_size=dist.get_world_size())
+    if where.local_size == 1:
+        return init(**init_kwargs)  # type: ignore[arg-type]
+    check_all_workers(init_kwargs.get("topology") or os.environ.get("NETSTORM_TOPOLOGY"))
+    mine = None
+    for s in range(where.sites):  # new_group is collective: every process makes every group
+        group = dist.new_group(where.ranks_of(s), backend="gloo")
+        if s == where.site:
+            mine = group
+    assert mine is not None
+    site = None
+    if where.local_rank == 0:
+        site = init(rank=where.site, world_size=where.sites, **init_kwargs)  # type: ignore[arg-type]
+    return SiteGroup(where, mine, site)
+
+
+def check_all_workers(topology: object) -> None:
+    """Several processes per site: every site must train (a relay-only site's leader
+    would leave its other processes with nothing to do)."""
+    from netstorm.topology import load_topology
+    from netstorm.view import NetworkView
+
+    if topology is None:
+        return  # init() says what is missing
+    view = topology if isinstance(topology, NetworkView) else load_topology(str(topology))
+    if view.workers != tuple(range(view.n)):
+        raise NetstormError(f"topology {view.name!r}: several processes per site need "
+                            f"every site to be a worker (it has relay-only sites)")
