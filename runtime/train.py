@@ -130,7 +130,8 @@ def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0
         loss = loss_fn(ddp(x), y)
         loss.backward()  # DDP's all-reduces end inside backward
         opt.step()
-        row: dict[str, Any] = {"iteration": step, "time_s": time.perf_counter() - t0,
+        row: dict[str, Any] = {"iteration": step, "at": time.time(),
+                               "time_s": time.perf_counter() - t0,
                                "loss": loss.item(), "elapsed_s": time.perf_counter() - start}
         last = step == steps - 1
         if last or (eval_every and (step + 1) % eval_every == 0):
