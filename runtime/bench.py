@@ -60,7 +60,7 @@ from netstorm.registry import plan as make_plan
 from netstorm.topology import load_topology
 from netstorm.view import NetworkView
 
-__all__ = ["BenchError", "launch", "run"]
+__all__ = ["BenchError", "launch", "loopback_topology", "run"]
 
 #: Aggregate emulated rate the fidelity runs aim at, bytes/s (all links together).
 TARGET_RATE = 200e6
@@ -211,18 +211,25 @@ def _scaled(view: NetworkView, k: float) -> NetworkView:
 
 
 # -- the four measurements -----------------------------------------------------------------
+def loopback_topology(folder: Path, sites: int) -> str:
+    """A topology file in ``folder`` of what loopback is: ``sites`` sites, every ordered pair
+    alike (40 Gbit/s, no latency); returns its path."""
+    topo = folder / f"loopback{sites}.yaml"
+    topo.write_text(yaml.safe_dump({
+        "name": f"loopback{sites}", "units": {"bandwidth": "Gbit/s", "latency": "ms"},
+        "sites": [{"name": f"p{i}"} for i in range(sites)],
+        "links": [{"src": f"p{i}", "dst": f"p{j}", "bandwidth": 40, "latency": 0}
+                  for i in range(sites) for j in range(sites) if i != j]}))
+    return str(topo)
+
+
 def loopback(sites: int, mbytes: float, *, planners: Sequence[str] = ("treepack", "ring"),
              gloo: bool = True, warmup: int = 2, reps: int = 5,
              timeout_s: float = 600.0) -> list[dict[str, Any]]:
     """Unshaped loopback all-reduce of ``mbytes`` MB over ``sites`` processes."""
     numel = int(mbytes * 1e6) // 4
     folder = tempfile.TemporaryDirectory(prefix="netstorm-bench-")
-    topo = str(Path(folder.name) / f"loopback{sites}.yaml")
-    Path(topo).write_text(yaml.safe_dump({  # what loopback is: every pair alike
-        "name": f"loopback{sites}", "units": {"bandwidth": "Gbit/s", "latency": "ms"},
-        "sites": [{"name": f"p{i}"} for i in range(sites)],
-        "links": [{"src": f"p{i}", "dst": f"p{j}", "bandwidth": 40, "latency": 0}
-                  for i in range(sites) for j in range(sites) if i != j]}))
+    topo = loopback_topology(Path(folder.name), sites)
     phases: list[dict[str, Any]] = [
         {"kind": "netstorm", "topology": topo, "planner": p, "policy": "static",
          "numel": numel, "warmup": warmup, "reps": reps} for p in planners]

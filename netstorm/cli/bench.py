@@ -44,11 +44,15 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
         from netstorm.runtime import bench as runtime_bench
 
         return runtime_bench.run(quick=quick)
+    if what == "ddp":
+        from netstorm.runtime import bench_ddp
+
+        return bench_ddp.run(quick=quick)
     if what == "sim":
         from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
 
         return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown benchmark {what!r} (bound, kernels, planner, runtime, "
+    raise ValueError(f"unknown benchmark {what!r} (bound, ddp, kernels, planner, runtime, "
                      f"sim)")
 
 

@@ -106,3 +106,15 @@ def test_a_failing_site_fails_the_launch_with_its_message(children: list[int]) -
     with pytest.raises(bench.BenchError, match="no-such-planner"):
         bench.launch(2, [phase], timeout_s=60)
     assert all(gone(pid) for pid in children)
+
+
+def test_bench_ddp_reports_each_comm_against_gloo() -> None:
+    from netstorm.runtime import bench_ddp
+
+    result = bench_ddp.run(quick=True, sites=2)
+    rows = result["results"]
+    assert [r["comm"] for r in rows] == ["gloo", "hook", "backend"]
+    assert rows[0]["vs_gloo"] == 1.0
+    for r in rows:
+        assert r["step_ms"] > 0 and math.isfinite(r["vs_gloo"]) and r["gradient_MB"] > 1
+    assert "vs_gloo" in format_table(result)
