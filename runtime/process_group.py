@@ -124,9 +124,10 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
 
         scale = float(self._world) if op == ReduceOp.SUM else None
         if self.group is not None:
-            return _done([self.group.allreduce(tensor, scale)])
+            started = self.group.allreduce_async(tensor, scale)
+            return _create_work_from_future(started.then(lambda f: [f.value()]))
         assert self.site is not None
-        fut = allreduce_tensor(self.site, tensor, slot=-1, scale=scale)
+        fut = allreduce_tensor(self.site, tensor, scale=scale)
         return _create_work_from_future(fut.then(lambda f: [f.value()]))
 
     # -- the store --------------------------------------------------------------------------
@@ -205,7 +206,9 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
 
     def shutdown(self) -> None:
         """Leave the run (``dist.destroy_process_group`` calls this)."""
-        if self.site is not None:
+        if self.group is not None:
+            self.group.close()
+        elif self.site is not None:
             self.site.close()
 
     # -- the rest ---------------------------------------------------------------------------
@@ -263,10 +266,11 @@ def _create(store: dist.Store, rank: int, world_size: int,
             raise SystemExit(0)
     if where.local_size == 1:
         return ProcessGroupNetstorm(store, site)
-    # no group can be registered while init_process_group runs: a bare gloo backend
-    local = dist.ProcessGroupGloo(dist.PrefixStore(f"netstorm/site{where.site}", store),
-                                  where.local_rank, where.local_size, timeout)
-    return ProcessGroupNetstorm(store, site, SiteGroup(where, local, site))
+    # no group can be registered while init_process_group runs: bare gloo backends
+    local = [dist.ProcessGroupGloo(dist.PrefixStore(f"netstorm/site{where.site}/{k}", store),
+                                   where.local_rank, where.local_size, timeout)
+             for k in ("reduce", "broadcast")]
+    return ProcessGroupNetstorm(store, site, SiteGroup(where, local[0], local[1], site))
 
 
 def register() -> None:

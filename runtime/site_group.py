@@ -11,6 +11,8 @@ broadcast to the others, so every process of every site ends with the leaders' b
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,41 +76,75 @@ def layout(env: Mapping[str, str] | None = None, *, rank: int | None = None,
     return Layout(rank, world, local, size)
 
 
-@dataclass
 class SiteGroup:
-    """The state of the hook and the backend when a site runs several processes."""
+    """The state of the hook and the backend when a site runs several processes.
 
-    layout: Layout
-    #: gloo group of this site's processes (a process group, or a bare gloo backend inside
-    #: the netstorm backend's constructor, where no group can be registered)
-    local: Any
-    #: this process's site (leaders only)
-    site: Site | None
+    Parameters
+    ----------
+    layout
+        Where this process is.
+    reduce, broadcast
+        Two gloo groups of the site's processes (process groups, or bare gloo backends
+        inside the netstorm backend's constructor, where no group can be registered): the
+        caller's thread sums on the first while a thread of this object broadcasts earlier
+        buckets on the second.
+    site
+        This process's site (leaders only).
+    """
 
-    def allreduce(self, tensor: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """Mean of ``tensor`` over every process of every site, in place (then times
-        ``scale``); blocks until done.
+    def __init__(self, layout: Layout, reduce: Any, broadcast: Any, site: Site | None) -> None:
+        self.layout = layout
+        self.reduce = reduce
+        self.broadcast = broadcast
+        self.site = site
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._broadcaster, daemon=True,
+                                        name="site-broadcast")
+        self._thread.start()
+
+    def allreduce_async(self, tensor: torch.Tensor,
+                        scale: float | None = None) -> torch.futures.Future[torch.Tensor]:
+        """Start the mean of ``tensor`` over every process of every site, in place (then
+        times ``scale``); every process must call it for the same tensors in the same order.
 
         Notes
         -----
-        Sums inside the site over gloo, divides by the site's process count, the leaders
-        average over the plan, the leader broadcasts: the mean over sites of the sites'
-        means, which is the mean over processes because every site has as many.
+        Sums inside the site over gloo and divides by the site's process count (here, before
+        returning: a fast local step), the leader averages over the plan, the leader
+        broadcasts (both in the background, in call order): the mean over sites of the
+        sites' means, which is the mean over processes because every site has as many.
         """
         from .torch import allreduce_tensor
 
-        self.local.allreduce([tensor]).wait()  # SUM
+        self.reduce.allreduce([tensor]).wait()  # SUM
         tensor.div_(self.layout.local_size)
-        if self.site is not None:
-            allreduce_tensor(self.site, tensor).wait()
+        wan = allreduce_tensor(self.site, tensor) if self.site is not None else None
+        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        self._queue.put((tensor, wan, scale, fut))
+        return fut
+
+    def allreduce(self, tensor: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """:meth:`allreduce_async` and wait."""
+        return self.allreduce_async(tensor, scale).wait()
+
+    def _broadcaster(self) -> None:
         opts = BroadcastOptions()
         opts.rootRank = 0  # the leader, in the site's group
-        self.local.broadcast([tensor], opts).wait()
-        if scale is not None:
-            tensor.mul_(scale)
-        return tensor
+        while (item := self._queue.get()) is not None:
+            tensor, wan, scale, fut = item
+            try:
+                if wan is not None:
+                    wan.wait()
+                self.broadcast.broadcast([tensor], opts).wait()
+                if scale is not None:
+                    tensor.mul_(scale)
+                fut.set_result(tensor)
+            except BaseException as exc:
+                fut.set_exception(exc)
 
     def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
         if self.site is not None:
             self.site.close()
 
@@ -124,16 +160,15 @@ def join(**init_kwargs: object) -> Site | SiteGroup:
     if where.local_size == 1:
         return init(**init_kwargs)  # type: ignore[arg-type]
     check_all_workers(init_kwargs.get("topology") or os.environ.get("NETSTORM_TOPOLOGY"))
-    mine = None
+    mine: list[Any] = []
     for s in range(where.sites):  # new_group is collective: every process makes every group
-        group = dist.new_group(where.ranks_of(s), backend="gloo")
+        groups = [dist.new_group(where.ranks_of(s), backend="gloo") for _ in range(2)]
         if s == where.site:
-            mine = group
-    assert mine is not None
+            mine = groups
     site = None
     if where.local_rank == 0:
         site = init(rank=where.site, world_size=where.sites, **init_kwargs)  # type: ignore[arg-type]
-    return SiteGroup(where, mine, site)
+    return SiteGroup(where, mine[0], mine[1], site)
 
 
 def check_all_workers(topology: object) -> None:

@@ -17,8 +17,6 @@ all-reduce and returns at once, so backward goes on computing the next bucket.
 """
 
 # no "from __future__ import annotations": DDP checks the hook's annotations as objects
-import weakref
-
 import torch
 import torch.distributed as dist
 
@@ -29,23 +27,7 @@ from .site_group import SiteGroup, join
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "SiteGroup", "allreduce_tensor", "comm_hook",
            "join"]
 
-#: Pinned host copies of device buckets, per site: (device, elements) -> buffer.
-_staging: "weakref.WeakKeyDictionary[Site, dict[tuple[str, int, int], torch.Tensor]]" = (
-    weakref.WeakKeyDictionary())
-
-
-def _host_buffer(site: Site, tensor: torch.Tensor, slot: int) -> torch.Tensor:
-    """A pinned float32 host buffer for ``tensor`` (reused across iterations)."""
-    key = (str(tensor.device), slot, tensor.numel())
-    buffers = _staging.setdefault(site, {})
-    found = buffers.get(key)
-    if found is None:
-        found = buffers[key] = torch.empty(tensor.numel(), dtype=torch.float32,
-                                           pin_memory=torch.cuda.is_available())
-    return found
-
-
-def allreduce_tensor(site: Site, tensor: torch.Tensor, *, slot: int = 0,
+def allreduce_tensor(site: Site, tensor: torch.Tensor, *,
                      scale: float | None = None) -> torch.futures.Future[torch.Tensor]:
     """Start the mean all-reduce of a float32 ``tensor`` (CPU or CUDA) through ``site``.
 
@@ -55,8 +37,8 @@ def allreduce_tensor(site: Site, tensor: torch.Tensor, *, slot: int = 0,
         This process's site.
     tensor
         Contiguous float32. A CPU tensor is reduced in place; a device tensor goes through a
-        pinned host buffer (``slot`` names which, so that concurrent all-reduces of one size
-        do not share one) and the result is copied back into it.
+        pinned host buffer of its own (from torch's caching host allocator: reused once
+        freed, never shared by two all-reduces in flight) and the result is copied back.
     scale
         Multiply the mean by this afterwards (``len(workers)`` turns it into a sum).
 
@@ -77,7 +59,8 @@ def allreduce_tensor(site: Site, tensor: torch.Tensor, *, slot: int = 0,
     if not tensor.is_contiguous():
         raise TypeError("netstorm all-reduce: the tensor is not contiguous")
     flat = tensor.view(-1)
-    host = flat if flat.device.type == "cpu" else _host_buffer(site, flat, slot)
+    host = flat if flat.device.type == "cpu" else torch.empty(
+        flat.numel(), dtype=torch.float32, pin_memory=True)
     if host is not flat:
         host.copy_(flat)  # synchronous: the bucket's gradient is complete on the host
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
@@ -102,17 +85,15 @@ def comm_hook(state: "Site | SiteGroup",
 
     Register with ``ddp.register_comm_hook(site, comm_hook)``; with several processes per
     site, ``state`` is what :func:`~netstorm.runtime.site_group.join` returned (on every
-    process), and each bucket is reduced inside the site, over the plan by the site's
-    leader, and broadcast inside the site before the hook returns. Every worker must build the
-    same buckets (DDP does: same model, same ``bucket_cap_mb``); each bucket is one runtime
-    collective, planned for its size. The result equals plain DDP's average within float32
-    rounding, and is bit-identical on every worker.
+    process): each bucket is summed inside the site before the hook returns, then averaged
+    over the plan by the site's leader and broadcast inside the site in the background.
+    Every worker must build the same buckets (DDP does: same model, same ``bucket_cap_mb``);
+    each bucket is one runtime collective, planned for its size. The result equals plain
+    DDP's average within float32 rounding, and is bit-identical on every worker.
     """
-    if isinstance(state, SiteGroup):  # several processes per site: one step at a time
-        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-        fut.set_result(state.allreduce(bucket.buffer()))
-        return fut
-    return allreduce_tensor(state, bucket.buffer(), slot=bucket.index())
+    if isinstance(state, SiteGroup):
+        return state.allreduce_async(bucket.buffer())
+    return allreduce_tensor(state, bucket.buffer())
 
 
 register()
