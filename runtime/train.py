@@ -34,6 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["Digits", "digits", "main", "make_model", "measure_compute", "train"]
 
+#: The first worker prints a progress line at most every this many steps (and at the end).
+PRINT_EVERY = 10
+
 
 @dataclass(frozen=True)
 class Digits:
@@ -219,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         if log is not None and leader:  # one record per site
             log.write(json.dumps({"site": os.environ.get("RANK"), **row}) + "\n")
             log.flush()
-        if me == 0 and "accuracy" in row:
+        every = max(PRINT_EVERY, args.eval_every)
+        last = row["iteration"] + 1 == args.steps
+        if me == 0 and "accuracy" in row and (last or (row["iteration"] + 1) % every == 0):
             print(f"step {row['iteration'] + 1}/{args.steps}: loss {row['loss']:.3f}, test "
                   f"accuracy {row['accuracy']:.3f}, {row['time_s'] * 1e3:.0f} ms/step, plan "
                   f"v{row['plan_version']}", flush=True)
