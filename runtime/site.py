@@ -9,6 +9,7 @@ held for the link's emulated delay) and local-ready events, and hands the sends 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -583,6 +584,8 @@ class Site:
             self._control.close()
         if self.coordinator is not None:
             self.coordinator.close()
+        with contextlib.suppress(OSError):  # wakes the accept loop: close() alone does not,
+            self._server.shutdown(socket.SHUT_RDWR)  # and the port would stay taken
         self._server.close()
         if self._log is not None:
             self._log.close()
@@ -619,7 +622,10 @@ def init(topology: str | NetworkView | None = None, planner: str | None = None, 
     topology
         A topology file, a built-in name, or a :class:`~netstorm.NetworkView`; every rank
         must load the same one (checked). Rank i is the topology's i-th site. Default:
-        ``NETSTORM_TOPOLOGY`` (``netstorm run`` sets it).
+        ``NETSTORM_TOPOLOGY`` (``netstorm run`` sets it). ``"measure"`` times every ordered
+        pair of the run's hosts first (:func:`~netstorm.runtime.measure.measure`,
+        ``NETSTORM_MEASURE_SECONDS``, default 3) and plans on that: sites ``site0..``, all
+        workers.
     planner, seed, planner_options
         The planner every site plans with (every site computes the same plans). Default:
         ``NETSTORM_PLANNER``, else ``treepack``.
@@ -646,7 +652,15 @@ def init(topology: str | NetworkView | None = None, planner: str | None = None, 
                             "NETSTORM_TOPOLOGY (netstorm run sets it)")
     planner = planner or os.environ.get("NETSTORM_PLANNER") or "treepack"
     policy = policy if policy is not None else os.environ.get("NETSTORM_POLICY") or None
-    view = topology if isinstance(topology, NetworkView) else load_topology(topology)
+    if topology == "measure":  # the real network between the hosts, timed now
+        from .measure import measure
+
+        seconds = float(os.environ.get("NETSTORM_MEASURE_SECONDS") or 3.0)
+        # (measure's own ``emulate`` is a view to emulate; it times the network unshaped)
+        view = measure(seconds, **{k: v for k, v in config.items() if k != "emulate"})
+        log.info("measured %d sites in %.1f s", view.n, seconds)
+    else:
+        view = topology if isinstance(topology, NetworkView) else load_topology(topology)
     cfg = RuntimeConfig.from_env(**config)
     site = Site(cfg, view, planner, seed=seed, policy=policy, window=window,
                 chunk_bytes=chunk_bytes, planner_options=planner_options)

@@ -77,3 +77,29 @@ def test_the_cli_measures_an_emulated_topology(tmp_path: Path) -> None:
                          env={k: v for k, v in __import__("os").environ.items()
                               if k != "RANK"})
     assert bad.returncode == 2 and "every host" in bad.stderr
+
+
+def test_init_can_plan_on_the_network_it_measures_first() -> None:
+    from netstorm.runtime import init
+
+    port = free_port()
+    numel = 50_000
+    grads = [np.random.default_rng(r).standard_normal(numel, dtype=np.float32)
+             for r in range(3)]
+
+    def one(rank: int) -> tuple[str, np.ndarray]:
+        site = init("measure", "treepack", rank=rank, world_size=3, master_addr="127.0.0.1",
+                    master_port=port, secret=b"measure-test", bind="127.0.0.1",
+                    advertise="127.0.0.1", timeout_s=30.0, emulate="none")
+        try:
+            buf = grads[rank].copy()
+            site.allreduce(buf)
+            return site.view.name, buf
+        finally:
+            site.close()
+
+    got = in_threads(3, one)
+    assert {name for name, _ in got.values()} == {"measured"}
+    want = np.mean(grads, axis=0, dtype=np.float64)
+    np.testing.assert_allclose(got[0][1], want, atol=2e-6)
+    assert all(np.array_equal(buf, got[0][1]) for _, buf in got.values())
