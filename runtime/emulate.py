@@ -1,10 +1,14 @@
-"""The emulated WAN inside the sending process: paced links, site egress caps, delays, dynamics.
+"""The emulated WAN in the site processes: paced links, site egress and ingress caps, delays,
+dynamics.
 
 Each site shapes what it sends: every outgoing link is a virtual clock that a payload
 advances by ``bytes / rate``, sliced so that bytes leave at the link's rate (a receiver sees
 them trickle in, as from a real link, and can time the link); the site's egress cap is a
-second clock shared by all its links. The one-way delay of a link is applied by the receiver
-(:meth:`Shaper.delay`), which holds each message that long before its executor sees it.
+second clock shared by all its links. A site's ingress cap is a clock on the receiving side,
+shared by its inbound links: a reader takes each slice off the socket no sooner than the cap
+allows (:meth:`Shaper.receive`), and TCP's flow control holds the senders back. The one-way
+delay of a link is applied by the receiver (:meth:`Shaper.delay`), which holds each message
+that long before its executor sees it.
 A time scale ``K`` multiplies every rate and divides every delay and dynamics time, so a
 20-155 Mbit/s WAN runs an iteration in about a second on one machine.
 """
@@ -64,14 +68,19 @@ class Shaper:
         self._latency = np.asarray(view.latency, dtype=float) / self.scale
         self._free = np.zeros(view.n)
         self._egress_free = 0.0
-        self.set_rates(view.capacity, view.egress)
+        self._ingress_free = 0.0
+        self.set_rates(view.capacity, view.egress, view.ingress)
 
-    def set_rates(self, capacity: np.ndarray, egress: np.ndarray | None = None) -> None:
-        """Take new true capacities (B/s, unscaled) for this site's links from now on."""
+    def set_rates(self, capacity: np.ndarray, egress: np.ndarray | None = None,
+                  ingress: np.ndarray | None = None) -> None:
+        """Take new true capacities (B/s, unscaled) for this site's links and caps from now
+        on (a cap not given is unlimited)."""
         with self._lock:
             self._rate = np.asarray(capacity, dtype=float)[self.site] * self.scale
             cap = np.inf if egress is None else float(np.asarray(egress)[self.site])
             self._egress = cap * self.scale
+            cap = np.inf if ingress is None else float(np.asarray(ingress)[self.site])
+            self._ingress = cap * self.scale
             self._changed.notify_all()
 
     def rate(self, dst: int) -> float:
@@ -123,6 +132,30 @@ class Shaper:
             offset += size
         return busy
 
+    def receive(self, data: memoryview, read: Callable[[memoryview], None]) -> None:
+        """Fill ``data`` with ``read``, no faster than this site's ingress cap allows.
+
+        Every inbound link shares the cap's clock, first come, first served: a slice of
+        ``b`` bytes is read once the clock has advanced ``b / ingress`` past the later of its
+        previous value and, for a frame's first slice, now.
+        """
+        if not self.pace or not np.isfinite(self._ingress):
+            read(data)
+            return
+        total, offset = len(data), 0
+        while offset < total:
+            with self._lock:
+                size = min(total - offset, max(MIN_SLICE, int(self._ingress * SLICE_S)))
+                start = self._ingress_free
+                if offset == 0:
+                    start = max(start, time.monotonic())
+                self._ingress_free = end = start + size / self._ingress
+            wait = end - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            read(data[offset:offset + size])
+            offset += size
+
     def follow(self, dynamics: Dynamics, view: NetworkView, start: float,
                stop: threading.Event) -> threading.Thread:
         """Apply ``dynamics`` live: snapshot at time t takes effect at wall-clock
@@ -134,7 +167,7 @@ class Shaper:
                     return
                 if stop.is_set():
                     return
-                self.set_rates(snap.capacity, snap.egress)
+                self.set_rates(snap.capacity, snap.egress, snap.ingress)
 
         thread = threading.Thread(target=run, name=f"dynamics-{self.site}", daemon=True)
         thread.start()

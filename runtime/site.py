@@ -360,7 +360,7 @@ class Site:
                                         f"{header.length} bytes, expected {len(view)} "
                                         f"(wire {cfg.wire})")
                 first = time.monotonic()
-                conn.read_into(view)
+                self.shaper.receive(view, conn.read_into)
                 end = time.monotonic()
                 if not self.shaper.pace:  # time the link here too (see Coordinator._observe)
                     with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -273,3 +274,38 @@ def test_a_16_bit_wire_rounds_alike_on_every_worker(encoding: str) -> None:
         scale = max(float(np.abs(g[w]).max()) for w in view.workers)
         err = np.abs(first - want)
         assert err.max() < 4 * unit * scale and err.max() > 0
+
+
+def test_a_sites_ingress_cap_is_emulated_on_the_receiving_side() -> None:
+    """Site c may take in 50 Mbit/s in all over links of 400: every plan then waits on c's
+    ingress, as the cost model predicts (8x longer than without the cap)."""
+    import yaml
+
+    from netstorm import Job, predict
+    from netstorm.topology_files import view_from_document
+
+    view = view_from_document(yaml.safe_load("""
+name: ingress3
+units: {bandwidth: Mbit/s, latency: ms}
+sites: [{name: a}, {name: b}, {name: c, ingress: 50}]
+links:
+  - {src: a, dst: b, bandwidth: 400, latency: 1, symmetric: true}
+  - {src: b, dst: c, bandwidth: 400, latency: 1, symmetric: true}
+  - {src: a, dst: c, bandwidth: 400, latency: 1, symmetric: true}
+"""), "ingress3")
+    numel = 1_000_000
+
+    def body(site: Site) -> float:
+        times = []
+        for it in range(3):
+            buf = grads(view, numel, it)[site.rank]
+            started = time.perf_counter()
+            site.allreduce(buf)
+            times.append(time.perf_counter() - started)
+        return min(times[1:])
+
+    took = run_sites(view, "ring", body, emulate="inprocess",
+                     site_kw={"chunk_bytes": 500_000, "policy": "static"})
+    job = Job(buckets=4 * numel, chunk_bytes=500_000)
+    want = predict(plan(view, job, "ring"), view, job).time_s
+    assert 0.85 * want < max(took.values()) < 1.3 * want, (took, want)
