@@ -3,10 +3,11 @@
 Every rank runs :func:`measure` (torchrun-style environment, as for training). Sites
 rendezvous as a run, then in ``N - 1`` rounds every site streams probes to one other site
 (round r: site i to site ``(i + r) mod N``, so each site sends to one and receives from one at
-a time); each link's rate is what its sender timed over the round (the emulated link's clock
-when emulating; the write time of a saturated stream otherwise, which a socket buffer
-overstates by at most its size over the round). Round trips come from timing TCP connects.
-One all-reduce gathers the matrix, so every rank returns the same view.
+a time). On a real network each link's rate is what its receiver timed: the probe bytes over
+the span from the first probe's header to the last probe's end (a sender's write time
+overstates it by what socket buffers and queues absorb: 1.5x-150x on kernel-shaped links);
+when emulating, the emulated link's own clock at the sender. Round trips come from timing TCP
+connects. All-reduces gather the matrices, so every rank returns the same view.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def measure(seconds: float = 3.0, *, emulate: NetworkView | None = None,
     try:
         me = site.rank
         rates = np.zeros((n, n), dtype=np.float32)
+        sent = np.zeros((n, n), dtype=np.float32)
         rtts = np.zeros((n, n), dtype=np.float32)
         for peer in range(n):
             if peer != me and emulate is None:
@@ -97,7 +99,12 @@ def measure(seconds: float = 3.0, *, emulate: NetworkView | None = None,
             while link.depth():
                 time.sleep(0.001)
             nbytes, busy = link.take_measurement()
+            sent[me, peer] = nbytes
             rates[me, peer] = nbytes / (busy * cfg.time_scale) if busy > 0 else 0.0
+        if emulate is None:  # a real network: the receivers time it (see the module notes)
+            site.allreduce(sent)  # the mean; each entry came from one site
+            sent *= n
+            _receiver_rates(site, sent[:, me], rates, per_round)
         gathered = np.concatenate([rates.ravel(), rtts.ravel()])
         site.allreduce(gathered)  # the mean; each entry came from one site
         gathered *= n
@@ -109,6 +116,25 @@ def measure(seconds: float = 3.0, *, emulate: NetworkView | None = None,
     return dataclasses.replace(base, capacity=capacity, latency=latency, confidence=None,
                                workers=base.workers if emulate is None else emulate.workers,
                                name="measured", _graph_cache={})
+
+
+def _receiver_rates(site: Site, expected: np.ndarray, rates: np.ndarray,
+                    per_round: float) -> None:
+    """Replace the sender-timed rates of the links into this site by what it received: the
+    probe bytes over the span from the first probe's header to the last probe's end, once
+    every byte each sender wrote has been read (or what came within a round's time more)."""
+    me = site.rank
+    rates[me, :] = 0.0  # every entry comes from one site: the links' receivers own them now
+    deadline = time.monotonic() + per_round + 5.0
+    while time.monotonic() < deadline:
+        got = site.probes_received()
+        if all(got.get(src, (0.0, 0.0))[0] >= expected[src] for src in range(site.view.n)
+               if src != me and expected[src] > 0):
+            break
+        time.sleep(0.01)
+    for src, (nbytes, span) in site.probes_received().items():
+        if span > 0 and expected[src] > 0:
+            rates[src, me] = nbytes / span
 
 
 def write_topology(view: NetworkView, path: str | Path) -> None:

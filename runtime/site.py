@@ -107,6 +107,9 @@ class Site:
         self.options = dict(planner_options or {})
         self._wire = None if config.wire == "fp32" else config.wire
         self.info = planner_info(planner)
+        # probing unused links only serves re-planning (and would disturb netstorm measure)
+        self._static = (policy if isinstance(policy, str) or policy is None
+                        else policy.name) == "static"
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
                              pace=config.emulate == "inprocess",
                              delay=config.emulate in ("inprocess", "netns"))
@@ -120,6 +123,7 @@ class Site:
         self.switch_log: list[dict[str, Any]] = []
         self._colls: dict[int, Collective] = {}
         self._received: dict[int, list[float]] = {}  # src -> [bytes, busy s] (unpaced links)
+        self._probes: dict[int, list[float]] = {}  # src -> [bytes, first, last] (probes in)
         self._arenas: dict[int, list[np.ndarray]] = {}  # size -> arenas free for reuse
         self._next_seq = 0
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -321,6 +325,12 @@ class Site:
                                 f"sizes in the same order)")
         return coll
 
+    def probes_received(self) -> dict[int, tuple[float, float]]:
+        """Probe bytes received per source, and the seconds from the first probe's header to
+        the last probe's end (what :func:`~netstorm.runtime.measure.measure` times)."""
+        with self._lock:
+            return {src: (b, last - first) for src, (b, first, last) in self._probes.items()}
+
     @property
     def plan(self) -> Plan | None:
         """The plan of this site's latest collective (``None`` before the first)."""
@@ -343,7 +353,13 @@ class Site:
                 if header.kind == wire.Kind.PROBE:
                     if header.length > len(probe):
                         raise ProtocolError(f"{conn.name}: probe of {header.length} bytes")
+                    first = time.monotonic()
                     conn.read_into(probe[:header.length])
+                    end = time.monotonic()
+                    with self._lock:  # [bytes, first byte's wait began, last byte read]
+                        seen = self._probes.setdefault(src, [0.0, first, end])
+                        seen[0] += header.length
+                        seen[2] = end
                     continue
                 if header.kind != wire.Kind.DATA:
                     raise ProtocolError(f"{conn.name}: control frame on a data connection")
@@ -498,8 +514,8 @@ class Site:
         self._probe(coll)
 
     def _probe(self, coll: Collective) -> None:
-        if self._unshaped_loopback:
-            return  # every link is the same memory copy
+        if self._unshaped_loopback or self._static:
+            return  # every link is the same memory copy, or no plan will change
         self.sender.probe(self.view.capacity[self.rank], PROBE_AGE_S / self.config.time_scale,
                           coll.version, coll.seq)
 

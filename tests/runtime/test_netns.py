@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netstorm.topology import load_topology
 from netstorm.view import NetworkView
 
 pytestmark = pytest.mark.timeout(240)
@@ -287,3 +288,21 @@ def test_without_root_or_iproute2_netns_mode_is_one_line_and_exit_2(
     assert status == 2 and err.strip().count("\n") == 0
     assert "needs root and iproute2" in err and ("not running as root" if lack == "root"
                                                    else "tc not found") in err
+
+
+@needs_netns
+def test_measure_times_kernel_shaped_links_at_their_receivers(tmp_path: Path) -> None:
+    """`netstorm measure` between namespaces: each link's rate as its receiver saw it (a
+    sender's write time overstates a shaped link by what socket buffers absorb)."""
+    topo = tmp_path / "four.yaml"
+    topo.write_text(FOUR)
+    out = tmp_path / "measured.yaml"
+    done = subprocess.run([*NETSTORM, "run", "--topology", str(topo), "--emulate", "netns",
+                           "--", sys.executable, "-m", "netstorm.runtime.measure", "--out",
+                           str(out), "--seconds", "4"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    want, got = load_topology(topo), load_topology(out)
+    links = want.capacity > 0
+    ratio = got.capacity[links] / want.capacity[links]
+    assert np.all(np.abs(ratio - 1) < 0.15), ratio.round(3)

@@ -181,7 +181,10 @@ def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
             return str(exc)
         return "no error"
 
-    results = run_sites(view, "ps", body, timeout_s=10.0)
+    try:
+        results = run_sites(view, "ps", body, timeout_s=10.0)
+    except NetstormError as exc:  # the frame can land while the receiver is still in init()
+        results = {0: str(exc)}
     cause = {"checksum": "checksum mismatch", "oversize": "over the limit",
              "version": "frame of plan version 7"}[damage]
     assert any(cause in r for r in results.values()), results
