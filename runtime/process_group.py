@@ -211,18 +211,20 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         elif self.site is not None:
             self.site.close()
 
-    # -- the rest ---------------------------------------------------------------------------
-    for _name in ("allreduce_coalesced", "reduce", "allgather_coalesced",
-                  "allgather_into_tensor_coalesced", "_allgather_base", "all_gather_single",
-                  "gather", "scatter", "reduce_scatter", "reduce_scatter_single",
-                  "_reduce_scatter_base", "reduce_scatter_tensor_coalesced", "alltoall",
-                  "alltoall_base", "all_to_all_single", "send", "recv", "recv_anysource",
-                  "monitored_barrier"):
-        locals()[_name] = _unsupported(_name)
-    del _name
-
     def __repr__(self) -> str:
         return f"ProcessGroupNetstorm(rank={self._me}/{self._world})"
+
+
+#: The process group's other collectives: each raises NotImplementedError naming itself.
+UNSUPPORTED = ("allreduce_coalesced", "reduce", "allgather_coalesced",
+               "allgather_into_tensor_coalesced", "_allgather_base", "all_gather_single",
+               "gather", "scatter", "reduce_scatter", "reduce_scatter_single",
+               "_reduce_scatter_base", "reduce_scatter_tensor_coalesced", "alltoall",
+               "alltoall_base", "all_to_all_single", "send", "recv", "recv_anysource",
+               "monitored_barrier")
+for _name in UNSUPPORTED:
+    setattr(ProcessGroupNetstorm, _name, _unsupported(_name))
+del _name
 
 
 def _free_port(host: str) -> int:
