@@ -140,3 +140,18 @@ def test_ddp_on_cuda_through_the_hook_equals_ddp_on_gloo(tmp_path: Path) -> None
     ours = trained(tmp_path, "hook", "cuda", sites=2)
     assert max_diff(ours[1], ours[0]) == 0.0
     assert max_diff(ours[0], gloo[0]) < 1e-5
+
+
+def test_the_site_layout_follows_torchruns_variables() -> None:
+    from netstorm.runtime.site_group import layout
+
+    from netstorm.errors import NetstormError
+
+    where = layout({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert (where.site, where.sites, where.leader, where.ranks_of(2)) == (2, 4, 4, [4, 5])
+    alone = layout({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"})  # one per site
+    assert (alone.site, alone.local_rank, alone.local_size) == (3, 0, 1)
+    for bad in ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"},
+                {"RANK": "1", "WORLD_SIZE": "7", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}):
+        with pytest.raises(NetstormError, match="LOCAL_WORLD_SIZE processes per site"):
+            layout(bad)
