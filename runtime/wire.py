@@ -2,8 +2,9 @@
 
 Pure bytes in, values out: nothing here touches a socket (DESIGN 9, 12). A frame is a
 :data:`HEADER_SIZE`-byte header followed by ``length`` payload bytes. DATA frames carry a
-contiguous slice of a collective's buffer (float32 on the wire unless a codec packs it,
-so the length is a multiple of 4); CONTROL frames carry one JSON object.
+contiguous slice of a collective's buffer (float32, or 16-bit when the run's wire encoding
+packs it, so the length is even; the receiver checks it against the slice it expects);
+CONTROL frames carry one JSON object.
 
 Header layout (network byte order, :data:`HEADER`, 56 bytes)::
 
@@ -314,7 +315,7 @@ def unpack_header(buf: Any, *, max_length: int) -> Header:
         With a one-line message naming the problem: a short buffer, bad magic, another
         protocol version, a bad header checksum, an unknown kind or checksum algorithm, a
         length over ``max_length`` ("frame of N bytes over the limit of M"), or a DATA length
-        that is not a multiple of 4. The header CRC is checked before the kind, the algorithm
+        that is odd. The header CRC is checked before the kind, the algorithm
         and the length are trusted.
     """
     view = _bytes_view(buf)
@@ -338,8 +339,8 @@ def unpack_header(buf: Any, *, max_length: int) -> Header:
         raise ProtocolError(f"unknown checksum algorithm {algo}")
     if length > max_length:
         raise ProtocolError(f"frame of {length} bytes over the limit of {max_length}")
-    if kind == Kind.DATA and length % 4:
-        raise ProtocolError(f"DATA frame of {length} bytes: not a multiple of 4")
+    if kind == Kind.DATA and length % 2:
+        raise ProtocolError(f"DATA frame of {length} bytes: odd (elements are 2 or 4 bytes)")
     return Header(kind, plan_version, seq, numel, shard, chunk, phase, src, dst, length, crc,
                   algo)
 

@@ -142,9 +142,10 @@ def test_oversize_frame() -> None:
     assert unpack_header(pack_header(sample(length=1024)), max_length=1024).length == 1024
 
 
-def test_data_length_multiple_of_4() -> None:
-    with pytest.raises(ProtocolError, match="DATA frame of 401 bytes: not a multiple of 4"):
+def test_data_length_is_whole_elements() -> None:
+    with pytest.raises(ProtocolError, match=r"DATA frame of 401 bytes: odd"):
         unpack_header(pack_header(sample(length=401)), max_length=LIMIT)
+    assert unpack_header(pack_header(sample(length=402)), max_length=LIMIT).length == 402
     h = sample(kind=Kind.CONTROL, length=401)  # control frames are JSON: any length
     assert unpack_header(pack_header(h), max_length=LIMIT) == h
 
