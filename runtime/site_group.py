@@ -119,8 +119,10 @@ class SiteGroup:
         self.reduce.allreduce([tensor]).wait()  # SUM
         tensor.div_(self.layout.local_size)
         wan = allreduce_tensor(self.site, tensor) if self.site is not None else None
-        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-        self._queue.put((tensor, wan, scale, fut))
+        from .torch import settled
+
+        outcome, fut = settled()
+        self._queue.put((tensor, wan, scale, outcome))
         return fut
 
     def allreduce(self, tensor: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -131,16 +133,16 @@ class SiteGroup:
         opts = BroadcastOptions()
         opts.rootRank = 0  # the leader, in the site's group
         while (item := self._queue.get()) is not None:
-            tensor, wan, scale, fut = item
+            tensor, wan, scale, outcome = item
             try:
                 if wan is not None:
                     wan.wait()
                 self.broadcast.broadcast([tensor], opts).wait()
                 if scale is not None:
                     tensor.mul_(scale)
-                fut.set_result(tensor)
+                outcome.set_result((None, tensor))
             except BaseException as exc:
-                fut.set_exception(exc)
+                outcome.set_result((exc, tensor))
 
     def close(self) -> None:
         self._queue.put(None)

@@ -25,7 +25,7 @@ from .site import Site
 from .site_group import SiteGroup, join
 
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "SiteGroup", "allreduce_tensor", "comm_hook",
-           "join"]
+           "join", "settled"]
 
 def allreduce_tensor(site: Site, tensor: torch.Tensor, *,
                      scale: float | None = None) -> torch.futures.Future[torch.Tensor]:
@@ -45,8 +45,9 @@ def allreduce_tensor(site: Site, tensor: torch.Tensor, *,
     Returns
     -------
     torch.futures.Future
-        Completes with ``tensor`` holding the result, or with the runtime's error (a
-        :class:`~netstorm.errors.PeerError` when a peer died or went silent).
+        Completes with ``tensor`` holding the result, or fails with the runtime's error (a
+        :class:`~netstorm.errors.PeerError` when a peer died or went silent; see
+        :func:`settled` for how it reaches DDP).
 
     Notes
     -----
@@ -63,20 +64,40 @@ def allreduce_tensor(site: Site, tensor: torch.Tensor, *,
         flat.numel(), dtype=torch.float32, pin_memory=True)
     if host is not flat:
         host.copy_(flat)  # synchronous: the bucket's gradient is complete on the host
-    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    outcome, fut = settled()
 
     def done(error: BaseException | None) -> None:
-        if error is not None:
-            fut.set_exception(error)  # type: ignore[arg-type]
-            return
-        if scale is not None:
-            host.mul_(scale)
-        if host is not flat:
-            flat.copy_(host)
-        fut.set_result(tensor)
+        if error is None:
+            if scale is not None:
+                host.mul_(scale)
+            if host is not flat:
+                flat.copy_(host)
+        outcome.set_result((error, tensor))
 
     site.allreduce_async(host).add_done_callback(done)
     return fut
+
+
+def settled() -> tuple[torch.futures.Future[tuple[BaseException | None, torch.Tensor]],
+                       torch.futures.Future[torch.Tensor]]:
+    """``(outcome, result)``: complete ``outcome`` with ``(error or None, tensor)`` and
+    ``result`` completes with the tensor or fails with the error.
+
+    ``Future.set_exception`` only stores the exception as the value, which C++ consumers
+    (DDP's reducer, a ``Work``) then fail to cast to a tensor ("Unable to cast ... to
+    Tensor"); an exception raised in a ``then`` callback marks the future failed for them,
+    with the error's type and message (Python's ``wait()`` raises a ``RuntimeError``)."""
+    outcome: torch.futures.Future[tuple[BaseException | None, torch.Tensor]] = (
+        torch.futures.Future())
+
+    def unwrap(f: torch.futures.Future[tuple[BaseException | None, torch.Tensor]]
+               ) -> torch.Tensor:
+        error, tensor = f.value()
+        if error is not None:
+            raise error
+        return tensor
+
+    return outcome, outcome.then(unwrap)
 
 
 def comm_hook(state: "Site | SiteGroup",

@@ -15,7 +15,6 @@ from netstorm.runtime.torch import allreduce_tensor
 from netstorm.runtime.train import make_model
 
 from netstorm.builtin_topologies import builtin
-from netstorm.errors import PeerError
 from tests.runtime.harness import run_sites
 
 pytestmark = pytest.mark.timeout(300)
@@ -102,8 +101,8 @@ def test_a_silent_peer_fails_the_hooks_future_instead_of_hanging() -> None:
             return None
         fut = allreduce_tensor(site, torch.ones(100))
         started = time.monotonic()
-        with pytest.raises(PeerError, match="not done after 2 s"):
-            fut.wait()
+        with pytest.raises(RuntimeError, match=r"PeerError: .*not done after 2 s"):
+            fut.wait()  # what DDP's reducer sees too: a failed future, not a value
         return time.monotonic() - started
 
     waited = run_sites(view, "ring", body, timeout_s=2.0)
