@@ -87,9 +87,10 @@ def _one(args: argparse.Namespace, planner: str, logs: Path) -> dict[str, Any]:
         per_step = len(colls) // passes
         # the last step's buckets (after DDP rebuilt them), in model order
         buckets = [4 * int(r["numel"]) for r in colls[-per_step:]][::-1]
-        sim = sim_time_axis(args, planner, buckets, float(np.median(compute)), len(steps))
+        compute_s = float(np.median(compute))
+        sim = sim_time_axis(args, planner, buckets, compute_s, len(steps))
         row.update(sim_time_s=sim, sim_time_to_target_s=time_to(sim, accuracy, args.target),
-                   buckets=buckets, compute_s=float(np.median(compute)))
+                   buckets=buckets, compute_s=compute_s)
     return row
 
 

@@ -123,12 +123,12 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         from .torch import allreduce_tensor
 
         scale = float(self._world) if op == ReduceOp.SUM else None
-        if self.group is not None:
+        if self.group is not None:  # several processes per site
             started = self.group.allreduce_async(tensor, scale)
-            return _create_work_from_future(started.then(lambda f: [f.value()]))
-        assert self.site is not None
-        fut = allreduce_tensor(self.site, tensor, scale=scale)
-        return _create_work_from_future(fut.then(lambda f: [f.value()]))
+        else:
+            assert self.site is not None
+            started = allreduce_tensor(self.site, tensor, scale=scale)
+        return _create_work_from_future(started.then(lambda f: [f.value()]))
 
     # -- the store --------------------------------------------------------------------------
     def _key(self, kind: str) -> str:

@@ -107,9 +107,6 @@ class Site:
         self.options = dict(planner_options or {})
         self._wire = None if config.wire == "fp32" else config.wire
         self.info = planner_info(planner)
-        # probing unused links only serves re-planning (and would disturb netstorm measure)
-        self._static = (policy if isinstance(policy, str) or policy is None
-                        else policy.name) == "static"
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
                              pace=config.emulate == "inprocess",
                              delay=config.emulate in ("inprocess", "netns"))
@@ -139,22 +136,28 @@ class Site:
         self._threads: list[threading.Thread] = []
         self._listen()
         _warm_kernels()
+        rule = self._rule(policy)
+        # probing unused links only serves re-planning (and would disturb netstorm measure)
+        self._probing = rule.name != "static" and not self._unshaped_loopback
         if self.rank == 0:
-            if policy is None and self._unshaped_loopback:
-                policy = "static"  # every link is the same memory copy: nothing to adapt to
-            rule = policy if policy is not None and not isinstance(policy, str) \
-                else self.info.policy(policy)
-            noisy = not self.shaper.pace  # links timed on a real or kernel-shaped network
-            if noisy and policy is None and isinstance(rule, ReplanPolicy):
-                # the default hysteresis must exceed what the measurements scatter by
-                rule = dataclasses.replace(rule, threshold=max(rule.threshold,
-                                                               NOISY_THRESHOLD))
             self.coordinator = Coordinator(view, self._fingerprint, self._planner_call, rule,
                                            window=window, workers=view.workers,
-                                           smooth=3 if noisy else 1)
+                                           smooth=1 if self.shaper.pace else 3)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
         self._join()
+
+    def _rule(self, policy: Policy | str | None) -> Policy:
+        """The run's re-plan policy (every rank derives the same one)."""
+        if policy is None and self._unshaped_loopback:
+            policy = "static"  # every link is the same memory copy: nothing to adapt to
+        rule = policy if policy is not None and not isinstance(policy, str) \
+            else self.info.policy(policy)
+        if not self.shaper.pace and policy is None and isinstance(rule, ReplanPolicy):
+            # links timed on a real or kernel-shaped network: the default hysteresis must
+            # exceed what the measurements scatter by
+            rule = dataclasses.replace(rule, threshold=max(rule.threshold, NOISY_THRESHOLD))
+        return rule
 
     @property
     def _fingerprint(self) -> str:
@@ -343,6 +346,7 @@ class Site:
         last = 0.0  # when the previous frame from src ended (busy spells do not overlap)
         probe = memoryview(bytearray(PROBE_BYTES))  # probes land here and are dropped
         encoded = WIRE_NUMPY[cfg.wire]
+        staging = np.empty(0, dtype=encoded)  # 16-bit frames land here, grown to the largest
         try:
             while not self._stop.is_set():
                 header = conn.read_header(max_length=cfg.max_frame)
@@ -369,7 +373,12 @@ class Site:
                                         f"version {header.plan_version}, this site runs "
                                         f"version {coll.version}")
                 payload = coll.slot(header.message)
-                packed = payload if encoded is None else np.empty(payload.size, dtype=encoded)
+                if encoded is None:
+                    packed = payload
+                else:  # decoded below, before this reader reads the next frame into it
+                    if staging.size < payload.size:
+                        staging = np.empty(payload.size, dtype=encoded)
+                    packed = staging[:payload.size]
                 view = memoryview(packed).cast("B")  # type: ignore[arg-type]
                 if len(view) != header.length:
                     raise ProtocolError(f"{conn.name}: message {header.message} of "
@@ -514,8 +523,8 @@ class Site:
         self._probe(coll)
 
     def _probe(self, coll: Collective) -> None:
-        if self._unshaped_loopback or self._static:
-            return  # every link is the same memory copy, or no plan will change
+        if not self._probing:
+            return
         self.sender.probe(self.view.capacity[self.rank], PROBE_AGE_S / self.config.time_scale,
                           coll.version, coll.seq)
 

@@ -45,11 +45,6 @@ class Layout:
     def sites(self) -> int:
         return self.world_size // self.local_size
 
-    @property
-    def leader(self) -> int:
-        """The global rank of this site's leader."""
-        return self.site * self.local_size
-
     def ranks_of(self, site: int) -> list[int]:
         return list(range(site * self.local_size, (site + 1) * self.local_size))
 

@@ -147,7 +147,7 @@ def test_the_site_layout_follows_torchruns_variables() -> None:
     from netstorm.errors import NetstormError
 
     where = layout({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
-    assert (where.site, where.sites, where.leader, where.ranks_of(2)) == (2, 4, 4, [4, 5])
+    assert (where.site, where.sites, where.ranks_of(2)) == (2, 4, [4, 5])
     alone = layout({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"})  # one per site
     assert (alone.site, alone.local_rank, alone.local_size) == (3, 0, 1)
     for bad in ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"},
