@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .awareness import BandwidthEstimator, Policy, StaticPolicy
 from .compiler import compile
+from .cost import predict
 from .job import Job
 from .plan import Plan
 from .program import NodeProgram
@@ -71,6 +72,13 @@ class Controller:
     *reference* view is the estimate at the last time a candidate was computed: the policy
     compares the new estimate against it, so a plan is not recomputed while nothing moved.
     Programs are compiled against the reference (a ``"slack"`` plan's priorities).
+
+    An estimator with a ``split(now) -> (fit, judge)`` method (such as
+    :class:`~netstorm.level_shift.LevelShiftEstimator`) gives two views from disjoint samples:
+    candidates are planned on ``fit`` and the policy judges them, and the current plan, on
+    ``judge``, so a plan is not preferred for fitting the noise it is judged on. The
+    reference is then ``fit`` (what the plan was made from) and the policy's change test
+    compares ``judge`` views.
     """
 
     def __init__(self, view: NetworkView, job: Job, make_plan: MakePlan, *,
@@ -87,6 +95,7 @@ class Controller:
         self.workers = workers
         self.by_bucket = by_bucket
         self.reference = view
+        self._judged = view
         self.switches: list[Switch] = []
         self._last_switch = -math.inf
         self.plan = dataclasses.replace(make_plan(view), version=1)
@@ -110,21 +119,27 @@ class Controller:
         if self.estimator is None or iteration == 0:
             return None
         now = self.clock()
-        estimate = self.estimator.view(now)
+        split = getattr(self.estimator, "split", None)
+        if split is not None:
+            fit, judge = split(now)
+        else:
+            fit = judge = self.estimator.view(now)
         spent: list[float] = []
 
         def candidate() -> Plan:
             started = self.timer()
-            made = self.make_plan(estimate)
+            made = self.make_plan(fit)
             spent.append(self.timer() - started)
+            if fit is not judge:  # the policy reads a plan's prediction: make it on judge
+                made = made.with_prediction(predict(made, judge, self.job).time_s)
             return made
 
         started = self.timer()
         decision = self.policy.decide(now=now, last_switch_s=self._last_switch,
-                                      current=self.plan, reference=self.reference,
-                                      estimate=estimate, job=self.job, candidate=candidate)
+                                      current=self.plan, reference=self._judged,
+                                      estimate=judge, job=self.job, candidate=candidate)
         if decision.considered:
-            self.reference = estimate
+            self.reference, self._judged = fit, judge
         if decision.plan is None:
             return None
         self.plan = dataclasses.replace(decision.plan, version=self.plan.version + 1)

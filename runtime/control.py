@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 from netstorm.awareness import BandwidthEstimator, Policy
 from netstorm.controller import Controller
 from netstorm.job import Job
+from netstorm.level_shift import LevelShiftEstimator
 from netstorm.plan import Plan
 from netstorm.view import NetworkView
 
@@ -59,17 +59,16 @@ class Coordinator:
         Collectives released ahead of the last one done everywhere.
     workers
         Ranks that call ``allreduce`` (the others relay).
-    smooth
-        Feed the estimator the median of each link's last ``smooth`` rates (``1``: each rate
-        as timed). Links timed on a real (or kernel-shaped) network are noisy: on 9 netns
-        sites sharing 2 cores, rates scattered from 0.36x to 1.81x of the truth, and the
-        re-plan policy followed the noise.
+    noisy
+        The links are timed on a real (or kernel-shaped) network, whose timings scatter:
+        estimate them with :class:`~netstorm.level_shift.LevelShiftEstimator` (believe a
+        level shift, average the noise) instead of the EWMA that suits exact timings.
     """
 
     def __init__(self, view: NetworkView, fingerprint: str,
                  make_plan: Callable[[NetworkView, Job], Plan], policy: Policy, *,
                  window: int, workers: tuple[int, ...], aware: bool = True,
-                 smooth: int = 1) -> None:
+                 noisy: bool = False) -> None:
         self.view = view
         self.fingerprint = fingerprint
         self.make_plan = make_plan
@@ -82,11 +81,10 @@ class Coordinator:
         self.reports: dict[int, int] = {}
         #: per link, the lowest rate its sender / its receiver timed since the last boundary
         self._rates: dict[tuple[int, int], list[float]] = {}
-        self.smooth = smooth
-        self._recent: dict[tuple[int, int], deque[float]] = {}
         self.horizon = window
         self.byes: set[int] = set()
-        self.estimator = BandwidthEstimator(view, clock=time.monotonic) if aware else None
+        kind = LevelShiftEstimator if noisy else BandwidthEstimator
+        self.estimator = kind(view, clock=time.monotonic) if aware else None
         self.controller: Controller | None = None
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -193,10 +191,6 @@ class Coordinator:
             rate = min(both)
             if not np.isfinite(rate):
                 continue
-            if self.smooth > 1:  # the median of the link's last few rates: one outlier is
-                recent = self._recent.setdefault(link, deque(maxlen=self.smooth))  # ignored,
-                recent.append(rate)  # a level shift shows once it is most of them
-                rate = float(np.median(recent))
             self.estimator.observe(link[0], link[1], rate, 1.0, now)
 
     def _boundary(self, seq: int, numel: int) -> dict[str, Any] | None:

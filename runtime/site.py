@@ -142,7 +142,7 @@ class Site:
         if self.rank == 0:
             self.coordinator = Coordinator(view, self._fingerprint, self._planner_call, rule,
                                            window=window, workers=view.workers,
-                                           smooth=1 if self.shaper.pace else 3)
+                                           noisy=not self.shaper.pace)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
         self._join()
