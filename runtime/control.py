@@ -7,6 +7,9 @@ a plan or a measurement. (torch's ``TCPStore`` has no authentication; we do not 
 
 Messages (JSON control frames):
 
+- both ways: ``beat`` every :data:`HEARTBEAT_S`; a side that hears nothing from the other
+  for :func:`silence_limit` of the timeout stops the run naming it (a stopped process, a
+  cut link: TCP alone would not tell for minutes);
 - site -> coordinator: ``join`` (rank, data address, topology fingerprint), ``report`` (a
   collective is done here: seq, bytes and busy seconds per link it sent on, and per link it
   received on when the links are not emulated in-process), ``bye``, ``error``;
@@ -39,7 +42,17 @@ from netstorm.view import NetworkView
 
 from .links import Connection
 
-__all__ = ["Coordinator"]
+__all__ = ["HEARTBEAT_S", "Coordinator", "silence_limit"]
+
+#: Sites and the coordinator send each other a heartbeat this often, seconds.
+HEARTBEAT_S = 1.0
+
+
+def silence_limit(timeout_s: float) -> float:
+    """Seconds without a heartbeat after which a peer on the control plane is taken for
+    stopped: half the run's timeout (at least 2 s), so that a silent site is named before
+    the collectives it holds up reach their own timeout."""
+    return max(2.0, timeout_s / 2)
 
 
 class Coordinator:
@@ -68,7 +81,7 @@ class Coordinator:
     def __init__(self, view: NetworkView, fingerprint: str,
                  make_plan: Callable[[NetworkView, Job], Plan], policy: Policy, *,
                  window: int, workers: tuple[int, ...], aware: bool = True,
-                 noisy: bool = False) -> None:
+                 noisy: bool = False, timeout_s: float = 60.0) -> None:
         self.view = view
         self.fingerprint = fingerprint
         self.make_plan = make_plan
@@ -89,13 +102,36 @@ class Coordinator:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.closed = threading.Event()
+        self.timeout_s = timeout_s
+        self._heard: dict[int, float] = {}  # rank -> when its last message came
 
     def add(self, conn: Connection, join: dict[str, Any]) -> None:
         """A site's control connection, with its ``join`` message; serves it on a thread."""
-        thread = threading.Thread(target=self._serve, args=(conn, join),
-                                  name=f"control<-{conn.peer}", daemon=True)
+        self._spawn(self._serve, f"control<-{conn.peer}", conn, join)
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
+
+    def _who(self, rank: int) -> str:
+        return f"site {self.view.sites[rank]} (rank {rank})"
+
+    def _pulse(self) -> None:
+        """Once every site joined: a heartbeat to each every :data:`HEARTBEAT_S`, and the
+        run aborts naming a site that sent nothing (no beat, no report) for too long."""
+        limit = silence_limit(self.timeout_s)
+        while not self.closed.wait(HEARTBEAT_S):
+            now = time.monotonic()
+            with self._lock:
+                silent = [(now - self._heard[r], r) for r in range(self.n)
+                          if r not in self.byes and now - self._heard[r] > limit]
+            if silent:
+                quiet, rank = max(silent)
+                self._abort(f"{self._who(rank)} sent nothing for {quiet:.1f} s: stopped, "
+                            "overloaded or cut off")
+                return
+            self._broadcast({"type": "beat"})
 
     def _broadcast(self, msg: dict[str, Any]) -> None:
         for conn in list(self.conns.values()):
@@ -111,8 +147,9 @@ class Coordinator:
                 header = conn.read_header(max_length=1 << 26)
                 if header is None:
                     if conn.peer not in self.byes:
-                        self._abort(f"site {conn.peer} closed its control connection")
+                        self._abort(f"{self._who(conn.peer)} closed its control connection")
                     return
+                self._heard[conn.peer] = time.monotonic()
                 self._handle(conn.peer, conn.read_control(header))
         except Exception as exc:
             if not self.closed.is_set():
@@ -137,6 +174,9 @@ class Coordinator:
             self.addresses[rank] = join["address"]
             ready = len(self.conns) == self.n
         if ready:
+            now = time.monotonic()
+            self._heard = {r: now for r in range(self.n)}
+            self._spawn(self._pulse, "pulse")
             self._broadcast({"type": "table",
                              "addresses": [self.addresses[r] for r in range(self.n)],
                              "start": time.time() + 0.2, "horizon": self.horizon})
@@ -152,7 +192,7 @@ class Coordinator:
             if done:
                 self._broadcast({"type": "shutdown"})
         elif kind == "error":
-            self._abort(f"site {rank}: {msg.get('reason')}")
+            self._abort(f"{self._who(rank)}: {msg.get('reason')}")
 
     def _report(self, rank: int, msg: dict[str, Any]) -> None:
         seq = int(msg["seq"])

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import init
+from .exits import main_of
 
 __all__ = ["main"]
 
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_of(main))

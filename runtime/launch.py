@@ -34,6 +34,11 @@ __all__ = ["add_arguments", "execute", "format_summary", "is_experiment", "optio
            "summary"]
 
 
+#: Seconds, beyond the runtime's timeout, that sites get to stop by themselves after one
+#: failed (a dead peer is seen at once; a silent one after the timeout).
+GRACE_S = 5.0
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``run`` options; the script and its arguments follow ``--``."""
     p.add_argument("--topology", "-t", required=True,
@@ -102,6 +107,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only when resumed
     deadline = time.monotonic() + 5
     for p in procs:
         try:
@@ -171,6 +177,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
         if dynamics is not None:
             dynamics.validate(view)
     procs: list[subprocess.Popen[bytes]] = []
+    names: list[str] = []
+    failure: dict[str, Any] | None = None
     pumps = []
     started = time.perf_counter()
     status = 0
@@ -198,28 +206,77 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                 proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
                 procs.append(proc)
+                names.append(f"site {name} (rank {rank})")
                 pump = threading.Thread(target=_pump, args=(proc.stdout, name, out),
                                         daemon=True)
                 pump.start()
                 pumps.append(pump)
             if wan is not None and dynamics is not None:
                 wan.follow(dynamics, time.time(), stop)
-            while True:
-                codes = [p.poll() for p in procs]
-                failed = [c for c in codes if c not in (None, 0)]
-                if failed:
-                    status = failed[0]
-                    break
-                if all(c == 0 for c in codes):
-                    break
-                time.sleep(0.05)
+            failure = _watch(procs, names, grace=args.timeout + GRACE_S)
+            if failure is not None:
+                status = failure["status"]
+                print(f"netstorm run: {failure['message']}", file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             status = 130
+            failure = None
         finally:
             _stop(procs)  # before the namespaces go (ExitStack unwinds after this)
             for pump in pumps:
                 pump.join(timeout=2)
-    return status, summary(view.sites, logs, args.planner, time.perf_counter() - started)
+    doc = summary(view.sites, logs, args.planner, time.perf_counter() - started)
+    if failure is not None:
+        doc["failure"] = failure
+    return status, doc
+
+
+def _status(code: int) -> int:
+    """A child's exit status as a shell reports it (a signal ``k`` is ``128 + k``)."""
+    return 128 - code if code < 0 else code
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *,
+           grace: float) -> dict[str, Any] | None:
+    """Wait for every site; ``None`` when all exited 0, else what failed first.
+
+    After the first failure the others get ``grace`` seconds (the runtime's timeout and a
+    margin) to notice and stop by themselves, so each reports the failure in its own words,
+    naming the site it lost; the rest are then stopped (:func:`_stop`).
+    """
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            break
+        if all(c == 0 for c in codes):
+            return None
+        time.sleep(0.02)
+    first = failed[0]
+    code = codes[first]
+    assert code is not None
+    seen = time.monotonic()
+    deadline = seen + grace
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    waited = time.monotonic() - seen
+    left = [names[i] for i, p in enumerate(procs) if p.poll() is None]
+    message = f"{names[first]} {_how(code)}"
+    if left:
+        message += (f"; {', '.join(left)} still running after {grace:.0f} s "
+                    "(stopped by the launcher)")
+    else:
+        message += f"; every other site stopped within {waited:.2f} s"
+    return {"site": names[first], "status": _status(code), "message": message,
+            "others_stopped_s": None if left else waited, "stopped_by_launcher": left}
 
 
 def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> dict[str, Any]:

@@ -16,10 +16,10 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from netstorm.errors import PeerError
+from netstorm.errors import PeerError, ProtocolError
 
 from . import wire
 from .auth import client_handshake, server_handshake
@@ -29,7 +29,13 @@ __all__ = ["Connection", "Frame", "OutLink", "accept", "connect"]
 
 
 class Connection:
-    """One authenticated TCP connection to ``peer`` (a rank), sending and receiving frames."""
+    """One authenticated TCP connection to ``peer`` (a rank), sending and receiving frames.
+
+    A read that fails (a malformed frame, the peer gone, a frame cut off) closes the
+    connection before it raises: its byte stream lost the framing and cannot be read on, and
+    the peer learns it at once (not when the garbage collector frees the socket). Every error
+    a read raises names the peer.
+    """
 
     def __init__(self, sock: socket.socket, peer: int, name: str) -> None:
         self.sock = sock
@@ -41,6 +47,16 @@ class Connection:
 
     def _fail(self, what: str, exc: BaseException | None = None) -> PeerError:
         return PeerError(f"{self.name}: {what}" + (f" ({exc})" if exc else ""))
+
+    def _broken(self, what: str, exc: BaseException | None = None) -> PeerError:
+        """Close the connection (nothing more can be read from it); the error to raise."""
+        self.close()
+        return self._fail(what, exc)
+
+    def _refuse(self, exc: ProtocolError) -> ProtocolError:
+        """Close the connection after a malformed frame; the error to raise, naming the peer."""
+        self.close()
+        return ProtocolError(f"{self.name}: {exc}")
 
     def write(self, data: memoryview | bytes | bytearray) -> None:
         """Send all of ``data`` (no lock: one writer per connection, or hold :meth:`lock`)."""
@@ -66,7 +82,7 @@ class Connection:
             try:
                 n = self.sock.recv_into(view[got:])
             except OSError as exc:
-                raise self._fail("connection lost", exc) from exc
+                raise self._broken("connection lost", exc) from exc
             if n == 0:
                 break
             got += n
@@ -78,19 +94,25 @@ class Connection:
         if got == 0:
             return None
         if got < len(self._header):
-            raise self._fail("closed the connection inside a frame header")
-        return wire.unpack_header(self._header, max_length=max_length)
+            raise self._broken("closed the connection inside a frame header")
+        try:
+            return wire.unpack_header(self._header, max_length=max_length)
+        except ProtocolError as exc:
+            raise self._refuse(exc) from exc
 
     def read_into(self, view: memoryview) -> None:
         """Fill ``view`` from the socket (a payload; no allocation)."""
         if self._fill(view) < len(view):
-            raise self._fail("closed the connection inside a frame")
+            raise self._broken("closed the connection inside a frame")
 
     def read_control(self, header: wire.Header) -> dict[str, Any]:
         """The JSON object of a control frame whose header was just read."""
         payload = bytearray(header.length)
         self.read_into(memoryview(payload))
-        return wire.unpack_control(header, payload)
+        try:
+            return wire.unpack_control(header, payload)
+        except ProtocolError as exc:
+            raise self._refuse(exc) from exc
 
     def close(self) -> None:
         try:
@@ -125,16 +147,25 @@ def connect(address: tuple[str, int], *, rank: int, secret: bytes, timeout: floa
     return Connection(sock, peer, name)
 
 
-def accept(sock: socket.socket, *, rank: int, secret: bytes, timeout: float) -> Connection:
-    """Authenticate an accepted socket; the peer's rank names the connection."""
-    addr = sock.getpeername()
+def accept(sock: socket.socket, *, rank: int, secret: bytes, timeout: float,
+           names: Sequence[str] | None = None) -> Connection:
+    """Authenticate an accepted socket; the peer's rank (and its site name, from ``names``)
+    names the connection."""
+    try:
+        addr = sock.getpeername()
+    except OSError as exc:  # reset before it was served (ENOTCONN): nothing to authenticate
+        sock.close()
+        raise PeerError(f"a connection reset before its handshake "
+                        f"({exc.strerror or exc})") from exc
     try:
         peer = server_handshake(sock, secret, rank, timeout=timeout)
     except BaseException:
         sock.close()
         raise
     sock.settimeout(None)
-    return Connection(sock, peer, f"site {peer} ({addr[0]}:{addr[1]})")
+    who = f"site {names[peer]} (rank {peer}, " if names and 0 <= peer < len(names) \
+        else f"site {peer} ("
+    return Connection(sock, peer, f"{who}{addr[0]}:{addr[1]})")
 
 
 class Frame:

@@ -75,7 +75,7 @@ class Sender:
         """The link to ``peer``, connected and authenticated on first use."""
         link = self.links.get(peer)
         if link is None:
-            name = f"site {self.names[peer]}"
+            name = f"site {self.names[peer]} (rank {peer})"
             conns = []
             for _ in range(self.connections):
                 conn = connect(self.addresses[peer], rank=self.rank, secret=self.secret,

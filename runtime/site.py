@@ -40,7 +40,7 @@ from netstorm.view import NetworkView
 from . import wire
 from .collective import Collective, flat_float32
 from .config import RuntimeConfig
-from .control import Coordinator
+from .control import HEARTBEAT_S, Coordinator, silence_limit
 from .emulate import Shaper
 from .links import Connection, accept, connect
 from .sender import PROBE_AGE_S, PROBE_BYTES, Sender
@@ -55,7 +55,7 @@ WINDOW = 2
 #: numpy element types of the wire encodings (bf16 travels as uint16 bit patterns).
 WIRE_NUMPY: dict[str, Any] = {"fp32": None, "fp16": np.float16, "bf16": np.uint16}
 #: How often the engine looks for collectives past the timeout, seconds.
-WATCHDOG_S = 1.0
+WATCHDOG_S = HEARTBEAT_S
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
 NOISY_THRESHOLD = 0.2
 
@@ -142,7 +142,8 @@ class Site:
         if self.rank == 0:
             self.coordinator = Coordinator(view, self._fingerprint, self._planner_call, rule,
                                            window=window, workers=view.workers,
-                                           noisy=not self.shaper.pace)
+                                           noisy=not self.shaper.pace,
+                                           timeout_s=config.timeout_s)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
         self._join()
@@ -203,7 +204,8 @@ class Site:
     def _serve_inbound(self, raw: socket.socket) -> None:
         cfg = self.config
         try:
-            conn = accept(raw, rank=self.rank, secret=cfg.secret, timeout=cfg.timeout_s)
+            conn = accept(raw, rank=self.rank, secret=cfg.secret, timeout=cfg.timeout_s,
+                          names=self.view.sites)
             header = conn.read_header(max_length=1 << 20)
             if header is None or header.kind != wire.Kind.CONTROL:
                 raise ProtocolError(f"{conn.name}: first frame is not a hello")
@@ -226,11 +228,13 @@ class Site:
         deadline = time.monotonic() + cfg.timeout_s
         self._control = connect((cfg.master_addr, cfg.master_port), rank=self.rank,
                                 secret=cfg.secret, timeout=cfg.timeout_s,
-                                name=f"coordinator {cfg.master_addr}:{cfg.master_port}",
+                                name=f"the coordinator (site {self.view.sites[0]}, rank 0, "
+                                     f"{cfg.master_addr}:{cfg.master_port})",
                                 retry_until=deadline)
         self._control.send_control({"type": "join", "address": [cfg.advertise, self.port],
                                     "fingerprint": self._fingerprint, "wire": cfg.wire,
                                     "world_size": cfg.world_size, "name": self.view.name})
+        self._heard = time.monotonic()
         self._spawn(self._read_control, "control")
         if not self._table.wait(cfg.timeout_s) or self._error is not None:
             self._stop_threads()
@@ -249,8 +253,10 @@ class Site:
                 header = self._control.read_header(max_length=1 << 26)
                 if header is None:
                     if not self._shutdown.is_set():
-                        self._fail(PeerError(f"site {self.name}: the coordinator closed"))
+                        self._fail(PeerError(f"the coordinator (site {self.view.sites[0]}, rank 0) "
+                                            "closed its connection mid-run"))
                     return
+                self._heard = time.monotonic()
                 self._on_control(self._control.read_control(header))
         except BaseException as exc:
             if not self._stop.is_set():
@@ -456,8 +462,21 @@ class Site:
                     self._fail(exc)
 
     def _watchdog(self) -> None:
-        """Fail the run when a started collective is not done within the timeout, so that
-        callers who never :meth:`Handle.wait` (a DDP hook's future) are not left hanging."""
+        """Every :data:`WATCHDOG_S`: a heartbeat to the coordinator, and the run fails when
+        the coordinator went silent or a started collective is not done within the timeout,
+        so that callers who never :meth:`Handle.wait` (a DDP hook's future) are not left
+        hanging."""
+        if self._table.is_set() and not self._shutdown.is_set() and self._error is None:
+            silent = time.monotonic() - self._heard
+            if silent > silence_limit(self.config.timeout_s):
+                self._fail(PeerError(f"the coordinator (site {self.view.sites[0]}, rank 0) "
+                                     f"sent nothing for {silent:.1f} s: stopped, overloaded "
+                                     "or cut off"))
+                return
+            try:
+                self._control.send_control({"type": "beat"})
+            except NetstormError:
+                pass  # the control reader reports a broken connection
         limit = self.config.timeout_s
         now = time.perf_counter()
         with self._lock:

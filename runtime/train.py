@@ -32,6 +32,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .exits import main_of
+
 __all__ = ["Digits", "digits", "main", "make_model", "measure_compute", "train"]
 
 #: The first worker prints a progress line at most every this many steps (and at the end).
@@ -247,4 +249,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_of(main))

@@ -63,7 +63,7 @@ def test_the_first_failing_site_stops_the_others_and_sets_the_status(tmp_path: P
               f"tag = '{marker}'; time.sleep(0.5 if rank == 1 else 60); "
               "sys.exit(3 if rank == 1 else 0)")
     started = time.monotonic()
-    done = run("--topology", "random:3:1", "--", sys.executable, "-c", script)
+    done = run("--topology", "random:3:1", "--timeout", "5", "--", sys.executable, "-c", script)
     assert done.returncode == 3
     assert time.monotonic() - started < 30  # the sleepers were stopped, not waited for
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
