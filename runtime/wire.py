@@ -426,7 +426,7 @@ def unpack_control(header: Header, payload: Any) -> dict[str, Any]:
     ------
     ProtocolError
         If the frame is not a CONTROL frame, fails :func:`verify`, or its payload is not
-        UTF-8 JSON holding an object.
+        UTF-8 JSON holding an object (nested too deeply to parse included).
     """
     if header.kind != Kind.CONTROL:
         raise ProtocolError(f"{header.describe()}: expected a CONTROL frame, got kind "
@@ -434,7 +434,8 @@ def unpack_control(header: Header, payload: Any) -> dict[str, Any]:
     verify(header, payload)
     try:
         obj = json.loads(bytes(payload))
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, and
+        # nesting deeper than the interpreter's recursion limit ("[[[[...")
         raise ProtocolError(f"control frame seq {header.seq}: bad JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"control frame seq {header.seq}: JSON {type(obj).__name__}, "
