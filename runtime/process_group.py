@@ -26,7 +26,9 @@ import datetime
 import os
 import secrets
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +45,7 @@ from torch._C._distributed_c10d import (  # type: ignore[attr-defined]
 from netstorm.errors import NetstormError
 from netstorm.topology import load_topology
 
-from .config import RuntimeConfig
+from .config import RuntimeConfig, _loopback
 from .site import Site
 from .site_group import SiteGroup, check_all_workers, layout
 
@@ -248,21 +250,23 @@ def _create(store: dist.Store, rank: int, world_size: int,
                             f"process(es) per site, LOCAL_WORLD_SIZE)")
     if where.local_size > 1:
         check_all_workers(view)
-    # rank 0 serves the runtime's coordinator on a free port and, unless the environment
-    # holds a secret, makes one: both reach the other ranks through torch's store
+    # rank 0 serves the runtime's coordinator on a free port, published through torch's
+    # store; the store has no authentication, so no secret goes into it (see _secret)
     given: dict[str, Any] = {"rank": where.site, "world_size": where.sites}
     if rank == 0:
-        port = _free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")
-        secret = os.environ.get("NETSTORM_SECRET") or secrets.token_hex(32)
-        store.set("netstorm/coordinator", str(port))
-        store.set("netstorm/secret", secret)
+        store.set("netstorm/coordinator",
+                  str(_free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")))
     given["master_port"] = int(store.get("netstorm/coordinator").decode())
-    given["secret"] = store.get("netstorm/secret")
+    shared = _secret(store, rank)
     site = None
     if where.local_rank == 0:  # the site's leader takes part in the plan
+        if shared is not None:
+            given["secret"] = shared.read_bytes()
         site = Site(RuntimeConfig.from_env(**given), view,
                     os.environ.get("NETSTORM_PLANNER") or "treepack",
                     policy=os.environ.get("NETSTORM_POLICY") or None)
+        if shared is not None and rank == 0:  # every site joined: each read the file
+            shared.unlink(missing_ok=True)
         if not site.is_worker:
             site.serve()
             raise SystemExit(0)
@@ -273,6 +277,29 @@ def _create(store: dist.Store, rank: int, world_size: int,
                                    where.local_rank, where.local_size, timeout)
              for k in ("reduce", "broadcast")]
     return ProcessGroupNetstorm(store, site, SiteGroup(where, local[0], local[1], site))
+
+
+def _secret(store: dist.Store, rank: int) -> Path | None:
+    """Where this run's shared secret is, when the environment holds none.
+
+    With ``NETSTORM_SECRET`` or ``NETSTORM_SECRET_FILE`` set, every rank reads its own
+    (``None``). Without, ranks on one host (a loopback ``MASTER_ADDR``) share a fresh one:
+    rank 0 writes it to a file only its user can read and puts the file's *path* in the
+    store, and removes the file once every site has joined (each read it first). Across
+    hosts a secret must be given: a stranger who reaches the store must not learn one.
+    """
+    if os.environ.get("NETSTORM_SECRET") or os.environ.get("NETSTORM_SECRET_FILE"):
+        return None
+    master = os.environ.get("MASTER_ADDR") or "127.0.0.1"
+    if not _loopback(master):
+        raise NetstormError(f"the netstorm backend across hosts (MASTER_ADDR={master}) needs "
+                            "NETSTORM_SECRET or NETSTORM_SECRET_FILE, the same on every host")
+    if rank == 0:
+        fd, name = tempfile.mkstemp(prefix="netstorm-secret-")  # mode 0600
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        store.set("netstorm/secret_file", name)
+    return Path(store.get("netstorm/secret_file").decode())
 
 
 def register() -> None:

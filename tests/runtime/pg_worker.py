@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import netstorm.runtime.torch  # noqa: F401  (registers the backend)
@@ -51,6 +52,13 @@ def main() -> int:
         assert "MAX" in str(exc), exc
     else:
         raise AssertionError("MAX did not raise")
+    if not os.environ.get("NETSTORM_SECRET"):  # a secret made for this run, on one host:
+        group = dist.distributed_c10d._get_default_group()
+        store = group._store  # our ProcessGroup is the group; its store holds only the path
+        path = store.get("netstorm/secret_file").decode()
+        assert not os.path.exists(path), f"{path} left behind"
+        assert not store.check(["netstorm/secret"])
+        print(f"rank {me}: no secret in the store: ok", flush=True)
     print(f"rank {me}: collectives ok", flush=True)
     dist.destroy_process_group()
     return 0

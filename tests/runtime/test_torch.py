@@ -3,6 +3,8 @@ on gloo (the oracle), in real processes started by ``netstorm run``."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from netstorm.runtime.torch import allreduce_tensor
 from netstorm.runtime.train import make_model
 
 from netstorm.builtin_topologies import builtin
+from netstorm.errors import NetstormError
 from tests.runtime.harness import run_sites
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,6 +95,39 @@ def test_the_backend_does_what_ddp_needs_and_refuses_the_rest() -> None:
         assert f"rank {rank}: reduce_scatter not implemented: ok" in out
 
 
+def test_started_by_hand_without_a_secret_none_goes_into_the_store() -> None:
+    # torchrun's variables set by hand, one process per site, no NETSTORM_SECRET: the run
+    # shares a fresh secret through a private file, and the store only holds its path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETSTORM_SECRET")}
+    env.update(NETSTORM_TOPOLOGY="random:2:1", NETSTORM_EMULATE="none", WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, str(HERE / "pg_worker.py")],
+                              env=dict(env, RANK=str(r), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, out[-2000:]
+        assert f"rank {rank}: no secret in the store: ok" in out
+
+
+def test_across_hosts_the_backend_needs_a_given_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netstorm.runtime.process_group import _secret
+
+    monkeypatch.delenv("NETSTORM_SECRET", raising=False)
+    monkeypatch.delenv("NETSTORM_SECRET_FILE", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "192.0.2.1")  # TEST-NET: never contacted
+    with pytest.raises(NetstormError, match=r"across hosts .* needs NETSTORM_SECRET"):
+        _secret(None, 0)  # type: ignore[arg-type]  (refused before the store is used)
+
+
 def test_a_silent_peer_fails_the_hooks_future_instead_of_hanging() -> None:
     view = builtin("random:2:1")
 
@@ -144,7 +180,6 @@ def test_ddp_on_cuda_through_the_hook_equals_ddp_on_gloo(tmp_path: Path) -> None
 def test_the_site_layout_follows_torchruns_variables() -> None:
     from netstorm.runtime.site_group import layout
 
-    from netstorm.errors import NetstormError
 
     where = layout({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
     assert (where.site, where.sites, where.ranks_of(2)) == (2, 4, [4, 5])
