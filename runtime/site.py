@@ -203,22 +203,34 @@ class Site:
 
     def _serve_inbound(self, raw: socket.socket) -> None:
         cfg = self.config
+        conn: Connection | None = None
         try:
             conn = accept(raw, rank=self.rank, secret=cfg.secret, timeout=cfg.timeout_s,
                           names=self.view.sites)
+            if not 0 <= conn.peer < self.view.n:
+                raise ProtocolError(f"{conn.name}: rank {conn.peer} is not a site of "
+                                    f"{self.view.name!r}")
+            conn.sock.settimeout(cfg.timeout_s)  # an authenticated peer must still say hello
             header = conn.read_header(max_length=1 << 20)
             if header is None or header.kind != wire.Kind.CONTROL:
                 raise ProtocolError(f"{conn.name}: first frame is not a hello")
             hello = conn.read_control(header)
-        except NetstormError as exc:
+            conn.sock.settimeout(None)
+            kind = hello.get("type")
+            if kind not in ("data", "join") or (kind == "join" and self.coordinator is None):
+                raise ProtocolError(f"{conn.name}: hello of type {kind!r} at a site "
+                                    f"{'without' if self.coordinator is None else 'with'} "
+                                    "the coordinator")
+        except (NetstormError, OSError) as exc:
             log.warning("site %s: refused a connection: %s", self.name, exc)
-            return
-        if hello.get("type") == "join":
-            if self.coordinator is None:
+            if conn is not None:
                 conn.close()
-                return
+            raw.close()
+            return
+        if kind == "join":
+            assert self.coordinator is not None
             self.coordinator.add(conn, hello)
-        elif hello.get("type") == "data":
+        else:
             with self._lock:
                 self._inbound.append(conn)
             self._read_data(conn)
@@ -373,6 +385,9 @@ class Site:
                     continue
                 if header.kind != wire.Kind.DATA:
                     raise ProtocolError(f"{conn.name}: control frame on a data connection")
+                if header.numel * 4 > cfg.max_frame * self.view.n:  # no arena on a whim
+                    raise ProtocolError(f"collective {header.seq} of {header.numel} elements: "
+                                        "over the frame limit times the sites")
                 coll = self._collective(header.seq, header.numel)
                 if header.plan_version != coll.version:
                     raise ProtocolError(f"{conn.name}: collective {header.seq} frame of plan "
@@ -406,6 +421,10 @@ class Site:
                                   header.message, payload))
         except BaseException as exc:
             if not self._stop.is_set():
+                if isinstance(exc, NetstormError) and conn.name not in str(exc):
+                    named = type(exc)(f"{conn.name}: {exc}")
+                    named.__cause__ = exc
+                    exc = named
                 self._fail(exc)
 
     def _sent(self, coll: Collective | None) -> None:

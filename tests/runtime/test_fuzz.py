@@ -41,8 +41,9 @@ is a member of the run: a corrupted frame from it fails the run by design; there
 property is that every worker's all-reduce raises a NetstormError naming the cause (never a
 silently wrong result, never a hang).
 
-The tests marked ``xfail(strict=True)`` pin findings whose fix belongs to ``runtime/site.py``
-(see each one's reason); they start passing, and so fail as XPASS, once it is fixed.
+The last tests pin four findings fixed in ``runtime/site.py``: an authenticated peer that
+never says hello is dropped at the timeout; a refused first frame and an unusable hello close
+the connection and are logged; every data-frame error names the peer.
 
 ``CASES`` counts the examples each fuzz test ran; the module prints the counts at its end.
 """
@@ -773,7 +774,7 @@ def test_live_listeners_refuse_fuzzed_connections_and_keep_serving() -> None:
 # -- an authenticated data connection sends a corrupted frame -----------------------------------
 
 NUMEL = 1000
-#: the frame classes the site must name the peer for (the rest: see the xfail test below)
+#: the frame classes the site must name the peer for (the rest: see the last test)
 NAMED = {"header flip", "length over", "length wrong", "odd length", "kind", "algo",
          "version", "truncate"}
 CAUSE = {"header flip": ("bad magic", "protocol version", "bad header checksum"),
@@ -874,19 +875,8 @@ def test_a_corrupted_frame_on_a_data_connection_fails_the_run_loudly(damage: str
     assert peer in error, f"the error does not name the peer {peer}: {error}"
 
 
-# -- findings whose fix belongs to runtime/site.py (see the final report) ----------------------
+# -- findings fixed in runtime/site.py ---------------------------------------------------------
 
-def site_py_finding(reason: str) -> pytest.MarkDecorator:
-    """A finding whose fix belongs to runtime/site.py: fails (only by an assertion) until
-    then, and as XPASS once fixed (then drop the mark)."""
-    return pytest.mark.xfail(strict=True, raises=AssertionError,
-                             reason="runtime/site.py: " + reason)
-
-
-@site_py_finding("_serve_inbound reads an authenticated "
-                 "connection's first frame with no deadline (accept() leaves the socket "
-                 "blocking): a peer that authenticates and stays silent holds a thread "
-                 "and a socket until the site closes")
 def test_an_authenticated_peer_that_never_sends_its_hello_is_dropped() -> None:
     timeout_s = 3.0
     with runtime_log() as log:
@@ -900,11 +890,6 @@ def test_an_authenticated_peer_that_never_sends_its_hello_is_dropped() -> None:
             live.close()
 
 
-@site_py_finding("_serve_inbound refuses an authenticated "
-                 "connection whose first frame is not a CONTROL frame (or that ends before "
-                 "one) without closing it: the socket stays open while _accept_loop's "
-                 "local `raw` still holds it (until the next connection comes) and while a "
-                 "log handler keeps the record, whose exception holds the frame")
 @pytest.mark.parametrize("first", ["nothing", "a DATA frame"])
 def test_a_refused_first_frame_closes_the_connection(first: str) -> None:
     with runtime_log(keep_records=True) as log:
@@ -915,7 +900,8 @@ def test_a_refused_first_frame_closes_the_connection(first: str) -> None:
                 port = sock.getsockname()[1]
                 if first == "a DATA frame":
                     sock.sendall(DATA_FRAME)
-                sock.shutdown(socket.SHUT_WR)
+                with contextlib.suppress(OSError):  # the site may have closed it already
+                    sock.shutdown(socket.SHUT_WR)
                 assert log.wait_for(lambda m: f"127.0.0.1:{port}" in m
                                     and "first frame is not a hello" in m, 3.0)
                 assert closed_within(sock, 2.0)
@@ -923,9 +909,6 @@ def test_a_refused_first_frame_closes_the_connection(first: str) -> None:
             live.close()
 
 
-@site_py_finding("_serve_inbound drops a hello of an "
-                 "unknown type, and a 'join' at a site that is not the coordinator, "
-                 "without logging the peer")
 @pytest.mark.parametrize("rank,hello", [(0, {"type": "nope"}), (1, {"type": "join"})])
 def test_an_unusable_hello_is_logged(rank: int, hello: dict[str, Any]) -> None:
     with runtime_log() as log:
@@ -943,10 +926,6 @@ def test_an_unusable_hello_is_logged(rank: int, hello: dict[str, Any]) -> None:
             live.close()
 
 
-@site_py_finding("_read_data raises errors of its own steps "
-                 "(wire.verify, Collective.slot, _collective) without the connection's "
-                 "name: a payload checksum mismatch or an unexpected message does not name "
-                 "the peer that sent it")
 @pytest.mark.parametrize("damage", ["payload flip", "message"])
 def test_every_data_frame_error_names_the_peer(damage: str) -> None:
     error, peer = corrupt_data_connection(damage, seed=3)
