@@ -14,7 +14,9 @@ dropped before any frame is read. Both sides run the same three steps:
 Both nonces bind a proof to this connection (no replay); the role stops a peer from reflecting
 our own proof back to us; the rank binds the identity the peer claims. Both sides send before
 they read, so neither waits on the other, and a wrong secret fails on both sides. The secret
-never crosses the wire. This authenticates; it does not encrypt (optional TLS is separate).
+never crosses the wire. This authenticates; it does not encrypt (optional TLS,
+``NETSTORM_TLS_CA``, wraps the socket before this handshake runs; see
+:mod:`netstorm.runtime.links`).
 
 The only socket code of the wire layer is here: :func:`client_handshake` and
 :func:`server_handshake` translate ``OSError`` and timeouts into :class:`netstorm.PeerError`
@@ -201,6 +203,9 @@ def _handshake(sock: socket.socket, secret: bytes, rank: int, role: bytes, peer_
         step = "reading the hello"
         magic = _recv_exact(sock, len(HELLO_MAGIC), deadline)
         if magic != HELLO_MAGIC:
+            if magic[:1] in (b"\x15", b"\x16") and magic[1:2] == b"\x03":  # a TLS record
+                raise PeerError(f"peer {peer}: speaks TLS and this side does not (is "
+                                "NETSTORM_TLS_CA set on one site only?)")
             raise PeerError(f"peer {peer}: not a netstorm peer (bad magic {magic!r})")
         rest = _recv_exact(sock, HELLO.size - len(HELLO_MAGIC), deadline)
         _, protocol, peer_rank, peer_nonce = HELLO.unpack(magic + rest)

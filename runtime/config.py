@@ -30,6 +30,12 @@
 ``NETSTORM_LOG``         JSON lines file this site appends to: one line per collective
                          (time, plan version, bytes, busy time and rate per outgoing link)
                          and one per plan switch (``netstorm run --log-dir`` sets it).
+``NETSTORM_TLS_CA``      A CA bundle (PEM): when set, every connection (data and control)
+                         runs over mutual TLS (1.2 or later) and the peer's certificate must
+                         chain to it; the HMAC handshake still runs inside.
+``NETSTORM_TLS_CERT``    This site's certificate chain (PEM), and ``NETSTORM_TLS_KEY`` its
+                         unencrypted private key (PEM): both required with
+                         ``NETSTORM_TLS_CA``.
 ======================== ==================================================================
 """
 
@@ -38,12 +44,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from netstorm.errors import NetstormError
 
-__all__ = ["EMULATE_MODES", "WIRE_DTYPES", "RuntimeConfig"]
+__all__ = ["EMULATE_MODES", "TLS_ENV", "WIRE_DTYPES", "RuntimeConfig", "TlsContexts",
+           "tls_contexts"]
 
 EMULATE_MODES = ("inprocess", "netns", "none")
 WIRE_DTYPES = ("fp32", "fp16", "bf16")
@@ -85,6 +93,99 @@ def _loopback(host: str) -> bool:
         return False
 
 
+TLS_ENV = ("NETSTORM_TLS_CA", "NETSTORM_TLS_CERT", "NETSTORM_TLS_KEY")
+
+
+@dataclass(frozen=True)
+class TlsContexts:
+    """The TLS contexts of one site: ``client`` wraps the connections it makes, ``server``
+    the ones it accepts. Both present this site's certificate and require the peer's."""
+
+    client: ssl.SSLContext
+    server: ssl.SSLContext
+
+
+def _read_pem(key: str, path: str, marker: bytes, what: str) -> None:
+    """Fail with one line naming ``key`` unless ``path`` is a readable file holding
+    ``marker`` (errors ssl would not pin on one of the three files)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{key}={path}: cannot read the {what}: "
+                          f"{exc.strerror or exc}") from exc
+    if marker not in data:
+        raise ConfigError(f"{key}={path}: no PEM {what} in it (no '-----BEGIN "
+                          f"...{marker.decode()}' line)")
+
+
+def _encrypted_key(path: str) -> Callable[[], str]:
+    def ask() -> str:  # without a callback OpenSSL would prompt on the terminal
+        raise ConfigError(f"NETSTORM_TLS_KEY={path}: the private key is encrypted; give an "
+                          "unencrypted one (openssl pkey -in KEY -out PLAIN)")
+    return ask
+
+
+def tls_contexts(ca: str, cert: str, key: str) -> TlsContexts:
+    """Build a site's mutual-TLS contexts from a CA bundle, its certificate chain and key.
+
+    Both sides verify the peer's certificate chain against ``ca`` (the server requires a
+    client certificate). Host names are not checked: sites are often addressed by IP, and a
+    site is authenticated by a certificate from the run's CA plus the HMAC shared-secret
+    handshake that still runs inside TLS. TLS 1.2 at least (1.3 when both sides have it);
+    no session tickets (nothing resumes a session, and a ticket a send-only connection
+    never reads would turn its close into a reset).
+
+    Raises
+    ------
+    ConfigError
+        A file is missing, unreadable or not what it should be (one line naming the
+        variable).
+    """
+    _read_pem("NETSTORM_TLS_CA", ca, b"CERTIFICATE-----", "CA certificate")
+    _read_pem("NETSTORM_TLS_CERT", cert, b"CERTIFICATE-----", "certificate")
+    _read_pem("NETSTORM_TLS_KEY", key, b"PRIVATE KEY-----", "private key")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # see above: the CA and the shared secret authenticate
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.num_tickets = 0
+    for ctx in (client, server):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"NETSTORM_TLS_CA={ca}: not a usable CA bundle "
+                              f"({getattr(exc, 'reason', None) or exc})") from exc
+        try:
+            ctx.load_cert_chain(cert, key, password=_encrypted_key(key))
+        except (ssl.SSLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", None) or exc)
+            if "KEY_VALUES_MISMATCH" in reason:
+                raise ConfigError(f"NETSTORM_TLS_KEY={key}: the private key does not match "
+                                  f"NETSTORM_TLS_CERT={cert}") from exc
+            raise ConfigError(f"NETSTORM_TLS_CERT={cert}, NETSTORM_TLS_KEY={key}: the "
+                              f"certificate and key do not load ({reason})") from exc
+    return TlsContexts(client=client, server=server)
+
+
+def _tls(env: Mapping[str, str]) -> TlsContexts | None:
+    ca, cert, key = (env.get(k) or None for k in TLS_ENV)
+    if ca is None:
+        for name, value in zip(TLS_ENV[1:], (cert, key), strict=True):
+            if value is not None:
+                raise ConfigError(f"{name} is set but NETSTORM_TLS_CA is not (TLS is on when "
+                                  "NETSTORM_TLS_CA names the CA peers are checked against)")
+        return None
+    for name, value in zip(TLS_ENV[1:], (cert, key), strict=True):
+        if value is None:
+            raise ConfigError(f"{name} is not set (NETSTORM_TLS_CA is set, so TLS is on: "
+                              "NETSTORM_TLS_CERT and NETSTORM_TLS_KEY must name this site's "
+                              "certificate and private key)")
+    assert cert is not None and key is not None
+    return tls_contexts(ca, cert, key)
+
+
 def _coordinator_port(env: Mapping[str, str]) -> int:
     if env.get("NETSTORM_COORD_PORT"):
         return _int(env, "NETSTORM_COORD_PORT")
@@ -112,6 +213,7 @@ class RuntimeConfig:
     log: str | None = None
     connections: int = 1
     wire: str = "fp32"
+    tls: TlsContexts | None = None  # mutual TLS on every connection (NETSTORM_TLS_CA)
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -166,6 +268,7 @@ class RuntimeConfig:
             "connections": lambda: _int(env, "NETSTORM_CONNECTIONS", 1),
             "wire": lambda: env.get("NETSTORM_WIRE") or "fp32",
             "secret": lambda: load_secret(env),
+            "tls": lambda: _tls(env),
         }
         values: dict[str, object] = {"rank": rank, "master_addr": master, "bind": bind,
                                      "advertise": advertise}

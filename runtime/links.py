@@ -2,28 +2,38 @@
 
 A :class:`Connection` is one authenticated socket that reads and writes whole frames
 (:mod:`netstorm.runtime.wire`); ``OSError`` becomes :class:`~netstorm.PeerError` here, at the
-socket boundary, naming the peer. An :class:`OutLink` owns the connection for one overlay
-link ``site -> peer``: a thread sends its queue smallest priority first (the program's send
-order), paced by the :class:`~netstorm.runtime.emulate.Shaper`.
+socket boundary, naming the peer. With TLS (``NETSTORM_TLS_CA``, see
+:class:`~netstorm.runtime.config.TlsContexts`) :func:`connect` and :func:`accept` run a
+mutual-TLS handshake first and the HMAC handshake inside it. An :class:`OutLink` owns the
+connection for one overlay link ``site -> peer``: a thread sends its queue smallest priority
+first (the program's send order), paced by the :class:`~netstorm.runtime.emulate.Shaper`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import functools
 import heapq
 import itertools
 import math
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netstorm.errors import PeerError, ProtocolError
 
 from . import wire
 from .auth import client_handshake, server_handshake
 from .emulate import Shaper
+
+if TYPE_CHECKING:
+    from .config import TlsContexts
 
 __all__ = ["Connection", "Frame", "OutLink", "accept", "connect"]
 
@@ -35,6 +45,12 @@ class Connection:
     connection before it raises: its byte stream lost the framing and cannot be read on, and
     the peer learns it at once (not when the garbage collector frees the socket). Every error
     a read raises names the peer.
+
+    On a TLS socket (:class:`ssl.SSLSocket`) every read and write is one non-blocking call
+    under a lock: OpenSSL forbids two threads in one connection's ``SSL`` object at once,
+    and a control connection is read by one thread while others write to it. A call that
+    must wait for the socket waits outside the lock (``poll``), so the connection stays full
+    duplex; the socket's timeout, as its users set it, bounds the wait.
     """
 
     def __init__(self, sock: socket.socket, peer: int, name: str) -> None:
@@ -42,6 +58,7 @@ class Connection:
         self.peer = peer
         self.name = name
         self._send_lock = threading.Lock()
+        self._tls_lock = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
         self._header = bytearray(wire.HEADER_SIZE)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -61,9 +78,66 @@ class Connection:
     def write(self, data: memoryview | bytes | bytearray) -> None:
         """Send all of ``data`` (no lock: one writer per connection, or hold :meth:`lock`)."""
         try:
-            self.sock.sendall(data)
+            if self._tls_lock is None:
+                self.sock.sendall(data)
+            else:
+                self._tls_sendall(data)
         except OSError as exc:
             raise self._fail("connection lost while sending", exc) from exc
+
+    def _tls_call(self, op: Callable[[], int]) -> int:
+        """Run ``op`` (one SSLSocket call) non-blocking under the TLS lock until it is done;
+        wait for the socket outside the lock (see the class notes)."""
+        assert self._tls_lock is not None
+        sock = self.sock
+        deadline: float | None = None
+        while True:
+            with self._tls_lock:
+                timeout = sock.gettimeout()
+                sock.settimeout(0.0)
+                try:
+                    return op()
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                finally:
+                    sock.settimeout(timeout)
+            now = time.monotonic()
+            if timeout is not None and deadline is None:
+                deadline = now + timeout
+            # in slices: a close() from another thread is seen within a second at most
+            wait = 1.0 if deadline is None else min(1.0, deadline - now)
+            if wait <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
+            fd = sock.fileno()
+            if fd < 0:
+                raise OSError(errno.EBADF, "connection closed")
+            poller = select.poll()
+            poller.register(fd, events)
+            poller.poll(wait * 1000)
+
+    def _tls_read(self, view: memoryview) -> int:
+        """What the socket holds now, into ``view`` (up to 1 MiB: one lock hold reads many
+        TLS records, a writer still gets its turn); 0 at the end of the stream."""
+        got, most = 0, min(len(view), 1 << 20)
+        while got < most:
+            try:
+                n = self.sock.recv_into(view[got:most])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                if got:
+                    return got
+                raise
+            if n == 0:
+                break  # the end: the next call returns 0 again
+            got += n
+        return got
+
+    def _tls_sendall(self, data: memoryview | bytes | bytearray) -> None:
+        view = memoryview(data).cast("B")
+        sent = 0
+        while sent < len(view):  # a retried write passes the same bytes, as OpenSSL requires
+            sent += self._tls_call(functools.partial(self.sock.send, view[sent:]))
 
     def lock(self) -> threading.Lock:
         """The lock writers that share this connection hold around a whole frame."""
@@ -80,7 +154,10 @@ class Connection:
         got = 0
         while got < len(view):
             try:
-                n = self.sock.recv_into(view[got:])
+                if self._tls_lock is None:
+                    n = self.sock.recv_into(view[got:])
+                else:
+                    n = self._tls_call(functools.partial(self._tls_read, view[got:]))
             except OSError as exc:
                 raise self._broken("connection lost", exc) from exc
             if n == 0:
@@ -115,19 +192,68 @@ class Connection:
             raise self._refuse(exc) from exc
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        with self._tls_lock or contextlib.nullcontext():  # not inside another thread's call
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+
+
+def _where(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+def _tls_reason(exc: BaseException, *, refused: bool = False) -> str:
+    """Why a TLS connection failed, with a hint; ``refused``: the peer dropped it right
+    after our side of the handshake (TLS 1.3 servers check the client's certificate then)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"its certificate does not verify against NETSTORM_TLS_CA: "
+                f"{exc.verify_message or exc.reason}")
+    reason = str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+    if refused or "ALERT" in reason:
+        reason += ("; does the peer accept this site's certificate (signed by the CA in its "
+                   "NETSTORM_TLS_CA)?")
+    elif reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                    "HTTP_REQUEST", "UNEXPECTED_EOF_WHILE_READING") \
+            or isinstance(exc, (ConnectionResetError, ssl.SSLEOFError)):
+        reason += "; is the peer running without TLS?"
+    return reason
+
+
+def _tls_wrap(sock: socket.socket, tls: TlsContexts, *, server_side: bool, timeout: float,
+              who: str) -> ssl.SSLSocket:
+    """Run the TLS handshake on ``sock`` (closed on failure); ``who`` names the peer."""
+    ctx = tls.server if server_side else tls.client
+    try:
+        tls_sock = ctx.wrap_socket(sock, server_side=server_side,
+                                   do_handshake_on_connect=False)
+    except OSError as exc:
+        sock.close()
+        raise PeerError(f"{who}: TLS set-up failed ({exc})") from exc
+    try:
+        tls_sock.settimeout(timeout)
+        tls_sock.do_handshake()
+    except TimeoutError as exc:
+        tls_sock.close()
+        raise PeerError(f"{who}: TLS handshake timed out after {timeout:g} s") from exc
+    except OSError as exc:  # ssl.SSLError included
+        tls_sock.close()
+        raise PeerError(f"{who}: TLS handshake failed ({_tls_reason(exc)})") from exc
+    return tls_sock
 
 
 def connect(address: tuple[str, int], *, rank: int, secret: bytes, timeout: float,
-            name: str, retry_until: float | None = None) -> Connection:
+            name: str, retry_until: float | None = None,
+            tls: TlsContexts | None = None) -> Connection:
     """Open and authenticate a connection to a site listening at ``address``.
 
     ``retry_until`` (a :func:`time.monotonic` deadline) retries refused connections, for a
-    coordinator that is still starting.
+    coordinator that is still starting. With ``tls``, a mutual-TLS handshake (the site's
+    client context) comes first and the HMAC handshake runs inside it.
     """
     while True:
         try:
@@ -138,8 +264,20 @@ def connect(address: tuple[str, int], *, rank: int, secret: bytes, timeout: floa
                 raise PeerError(f"{name}: cannot connect to {address[0]}:{address[1]} "
                                 f"({exc})") from exc
             time.sleep(0.05)
+    if tls is not None:
+        sock = _tls_wrap(sock, tls, server_side=False, timeout=timeout,
+                         who=f"{name}: at {_where(address)}")
     try:
         peer = client_handshake(sock, secret, rank, timeout=timeout)
+    except PeerError as exc:
+        sock.close()
+        cause = exc.__cause__
+        if tls is not None and isinstance(cause, OSError) and not isinstance(cause,
+                                                                             TimeoutError):
+            # TLS 1.3: the server checks our certificate after our handshake returned
+            raise PeerError(f"{name}: at {_where(address)}: TLS refused after the handshake "
+                            f"({_tls_reason(cause, refused=True)})") from exc
+        raise
     except BaseException:
         sock.close()
         raise
@@ -148,15 +286,19 @@ def connect(address: tuple[str, int], *, rank: int, secret: bytes, timeout: floa
 
 
 def accept(sock: socket.socket, *, rank: int, secret: bytes, timeout: float,
-           names: Sequence[str] | None = None) -> Connection:
+           names: Sequence[str] | None = None, tls: TlsContexts | None = None) -> Connection:
     """Authenticate an accepted socket; the peer's rank (and its site name, from ``names``)
-    names the connection."""
+    names the connection. With ``tls``, a mutual-TLS handshake (the site's server context:
+    the peer must present a certificate from the CA) comes first."""
     try:
         addr = sock.getpeername()
     except OSError as exc:  # reset before it was served (ENOTCONN): nothing to authenticate
         sock.close()
         raise PeerError(f"a connection reset before its handshake "
                         f"({exc.strerror or exc})") from exc
+    if tls is not None:
+        sock = _tls_wrap(sock, tls, server_side=True, timeout=timeout,
+                         who=f"peer {_where(addr)}")
     try:
         peer = server_handshake(sock, secret, rank, timeout=timeout)
     except BaseException:

@@ -16,6 +16,7 @@ from netstorm.errors import PeerError
 from netstorm.plan import QueueRule
 
 from . import wire
+from .config import TlsContexts
 from .emulate import Shaper
 from .links import Frame, OutLink, connect
 
@@ -52,7 +53,8 @@ class Sender:
 
     def __init__(self, rank: int, names: tuple[str, ...], *, secret: bytes, timeout: float,
                  shaper: Shaper, on_sent: Callable[[Any], None],
-                 on_error: Callable[[BaseException], None], connections: int = 1) -> None:
+                 on_error: Callable[[BaseException], None], connections: int = 1,
+                 tls: TlsContexts | None = None) -> None:
         self.rank = rank
         self.names = names
         self.secret = secret
@@ -61,6 +63,7 @@ class Sender:
         self.on_sent = on_sent
         self.on_error = on_error
         self.connections = connections
+        self.tls = tls
         self.addresses: list[tuple[str, int]] = []
         self.links: dict[int, OutLink] = {}
         #: auxiliary first hop -> frames waiting on their primary that it may take over
@@ -79,7 +82,7 @@ class Sender:
             conns = []
             for _ in range(self.connections):
                 conn = connect(self.addresses[peer], rank=self.rank, secret=self.secret,
-                               timeout=self.timeout, name=name)
+                               timeout=self.timeout, name=name, tls=self.tls)
                 conns.append(conn)
                 if conn.peer != peer:
                     for c in conns:
