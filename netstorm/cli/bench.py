@@ -48,18 +48,30 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
         from netstorm.runtime import bench_ddp
 
         return bench_ddp.run(quick=quick)
+    if what == "faults":
+        from netstorm.runtime import bench_faults
+
+        return bench_faults.run(quick=quick)
+    if what == "soak":
+        from netstorm.runtime import bench_soak
+
+        return bench_soak.run(quick=quick)
     if what == "sim":
         from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
 
         return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown benchmark {what!r} (bound, ddp, kernels, planner, runtime, "
-                     f"sim)")
+    raise ValueError(f"unknown benchmark {what!r} (bound, ddp, faults, kernels, planner, "
+                     f"runtime, sim, soak)")
 
 
 def format_table(result: dict[str, Any]) -> str:
     """A readable table of a benchmark's ``results`` rows: one table per run of rows with the
-    same ``"benchmark"``, its columns every key those rows have (first seen first)."""
-    rows = result.get("results", [])
+    same ``"benchmark"``, its columns every key those rows have (first seen first); a
+    ``summary`` that is a list of rows follows as its own table."""
+    rows = list(result.get("results", []))
+    summary = result.get("summary")
+    if isinstance(summary, list) and all(isinstance(r, dict) for r in summary):
+        rows += summary
     if not rows:
         return str(result)
     groups: list[list[dict[str, Any]]] = []

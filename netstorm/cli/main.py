@@ -346,7 +346,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark figures (not pass/fail)")
     p.add_argument("what", nargs="?", default="bound",
-                   choices=["bound", "ddp", "kernels", "planner", "runtime", "sim"])
+                   choices=["bound", "ddp", "faults", "kernels", "planner", "runtime", "sim",
+                            "soak"])
     p.add_argument("--quick", action="store_true", help="smaller sizes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)

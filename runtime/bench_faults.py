@@ -1,0 +1,384 @@
+"""``netstorm bench faults``: how fast a run stops, and whom it blames, when a site is lost.
+
+Each trial is one ``netstorm run`` of the all-reduce check (``python -m
+netstorm.runtime.demo``, real site processes on this machine). Once the first worker printed
+``iteration 3:`` the trial waits a random fraction of the last iteration's wall time (the
+time between the ``iteration 2:`` and ``iteration 3:`` lines), so the signal lands anywhere
+in an iteration, then sends the signal to one site process:
+
+``SIGKILL``  the site is gone; its peers see their connections closed at once.
+``SIGSTOP``  the site is alive and holds its sockets open but says nothing; its peers find
+             it only by the control plane's heartbeats (silent for half the timeout, at
+             least 2 s; :func:`netstorm.runtime.control.silence_limit`). The launcher then
+             waits out its grace (timeout + 5 s) for the stopped one and kills it.
+
+What a trial measures (:class:`Trial`): the launcher's exit status and its one ``netstorm
+run:`` line; which surviving sites printed ``stopped: ...`` naming the lost site (``site X
+(rank r...``); the seconds from the signal to every other site process exited (their pids,
+read from ``/proc/<launcher>/task/<launcher>/children`` before the signal, polled every
+10 ms: a zombie not yet reaped counts as exited) and to the launcher's exit; and any site
+process still alive after the launcher exited (there must be none). A loss is *detected*
+when every surviving site named the lost one.
+
+The benchmark (:func:`run`): 4 sites (``random:4:1``, planner treepack, ``--emulate
+none``, ``--timeout 5``, ``--mbytes 4``); 20 SIGKILL trials (quick: 4) and 5 SIGSTOP
+trials (quick: 2), each on a rank drawn by a seeded generator (rank 0, whose process also
+runs the coordinator, included) at a random point of an iteration. Every trial has
+deadlines; whatever happens, its launcher's whole process group is killed when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netstorm.topology import load_topology
+
+from .launch import GRACE_S
+
+__all__ = ["Trial", "TrialError", "children", "run", "trial"]
+
+#: The benchmark's settings (DESIGN/issue 15: 4 sites, unshaped, 5 s timeout, 4 MB).
+TOPOLOGY = "random:4:1"
+PLANNER = "treepack"
+TIMEOUT_S = 5.0
+MBYTES = 4.0
+SEED = 15
+
+#: Seconds a launch gets to print the iteration a trial waits for.
+START_DEADLINE_S = 120.0
+#: Seconds the launcher may need beyond its grace to stop what is left (``launch._stop``).
+STOP_S = 5.0
+
+
+class TrialError(RuntimeError):
+    """A trial could not reach the point where it sends its signal (the run failed or
+    never got going); the message holds the output's tail."""
+
+
+@dataclass
+class Trial:
+    """One lost site: what was done, and what the run did about it.
+
+    Attributes
+    ----------
+    victim, victim_site
+        The rank signalled and its site's name.
+    signal
+        The signal's name (``"SIGKILL"``, ``"SIGSTOP"``).
+    delay_fraction
+        Where in an iteration it was sent: the fraction of the last iteration's wall time
+        waited after the ``iteration N:`` line.
+    status
+        The launcher's exit status; ``None`` when it was still running at the trial's
+        deadline (the trial killed it).
+    launcher_line
+        The launcher's last ``netstorm run: ...`` line (``None`` when it printed none).
+    stopped
+        Each surviving site's ``stopped: ...`` line (without the ``[site] `` prefix).
+    named_by
+        The surviving sites whose ``stopped:`` line names the victim (``site X`` then
+        ``rank r``).
+    survivors
+        The other sites' names, in rank order.
+    others_stopped_s
+        Seconds from the signal until every other site process had exited (``None``: not
+        by the trial's deadline).
+    launcher_exit_s
+        Seconds from the signal until the launcher exited (``None``: not by the deadline).
+    left_behind
+        Pids of site processes still alive after the launcher exited (must be empty).
+    lines
+        The launcher's whole output (the sites' lines prefixed by ``[site] ``).
+    """
+
+    victim: int
+    victim_site: str
+    signal: str
+    delay_fraction: float
+    status: int | None = None
+    launcher_line: str | None = None
+    stopped: dict[str, str] = field(default_factory=dict)
+    named_by: list[str] = field(default_factory=list)
+    survivors: list[str] = field(default_factory=list)
+    others_stopped_s: float | None = None
+    launcher_exit_s: float | None = None
+    left_behind: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def detected(self) -> bool:
+        """Every surviving site named the victim."""
+        return bool(self.survivors) and set(self.named_by) == set(self.survivors)
+
+    def row(self) -> dict[str, Any]:
+        """The benchmark's row: everything but the output."""
+        doc = asdict(self)
+        del doc["lines"]
+        doc["detected"] = self.detected
+        return doc
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``'s main thread (``netstorm run`` starts its sites
+    there)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time in clock ticks)`` of ``pid``; ``None`` when there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def _rank(pid: int) -> int | None:
+    """The ``RANK`` ``netstorm run`` gave process ``pid`` (``None``: unreadable)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def _alive(pid: int, started: int) -> bool:
+    """``pid`` is still the process that started at ``started`` and has not exited (a
+    zombie has exited)."""
+    st = _stat(pid)
+    return st is not None and st[1] == started and st[0] not in ("Z", "X")
+
+
+def _named(line: str, site: str, rank: int) -> bool:
+    # "site b (rank 1, 127.0.0.1:...)", "the coordinator (site a, rank 0)"
+    return re.search(rf"\bsite {re.escape(site)}\W+rank {rank}\b", line) is not None
+
+
+def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
+          delay_fraction: float = 0.0, timeout_s: float = TIMEOUT_S, planner: str = PLANNER,
+          mbytes: float = MBYTES, after_iteration: int = 3,
+          start_deadline_s: float = START_DEADLINE_S) -> Trial:
+    """Run the all-reduce check on every site of ``topology`` and send ``how`` to rank
+    ``victim`` during an iteration; return what happened.
+
+    Parameters
+    ----------
+    topology
+        A topology file or built-in name; one site process per site (as many as it has).
+    victim
+        The rank to signal (0: the site whose process also runs the coordinator).
+    how
+        The signal: ``SIGKILL`` (gone) or ``SIGSTOP`` (silent), or any other.
+    delay_fraction
+        After the first worker printed ``iteration {after_iteration}:``, wait this fraction
+        of the last iteration's wall time (between that line and the one before) first.
+    timeout_s
+        ``netstorm run --timeout`` (a stopped site is named after half of it, at least 2 s).
+    planner, mbytes
+        ``netstorm run --planner`` and ``--mbytes`` (unshaped: ``--emulate none``).
+    after_iteration
+        The iteration whose line starts the countdown (at least 1).
+    start_deadline_s
+        Seconds the run gets to print that line.
+
+    Returns
+    -------
+    Trial
+        The record; :attr:`Trial.lines` holds the launcher's whole output.
+
+    Raises
+    ------
+    TrialError
+        The run ended or stalled before the signal could be sent.
+    ValueError
+        ``victim`` is not a rank of ``topology``, or ``after_iteration`` < 1.
+    """
+    sites = load_topology(topology).sites
+    if not 0 <= victim < len(sites):
+        raise ValueError(f"victim rank {victim} not in 0..{len(sites) - 1}")
+    if after_iteration < 1:
+        raise ValueError(f"after_iteration must be >= 1, got {after_iteration}")
+    record = Trial(victim=victim, victim_site=sites[victim], signal=how.name,
+                   delay_fraction=delay_fraction,
+                   survivors=[s for r, s in enumerate(sites) if r != victim])
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NETSTORM_", "MASTER_", "TORCHELASTIC_"))
+           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    env["PYTHONUNBUFFERED"] = "1"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "netstorm", "run", "--topology", str(topology), "--planner",
+         planner, "--emulate", "none", "--timeout", str(timeout_s), "--iterations", "1000000",
+         "--mbytes", str(mbytes), "--", sys.executable, "-m", "netstorm.runtime.demo"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, start_new_session=True)  # its own process group: killed as one at the end
+    lines = record.lines
+    seen: dict[int, float] = {}  # iteration -> when its line arrived
+    going = threading.Event()
+    pattern = re.compile(r"^\[[^\]]+\] iteration (\d+):")
+
+    def read() -> None:
+        assert launcher.stdout is not None
+        for line in launcher.stdout:
+            lines.append(line.rstrip("\n"))
+            found = pattern.match(line)
+            if found:
+                seen[int(found.group(1))] = time.monotonic()
+                if int(found.group(1)) >= after_iteration:
+                    going.set()
+        going.set()  # the output ended: the run is over, whatever it printed
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        going.wait(start_deadline_s)
+        if after_iteration not in seen or launcher.poll() is not None:
+            raise TrialError(f"no 'iteration {after_iteration}:' from {topology} within "
+                             f"{start_deadline_s:g} s (launcher status {launcher.poll()}):\n"
+                             + "\n".join(lines[-15:]))
+        last = seen[after_iteration]
+        period = last - seen.get(after_iteration - 1, last)
+        time.sleep(max(0.0, last + delay_fraction * period - time.monotonic()))
+        pids = children(launcher.pid)
+        by_rank = {r: p for p in pids if (r := _rank(p)) is not None}
+        if sorted(by_rank) != list(range(len(sites))):
+            raise TrialError(f"launcher's children {pids} have ranks {sorted(by_rank)}, "
+                             f"expected 0..{len(sites) - 1}")
+        pids = [by_rank[r] for r in range(len(sites))]
+        ident = {pid: st[1] for pid in pids if (st := _stat(pid)) is not None}
+        others = [pid for r, pid in enumerate(pids) if r != victim]
+        try:
+            os.kill(pids[victim], how)
+        except ProcessLookupError:
+            raise TrialError(f"rank {victim} exited before the signal:\n"
+                             + "\n".join(lines[-15:])) from None
+        hit = time.monotonic()
+        deadline = hit + timeout_s + GRACE_S + STOP_S + 15
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if record.others_stopped_s is None and not any(
+                    _alive(p, ident.get(p, -1)) for p in others):
+                record.others_stopped_s = now - hit
+            if launcher.poll() is not None:
+                record.launcher_exit_s = now - hit
+                break
+            time.sleep(0.01)
+        if launcher.poll() is not None:
+            record.status = launcher.returncode
+            if record.others_stopped_s is None and not any(
+                    _alive(p, ident.get(p, -1)) for p in others):
+                record.others_stopped_s = record.launcher_exit_s
+            record.left_behind = [p for p in pids if _alive(p, ident.get(p, -1))]
+    finally:
+        if launcher.poll() is None:
+            try:
+                os.killpg(launcher.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            launcher.wait(30)
+        reader.join(10)
+        if launcher.stdout is not None:
+            launcher.stdout.close()
+    said = [ln for ln in lines if ln.startswith("netstorm run:")]
+    record.launcher_line = said[-1] if said else None
+    for name in record.survivors:
+        mine = [ln for ln in lines if ln.startswith(f"[{name}] stopped:")]
+        if mine:
+            record.stopped[name] = mine[-1][len(f"[{name}] "):]
+            if _named(mine[-1], record.victim_site, victim):
+                record.named_by.append(name)
+    return record
+
+
+def _summary(trials: list[Trial], sig: str, errors: int) -> dict[str, Any]:
+    done = [t for t in trials if t.signal == sig]
+    others = [t.others_stopped_s for t in done if t.others_stopped_s is not None]
+    exits = [t.launcher_exit_s for t in done if t.launcher_exit_s is not None]
+    return {"benchmark": "faults-summary", "signal": sig, "trials": len(done) + errors,
+            "detected": sum(t.detected for t in done),
+            "failed_to_start": errors,
+            "others_stopped_median_s": statistics.median(others) if others else None,
+            "others_stopped_worst_s": (max(others) if len(others) == len(done) else None),
+            "launcher_exit_median_s": statistics.median(exits) if exits else None,
+            "launcher_exit_worst_s": max(exits) if len(exits) == len(done) else None,
+            "hung": sum(t.launcher_exit_s is None for t in done),
+            "left_behind": sum(len(t.left_behind) for t in done)}
+
+
+def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
+        kills: int | None = None, stops: int | None = None) -> dict[str, Any]:
+    """The benchmark: SIGKILL and SIGSTOP trials on random ranks at random points.
+
+    Parameters
+    ----------
+    quick
+        4 SIGKILL and 2 SIGSTOP trials instead of 20 and 5.
+    seed
+        Seeds the choice of rank and point in the iteration.
+    topology
+        The sites (default ``random:4:1``).
+    kills, stops
+        Override the number of SIGKILL and SIGSTOP trials.
+
+    Returns
+    -------
+    dict
+        ``{"benchmark": "faults", "results": [one row per trial], "summary": [one row per
+        signal: detected of trials, median and worst seconds from the signal to every
+        other site stopped and to the launcher's exit, processes left behind]}``. A trial
+        whose run never got going is a row with ``"error"`` and counts as not detected.
+    """
+    n_kill = kills if kills is not None else (4 if quick else 20)
+    n_stop = stops if stops is not None else (2 if quick else 5)
+    n_sites = load_topology(topology).n
+    rng = random.Random(seed)
+    plan = [(signal.SIGKILL, rng.randrange(n_sites), rng.random()) for _ in range(n_kill)]
+    plan += [(signal.SIGSTOP, rng.randrange(n_sites), rng.random()) for _ in range(n_stop)]
+    trials: list[Trial] = []
+    rows: list[dict[str, Any]] = []
+    errors = {signal.SIGKILL.name: 0, signal.SIGSTOP.name: 0}
+    for i, (how, victim, frac) in enumerate(plan):
+        try:
+            t = trial(topology, victim, how, delay_fraction=frac, timeout_s=TIMEOUT_S,
+                      planner=PLANNER, mbytes=MBYTES)
+        except TrialError as exc:
+            errors[how.name] += 1
+            rows.append({"benchmark": "faults", "trial": i, "signal": how.name,
+                         "victim": victim, "delay_fraction": frac, "detected": False,
+                         "error": str(exc).splitlines()[0]})
+            continue
+        trials.append(t)
+        row = t.row()
+        rows.append({"benchmark": "faults", "trial": i, "signal": row["signal"],
+                     "victim": row["victim"], "victim_site": row["victim_site"],
+                     "delay_fraction": round(frac, 3), "detected": row["detected"],
+                     "named_by": ",".join(row["named_by"]), "status": row["status"],
+                     "others_stopped_s": row["others_stopped_s"],
+                     "launcher_exit_s": row["launcher_exit_s"],
+                     "left_behind": len(row["left_behind"]),
+                     "launcher_line": row["launcher_line"], "stopped": row["stopped"]})
+        print(f"bench faults: trial {i + 1}/{len(plan)}: {how.name} rank {victim}: "
+              f"{'detected' if t.detected else 'NOT detected'}, others stopped in "
+              f"{t.others_stopped_s} s", file=sys.stderr, flush=True)
+    return {"benchmark": "faults", "topology": topology, "planner": PLANNER,
+            "emulate": "none", "timeout_s": TIMEOUT_S, "mbytes": MBYTES, "seed": seed,
+            "results": rows,
+            "summary": [_summary(trials, sig, n) for sig, n in errors.items()]}
