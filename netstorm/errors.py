@@ -6,7 +6,8 @@ catch one type. Messages are one line that names the input, the field and the pr
 
 from __future__ import annotations
 
-__all__ = ["NetstormError", "PeerError", "PlanError", "ProtocolError", "TopologyError"]
+__all__ = ["NetstormError", "PeerError", "PlanError", "ProtocolError", "SiteLost",
+           "TopologyError"]
 
 
 class NetstormError(Exception):
@@ -27,3 +28,12 @@ class ProtocolError(NetstormError):
 
 class PeerError(NetstormError):
     """A peer died, went silent, or failed to authenticate."""
+
+
+class SiteLost(PeerError):
+    """Sites left an elastic run (``ranks``, of the run's topology as it stood): the
+    collectives not yet done everywhere are redone without them."""
+
+    def __init__(self, message: str, ranks: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ranks = ranks

@@ -35,6 +35,7 @@ class Collective:
         self.pending = 0  # sends queued on links, not yet written
         self.started = False  # the local call has arrived (workers)
         self.kicked = False  # the executor's start() has run (engine thread)
+        self.reported = False  # done here and reported (an elastic run finishes it later)
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._callbacks: list[Callable[[BaseException | None], None]] = []

@@ -24,6 +24,8 @@
 ``NETSTORM_MAX_FRAME``   Largest payload accepted, bytes (default 1 GiB).
 ``NETSTORM_WIRE``        ``fp32`` (default), ``fp16`` or ``bf16``: how gradients travel (sums
                          stay float32; every site must use the same).
+``NETSTORM_ELASTIC``     ``1``: a site that dies or goes silent leaves the run, and the
+                         others go on without it (:mod:`netstorm.runtime.elastic`).
 ``NETSTORM_TOPOLOGY``    The topology ``init()`` loads when not given one; likewise
                          ``NETSTORM_PLANNER`` and ``NETSTORM_POLICY`` (``netstorm run`` sets
                          all three).
@@ -214,6 +216,7 @@ class RuntimeConfig:
     connections: int = 1
     wire: str = "fp32"
     tls: TlsContexts | None = None  # mutual TLS on every connection (NETSTORM_TLS_CA)
+    elastic: bool = False
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -267,6 +270,7 @@ class RuntimeConfig:
             "log": lambda: env.get("NETSTORM_LOG") or None,
             "connections": lambda: _int(env, "NETSTORM_CONNECTIONS", 1),
             "wire": lambda: env.get("NETSTORM_WIRE") or "fp32",
+            "elastic": lambda: env.get("NETSTORM_ELASTIC", "") not in ("", "0"),
             "secret": lambda: load_secret(env),
             "tls": lambda: _tls(env),
         }

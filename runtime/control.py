@@ -13,6 +13,8 @@ Messages (JSON control frames):
 - site -> coordinator: ``join`` (rank, data address, topology fingerprint), ``report`` (a
   collective is done here: seq, bytes and busy seconds per link it sent on, and per link it
   received on when the links are not emulated in-process), ``bye``, ``error``;
+- coordinator -> site (elastic runs): ``lost`` (ranks that left; the coordinator's part in
+  this membership ends, see :mod:`netstorm.runtime.elastic`);
 - coordinator -> site: ``table`` (every site's data address, the start time), ``horizon``
   (collectives below it may start, with any plan switch that takes effect from a given
   seq), ``shutdown``, ``abort``.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,10 +45,12 @@ from netstorm.view import NetworkView
 
 from .links import Connection
 
-__all__ = ["HEARTBEAT_S", "Coordinator", "silence_limit"]
+__all__ = ["ELASTIC_GRACE_S", "HEARTBEAT_S", "Coordinator", "silence_limit"]
 
 #: Sites and the coordinator send each other a heartbeat this often, seconds.
 HEARTBEAT_S = 1.0
+#: Elastic runs: how long a site's error report waits for a loss that explains it, seconds.
+ELASTIC_GRACE_S = 2.0
 
 
 def silence_limit(timeout_s: float) -> float:
@@ -72,6 +77,17 @@ class Coordinator:
         Collectives released ahead of the last one done everywhere.
     workers
         Ranks that call ``allreduce`` (the others relay).
+    elastic
+        A site that closes its control connection or goes silent *leaves* the run (a
+        ``lost`` message to the others, who go on without it) instead of aborting it; a
+        site's own error report aborts only if no loss explains it within
+        :data:`ELASTIC_GRACE_S`.
+    reporters
+        ``reporters(seq, numel)``: the ranks that report collective ``seq`` done (every
+        site when not given); a relay that a plan leaves out never hears of a collective.
+    on_lost
+        Called when a site is found lost, before the others are told (rank 0 closes its
+        listener, so that their next join waits for its next coordinator).
     noisy
         The links are timed on a real (or kernel-shaped) network, whose timings scatter:
         estimate them with :class:`~netstorm.level_shift.LevelShiftEstimator` (believe a
@@ -81,7 +97,9 @@ class Coordinator:
     def __init__(self, view: NetworkView, fingerprint: str,
                  make_plan: Callable[[NetworkView, Job], Plan], policy: Policy, *,
                  window: int, workers: tuple[int, ...], aware: bool = True,
-                 noisy: bool = False, timeout_s: float = 60.0) -> None:
+                 noisy: bool = False, timeout_s: float = 60.0, elastic: bool = False,
+                 on_lost: Callable[[], None] | None = None,
+                 reporters: Callable[[int, int], frozenset[int]] | None = None) -> None:
         self.view = view
         self.fingerprint = fingerprint
         self.make_plan = make_plan
@@ -91,7 +109,7 @@ class Coordinator:
         self.n = view.n
         self.conns: dict[int, Connection] = {}
         self.addresses: dict[int, list[Any]] = {}
-        self.reports: dict[int, int] = {}
+        self.reports: dict[int, set[int]] = {}  # seq -> the ranks that reported it
         #: per link, the lowest rate its sender / its receiver timed since the last boundary
         self._rates: dict[tuple[int, int], list[float]] = {}
         self.horizon = window
@@ -104,6 +122,12 @@ class Coordinator:
         self.closed = threading.Event()
         self.timeout_s = timeout_s
         self._heard: dict[int, float] = {}  # rank -> when its last message came
+        self.elastic = elastic
+        self.on_lost = on_lost
+        self.reporters = reporters
+        self._finished: deque[int] = deque(maxlen=256)  # collectives done everywhere lately
+        self.lost: tuple[int, ...] = ()  # ranks that left (elastic): this coordinator is done
+        self._say = threading.Lock()  # one broadcast at a time: every site hears one order
 
     def add(self, conn: Connection, join: dict[str, Any]) -> None:
         """A site's control connection, with its ``join`` message; serves it on a thread."""
@@ -128,17 +152,38 @@ class Coordinator:
                           if r not in self.byes and now - self._heard[r] > limit]
             if silent:
                 quiet, rank = max(silent)
-                self._abort(f"{self._who(rank)} sent nothing for {quiet:.1f} s: stopped, "
-                            "overloaded or cut off")
+                self._end(rank, f"sent nothing for {quiet:.1f} s: stopped, overloaded or "
+                                "cut off")
                 return
             self._broadcast({"type": "beat"})
 
     def _broadcast(self, msg: dict[str, Any]) -> None:
-        for conn in list(self.conns.values()):
-            try:
-                conn.send_control(msg)
-            except Exception:
-                pass
+        with self._say:  # rank 0 (this process's own site) last: an abort ends this process
+            for rank, conn in sorted(self.conns.items(), key=lambda rc: rc[0] == 0):
+                if rank in self.lost:
+                    continue
+                try:
+                    conn.send_control(msg)
+                except Exception:
+                    pass
+
+    def _end(self, rank: int, why: str) -> None:
+        """Site ``rank`` is gone: abort the run, or (elastic) tell the others it left."""
+        if not self.elastic:
+            self._abort(f"{self._who(rank)} {why}")
+            return
+        with self._lock:
+            if self.lost or rank in self.byes:
+                return
+            self.lost = (rank,)
+        if self.on_lost is not None:  # the survivors' next join must not reach this one
+            self.on_lost()
+        self._broadcast({"type": "lost", "ranks": [rank], "reason": f"{self._who(rank)} {why}"})
+        self.closed.set()
+
+    def _abort_unless_lost(self, reason: str) -> None:
+        if not self.lost and not self.closed.is_set():
+            self._abort(reason)
 
     def _serve(self, conn: Connection, join: dict[str, Any]) -> None:
         try:
@@ -147,13 +192,16 @@ class Coordinator:
                 header = conn.read_header(max_length=1 << 26)
                 if header is None:
                     if conn.peer not in self.byes:
-                        self._abort(f"{self._who(conn.peer)} closed its control connection")
+                        self._end(conn.peer, "closed its control connection")
                     return
                 self._heard[conn.peer] = time.monotonic()
                 self._handle(conn.peer, conn.read_control(header))
         except Exception as exc:
             if not self.closed.is_set():
-                self._abort(f"control connection to site {conn.peer}: {exc}")
+                if conn.peer in self.conns:
+                    self._end(conn.peer, f"lost its control connection ({exc})")
+                else:
+                    self._abort(f"control connection to site {conn.peer}: {exc}")
 
     def _join(self, conn: Connection, join: dict[str, Any]) -> None:
         rank = conn.peer
@@ -192,20 +240,33 @@ class Coordinator:
             if done:
                 self._broadcast({"type": "shutdown"})
         elif kind == "error":
-            self._abort(f"{self._who(rank)}: {msg.get('reason')}")
+            reason = f"{self._who(rank)}: {msg.get('reason')}"
+            if not self.elastic:
+                self._abort(reason)
+            else:  # a peer's death shows here first; its connection's end, a moment later
+                timer = threading.Timer(ELASTIC_GRACE_S, self._abort_unless_lost, (reason,))
+                timer.daemon = True
+                timer.start()
 
     def _report(self, rank: int, msg: dict[str, Any]) -> None:
         seq = int(msg["seq"])
+        needed = frozenset(range(self.n)) if self.reporters is None else \
+            self.reporters(seq, int(msg["numel"]))
         with self._lock:
+            if self.lost or seq in self._finished:
+                return  # (a relay on a path the plan might not take may report late)
             for side, key in ((0, "links"), (1, "received")):
                 for src, dst, nbytes, seconds in msg.get(key, ()):
                     if nbytes > 0 and seconds > 0:
                         seen = self._rates.setdefault((int(src), int(dst)), [np.inf, np.inf])
                         seen[side] = min(seen[side], float(nbytes) / float(seconds))
-            self.reports[seq] = self.reports.get(seq, 0) + 1
-            if self.reports[seq] < self.n:
+            heard = self.reports.setdefault(seq, set())
+            if rank in needed:
+                heard.add(rank)
+            if heard < needed:
                 return
             del self.reports[seq]
+            self._finished.append(seq)
             self._observe()
             out: dict[str, Any] = {"type": "horizon", "done": seq}
             switch = self._boundary(seq, int(msg["numel"]))

@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how gradients travel between sites (sums stay float32)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds before a silent peer is an error (NETSTORM_TIMEOUT)")
+    p.add_argument("--elastic", action="store_true",
+                   help="a site that dies leaves the run: the others re-plan without it, "
+                        "redo the interrupted all-reduce and go on (NETSTORM_ELASTIC)")
     p.add_argument("--log-dir", default=None,
                    help="write one JSON lines file per site (per collective, switches)")
     p.add_argument("--json", action="store_true")
@@ -168,6 +171,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
     base.update(getattr(args, "env", None) or {})
     if args.policy:
         base["NETSTORM_POLICY"] = args.policy
+    if args.elastic:
+        base["NETSTORM_ELASTIC"] = "1"
     if args.dynamics:
         base["NETSTORM_DYNAMICS"] = args.dynamics
     out = sys.stderr if args.json else sys.stdout
@@ -179,6 +184,7 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
     procs: list[subprocess.Popen[bytes]] = []
     names: list[str] = []
     failure: dict[str, Any] | None = None
+    lost: list[dict[str, Any]] = []  # elastic: sites that died while the others went on
     pumps = []
     started = time.perf_counter()
     status = 0
@@ -213,7 +219,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                 pumps.append(pump)
             if wan is not None and dynamics is not None:
                 wan.follow(dynamics, time.time(), stop)
-            failure = _watch(procs, names, grace=args.timeout + GRACE_S)
+            failure = _watch(procs, names, grace=args.timeout + GRACE_S,
+                             lost=lost if args.elastic else None)
             if failure is not None:
                 status = failure["status"]
                 print(f"netstorm run: {failure['message']}", file=sys.stderr, flush=True)
@@ -227,6 +234,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
     doc = summary(view.sites, logs, args.planner, time.perf_counter() - started)
     if failure is not None:
         doc["failure"] = failure
+    if args.elastic:
+        doc["lost"] = lost
     return status, doc
 
 
@@ -244,20 +253,37 @@ def _how(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *,
-           grace: float) -> dict[str, Any] | None:
+def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: float,
+           lost: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """Wait for every site; ``None`` when all exited 0, else what failed first.
 
     After the first failure the others get ``grace`` seconds (the runtime's timeout and a
     margin) to notice and stop by themselves, so each reports the failure in its own words,
-    naming the site it lost; the rest are then stopped (:func:`_stop`).
+    naming the site it lost; the rest are then stopped (:func:`_stop`). With ``lost`` (an
+    elastic run) a site other than rank 0 (the coordinator) killed by a signal while others
+    run is appended there instead: the others go on without it, and only another failure
+    ends the run.
     """
+    gone: set[int] = set()
     while True:
         codes = [p.poll() for p in procs]
-        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        failed = [i for i, c in enumerate(codes) if c not in (None, 0) and i not in gone]
+        if failed and lost is not None and any(c is None for c in codes):
+            killed = [i for i in failed if (codes[i] or 0) < 0 and i > 0]  # rank 0 coordinates
+            for i in killed:
+                code = codes[i]
+                assert code is not None
+                gone.add(i)
+                lost.append({"site": names[i], "status": _status(code), "at": time.time()})
+                print(f"netstorm run: {names[i]} {_how(code)}; the others go on without it "
+                      "(elastic)", file=sys.stderr, flush=True)
+            failed = [i for i in failed if i not in gone]
         if failed:
             break
-        if all(c == 0 for c in codes):
+        if all(c is not None for c in codes):
+            return None
+        if lost is not None and any(c == 0 for c in codes):  # the others are done: a site
+            _linger(procs, names, grace, lost)  # still running was lost silently (stopped)
             return None
         time.sleep(0.02)
     first = failed[0]
@@ -277,6 +303,22 @@ def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *,
         message += f"; every other site stopped within {waited:.2f} s"
     return {"site": names[first], "status": _status(code), "message": message,
             "others_stopped_s": None if left else waited, "stopped_by_launcher": left}
+
+
+def _linger(procs: list[subprocess.Popen[bytes]], names: list[str], grace: float,
+            lost: list[dict[str, Any]]) -> None:
+    """An elastic run whose workers are done: give the sites still running ``grace``
+    seconds to finish too; those that do not were left behind by the others (stopped or cut
+    off): they are recorded in ``lost`` and stopped by the caller."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for i, p in enumerate(procs):
+        if p.poll() is None:
+            lost.append({"site": names[i], "status": None, "at": time.time()})
+            print(f"netstorm run: {names[i]} still running after the others finished; the "
+                  "run went on without it (elastic; stopped by the launcher)",
+                  file=sys.stderr, flush=True)
 
 
 def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> dict[str, Any]:

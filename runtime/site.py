@@ -21,14 +21,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from netstorm.kernels import fused_reduce, pack
 
 from netstorm.awareness import Policy, ReplanPolicy
 from netstorm.dynamics import parse_dynamics
-from netstorm.errors import NetstormError, PeerError, ProtocolError
+from netstorm.errors import NetstormError, PeerError, ProtocolError, SiteLost
 from netstorm.executor import Outgoing, pick_path
 from netstorm.job import Job
 from netstorm.plan import Plan
@@ -40,11 +40,14 @@ from netstorm.view import NetworkView
 from . import wire
 from .collective import Collective, flat_float32
 from .config import RuntimeConfig
-from .control import HEARTBEAT_S, Coordinator, silence_limit
+from .control import ELASTIC_GRACE_S, HEARTBEAT_S, Coordinator, silence_limit
 from .emulate import Shaper
 from .links import Connection, accept, connect
 from .sender import PROBE_AGE_S, PROBE_BYTES, Sender
 from .versions import Versions
+
+if TYPE_CHECKING:
+    from .elastic import ElasticSite
 
 __all__ = ["Handle", "Site", "init"]
 
@@ -56,6 +59,8 @@ WINDOW = 2
 WIRE_NUMPY: dict[str, Any] = {"fp32": None, "fp16": np.float16, "bf16": np.uint16}
 #: How often the engine looks for collectives past the timeout, seconds.
 WATCHDOG_S = HEARTBEAT_S
+#: Seconds a site's own error waits for the coordinator's verdict on its cause (see _fail).
+VERDICT_HOLD_S = 0.5
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
 NOISY_THRESHOLD = 0.2
 
@@ -107,6 +112,13 @@ class Site:
         self.options = dict(planner_options or {})
         self._wire = None if config.wire == "fp32" else config.wire
         self.info = planner_info(planner)
+        self.elastic = config.elastic
+        self._held: BaseException | None = None  # an elastic run's error awaiting a verdict
+        #: added to collective numbers in the log: an elastic run's later memberships go on
+        #: numbering from where the earlier ones stopped
+        self.log_base = 0
+        #: called once with the error the run failed with (an elastic site rebuilds on it)
+        self.on_failure: Callable[[BaseException], None] | None = None
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
                              pace=config.emulate == "inprocess",
                              delay=config.emulate in ("inprocess", "netns"))
@@ -116,7 +128,7 @@ class Site:
         self.sender = Sender(self.rank, view.sites, secret=config.secret,
                              timeout=config.timeout_s, shaper=self.shaper,
                              on_sent=self._sent, on_error=self._fail,
-                             connections=config.connections)
+                             connections=config.connections, tls=config.tls)
         self.switch_log: list[dict[str, Any]] = []
         self._colls: dict[int, Collective] = {}
         self._received: dict[int, list[float]] = {}  # src -> [bytes, busy s] (unpaced links)
@@ -143,10 +155,17 @@ class Site:
             self.coordinator = Coordinator(view, self._fingerprint, self._planner_call, rule,
                                            window=window, workers=view.workers,
                                            noisy=not self.shaper.pace,
-                                           timeout_s=config.timeout_s)
+                                           timeout_s=config.timeout_s,
+                                           elastic=config.elastic,
+                                           on_lost=self._close_listener,
+                                           reporters=self._reporters)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
-        self._join()
+        try:
+            self._join()
+        except BaseException:
+            self._stop_threads()  # a site that cannot join leaves no thread or port behind
+            raise
 
     def _rule(self, policy: Policy | str | None) -> Policy:
         """The run's re-plan policy (every rank derives the same one)."""
@@ -206,7 +225,7 @@ class Site:
         conn: Connection | None = None
         try:
             conn = accept(raw, rank=self.rank, secret=cfg.secret, timeout=cfg.timeout_s,
-                          names=self.view.sites)
+                          names=self.view.sites, tls=cfg.tls)
             if not 0 <= conn.peer < self.view.n:
                 raise ProtocolError(f"{conn.name}: rank {conn.peer} is not a site of "
                                     f"{self.view.name!r}")
@@ -242,7 +261,7 @@ class Site:
                                 secret=cfg.secret, timeout=cfg.timeout_s,
                                 name=f"the coordinator (site {self.view.sites[0]}, rank 0, "
                                      f"{cfg.master_addr}:{cfg.master_port})",
-                                retry_until=deadline)
+                                retry_until=deadline, tls=cfg.tls)
         self._control.send_control({"type": "join", "address": [cfg.advertise, self.port],
                                     "fingerprint": self._fingerprint, "wire": cfg.wire,
                                     "world_size": cfg.world_size, "name": self.view.name})
@@ -290,6 +309,11 @@ class Site:
                 self._write({"site": self.name, "switch": record})
             self.versions.release(int(msg["horizon"]), switch)
             done = int(msg["done"])
+            if self.elastic:  # a result is the caller's once it is everyone's (see _report)
+                with self._lock:
+                    confirmed = self._colls.get(done)
+                if confirmed is not None and confirmed.reported:
+                    confirmed.finish()
             with self._lock:
                 for seq in [s for s, c in self._colls.items() if s <= done and c.done.is_set()]:
                     # finished everywhere: no frame of it is queued or can still come, so
@@ -300,9 +324,39 @@ class Site:
             self._shutdown.set()
         elif kind == "abort":
             self._fail(PeerError(f"run aborted: {msg.get('reason')}"), tell=False)
+        elif kind == "lost":
+            ranks = tuple(int(r) for r in msg["ranks"])
+            self._fail(SiteLost(f"{msg.get('reason')}: the run goes on without it", ranks),
+                       tell=False)
 
-    def _fail(self, exc: BaseException, *, tell: bool = True) -> None:
-        """Stop: every collective raises ``exc``; the coordinator aborts the run."""
+    def _fail(self, exc: BaseException, *, tell: bool = True, held: bool = False) -> None:
+        """Stop: every collective raises ``exc``; the coordinator aborts the run.
+
+        A peer error of this site's own (a peer's connection gone, a stalled collective) is
+        first held for the coordinator's verdict, which knows the cause: when rank 0 aborts on a
+        silent site and exits, the others see rank 0's connections close a moment before
+        they read why. In an elastic run the error is reported at once and the verdict
+        decides, a loss (:class:`~netstorm.errors.SiteLost`, the run goes on without the
+        site) or an abort; without a verdict within the hold, the run fails with ``exc``."""
+        if tell and not held and isinstance(exc, PeerError) and not isinstance(exc, SiteLost) \
+                and self._table.is_set() and not self._stop.is_set():
+            with self._lock:
+                waiting = self._held is not None or self._error is not None
+                if not waiting:
+                    self._held = exc
+            if not waiting:
+                log.debug("site %s: held for the coordinator's verdict: %s", self.name, exc)
+                if self.elastic:
+                    try:
+                        self._control.send_control({"type": "error", "reason": str(exc)})
+                    except NetstormError:
+                        pass
+                hold = ELASTIC_GRACE_S + 2 * HEARTBEAT_S if self.elastic else VERDICT_HOLD_S
+                timer = threading.Timer(hold, self._fail, (exc,),
+                                        {"tell": not self.elastic, "held": True})
+                timer.daemon = True
+                timer.start()
+            return
         log.debug("site %s: %s", self.name, exc, exc_info=exc)
         with self._lock:
             first = self._error is None
@@ -319,8 +373,14 @@ class Site:
                 pass
         self._table.set()
         self._shutdown.set()
+        if first and self.on_failure is not None:
+            self.on_failure(exc)
 
     # -- plans ------------------------------------------------------------------------------
+    def _reporters(self, seq: int, numel: int) -> frozenset[int]:
+        """The ranks that will report collective ``seq`` (the coordinator's count)."""
+        return self.versions.compiled(self.versions.version(seq), numel).reporters
+
     def _planner_call(self, view: NetworkView, job: Job) -> Plan:
         state = self.info.new_state(self.seed)
         return make_plan(view, job, self.info.func, seed=self.seed, state=state,
@@ -365,8 +425,10 @@ class Site:
         probe = memoryview(bytearray(PROBE_BYTES))  # probes land here and are dropped
         encoded = WIRE_NUMPY[cfg.wire]
         staging = np.empty(0, dtype=encoded)  # 16-bit frames land here, grown to the largest
+        header = None
         try:
             while not self._stop.is_set():
+                header = None  # (stays None if the next header cannot be read)
                 header = conn.read_header(max_length=cfg.max_frame)
                 if header is None:
                     if not self._shutdown.is_set() and not self._stop.is_set():
@@ -425,7 +487,8 @@ class Site:
                     named = type(exc)(f"{conn.name}: {exc}")
                     named.__cause__ = exc
                     exc = named
-                self._fail(exc)
+                # a frame cut off part-way may have written into a message's slot: no hold
+                self._fail(exc, held=header is not None)
 
     def _sent(self, coll: Collective | None) -> None:
         if coll is not None:  # None: a probe
@@ -529,7 +592,7 @@ class Site:
         self._maybe_done(coll)
 
     def _maybe_done(self, coll: Collective) -> None:
-        if coll.done.is_set() or not coll.executor.done or coll.pending:
+        if coll.done.is_set() or coll.reported or not coll.executor.done or coll.pending:
             return
         if self.is_worker and not coll.started:
             return
@@ -549,13 +612,16 @@ class Site:
                    "plan_version": coll.version, "numel": coll.numel}
             self.stats_rows.append(row)
         names = self.view.sites
-        self._write({"site": self.name, "collective": coll.seq, **row, "links": [
+        self._write({"site": self.name, "collective": self.log_base + coll.seq, **row, "links": [
             {"src": names[src], "dst": names[dst], "bytes": b, "busy_s": sec,
              "rate_Bps": b / sec if sec > 0 else None, "timed_by": by}
             for by, rows in (("sender", links), ("receiver", received))
             for src, dst, b, sec in rows]})
         # (busy_s and rate_Bps in the topology's time: wall seconds times the time scale)
-        coll.finish()
+        if self.elastic:  # finished when the coordinator confirms it finished everywhere:
+            coll.reported = True  # a lost site never leaves survivors with different results
+        else:
+            coll.finish()
         self._control.send_control({"type": "report", "seq": coll.seq, "numel": coll.numel,
                                     "links": links, "received": received})
         self._probe(coll)
@@ -624,6 +690,16 @@ class Site:
         self._shutdown.wait()
         self.close()
 
+    def wait_end(self) -> BaseException | None:
+        """Block until the run ends here: ``None`` when the workers are done, else the error
+        it failed with."""
+        self._shutdown.wait()
+        return self._error
+
+    def abandon(self) -> None:
+        """Stop at once, without waiting for the others (an elastic site left behind)."""
+        self._stop_threads()
+
     def close(self) -> None:
         """Leave the run: wait until every worker is done (a site may still relay for
         others), then stop every thread and close every socket."""
@@ -637,6 +713,11 @@ class Site:
         self._shutdown.wait(self.config.timeout_s)
         self._stop_threads()
 
+    def _close_listener(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept loop: close() alone does not,
+            self._server.shutdown(socket.SHUT_RDWR)  # and the port would stay taken
+        self._server.close()
+
     def _stop_threads(self) -> None:
         self._stop.set()
         self._events.put((0.0, "stop", None))
@@ -647,9 +728,7 @@ class Site:
             self._control.close()
         if self.coordinator is not None:
             self.coordinator.close()
-        with contextlib.suppress(OSError):  # wakes the accept loop: close() alone does not,
-            self._server.shutdown(socket.SHUT_RDWR)  # and the port would stay taken
-        self._server.close()
+        self._close_listener()
         if self._log is not None:
             self._log.close()
         for t in self._threads:
@@ -676,7 +755,7 @@ def _warm_kernels() -> None:
 def init(topology: str | NetworkView | None = None, planner: str | None = None, *,
          seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
          chunk_bytes: int = 4_000_000, planner_options: dict[str, Any] | None = None,
-         **config: Any) -> Site:
+         **config: Any) -> Site | ElasticSite:
     """Join the run as this process's site (torchrun-style environment: see
     :mod:`netstorm.runtime.config`).
 
@@ -705,9 +784,11 @@ def init(topology: str | NetworkView | None = None, planner: str | None = None, 
 
     Returns
     -------
-    Site
-        On a worker. A relay-only rank relays inside ``init()`` until every worker has
-        closed, then exits the process (status 0), so one script serves every rank.
+    Site or ElasticSite
+        On a worker (an :class:`~netstorm.runtime.elastic.ElasticSite` when
+        ``NETSTORM_ELASTIC`` is set: the same calls, surviving other sites' loss). A
+        relay-only rank relays inside ``init()`` until every worker has closed, then exits
+        the process (status 0), so one script serves every rank.
     """
     topology = topology if topology is not None else os.environ.get("NETSTORM_TOPOLOGY")
     if topology is None:
@@ -725,8 +806,18 @@ def init(topology: str | NetworkView | None = None, planner: str | None = None, 
     else:
         view = topology if isinstance(topology, NetworkView) else load_topology(topology)
     cfg = RuntimeConfig.from_env(**config)
-    site = Site(cfg, view, planner, seed=seed, policy=policy, window=window,
-                chunk_bytes=chunk_bytes, planner_options=planner_options)
+
+    def make(cfg: RuntimeConfig, view: NetworkView) -> Site:
+        return Site(cfg, view, planner, seed=seed, policy=policy, window=window,
+                    chunk_bytes=chunk_bytes, planner_options=planner_options)
+
+    site: Site | ElasticSite
+    if cfg.elastic:
+        from .elastic import ElasticSite
+
+        site = ElasticSite(cfg, view, make)
+    else:
+        site = make(cfg, view)
     if not site.is_worker:
         site.serve()
         raise SystemExit(0)

@@ -23,6 +23,7 @@ from torch._C._distributed_c10d import BroadcastOptions  # type: ignore[attr-def
 
 from netstorm.errors import NetstormError
 
+from .elastic import ElasticSite
 from .site import Site
 
 __all__ = ["Layout", "SiteGroup", "check_all_workers", "join", "layout"]
@@ -87,7 +88,8 @@ class SiteGroup:
         This process's site (leaders only).
     """
 
-    def __init__(self, layout: Layout, reduce: Any, broadcast: Any, site: Site | None) -> None:
+    def __init__(self, layout: Layout, reduce: Any, broadcast: Any,
+                 site: Site | ElasticSite | None) -> None:
         self.layout = layout
         self.reduce = reduce
         self.broadcast = broadcast
@@ -146,7 +148,7 @@ class SiteGroup:
             self.site.close()
 
 
-def join(**init_kwargs: object) -> Site | SiteGroup:
+def join(**init_kwargs: object) -> Site | ElasticSite | SiteGroup:
     """The state to pass to :func:`netstorm.runtime.torch.comm_hook`: this process's
     :class:`Site` with one process per site, else a :class:`SiteGroup` (the default
     process group must be initialised; every process calls this, in the same order).

@@ -20,6 +20,7 @@ all-reduce and returns at once, so backward goes on computing the next bucket.
 import torch
 import torch.distributed as dist
 
+from .elastic import ElasticSite
 from .process_group import BACKEND, ProcessGroupNetstorm, register
 from .site import Site
 from .site_group import SiteGroup, join
@@ -27,7 +28,7 @@ from .site_group import SiteGroup, join
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "SiteGroup", "allreduce_tensor", "comm_hook",
            "join", "settled"]
 
-def allreduce_tensor(site: Site, tensor: torch.Tensor, *,
+def allreduce_tensor(site: Site | ElasticSite, tensor: torch.Tensor, *,
                      scale: float | None = None) -> torch.futures.Future[torch.Tensor]:
     """Start the mean all-reduce of a float32 ``tensor`` (CPU or CUDA) through ``site``.
 
@@ -100,7 +101,7 @@ def settled() -> tuple[torch.futures.Future[tuple[BaseException | None, torch.Te
     return outcome, outcome.then(unwrap)
 
 
-def comm_hook(state: "Site | SiteGroup",
+def comm_hook(state: "Site | ElasticSite | SiteGroup",
               bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: average the bucket over every worker through the runtime.
 

@@ -34,6 +34,9 @@ class Compiled(NamedTuple):
     offsets: dict[Message, tuple[int, int]]
     #: the arena's size, elements: the awaited messages, then the executor's scratch
     arena: int
+    #: the sites that take part for sure (the workers, relays awaiting a message): each
+    #: reports the collective done; a relay left out of a plan never hears of it
+    reporters: frozenset[int]
 
 
 class Versions:
@@ -131,7 +134,10 @@ class Versions:
                 job = Job(buckets=numel * 4, chunk_bytes=self.chunk_bytes)
                 view = self._views[version]
                 plan = dataclasses.replace(self.make_plan(view, job), version=version)
-                prog = SiteProgram(compile(plan, job, self.view.workers, view=view)[self.rank])
+                programs = compile(plan, job, self.view.workers, view=view)
+                prog = SiteProgram(programs[self.rank])
+                reporters = frozenset(r for r, p in programs.items()
+                                      if r in self.view.workers or p.expects)
                 offsets, at = {}, 0
                 for m, k in prog.slot.items():
                     elems = prog.steps[prog.slot_step[k]].ref.elems
@@ -139,7 +145,7 @@ class Versions:
                     at += elems
                 # the arena: every awaited message, then the partial sums sent on
                 found = self._plans[key] = Compiled(plan, prog, offsets,
-                                                    at + prog.scratch_elems)
+                                                    at + prog.scratch_elems, reporters)
                 self._sizes.add(numel)
             return found
 

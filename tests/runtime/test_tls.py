@@ -351,10 +351,6 @@ def test_a_site_with_a_certificate_from_another_ca_cannot_join(
     assert refused and refused.startswith("site r0: "), runtime_log.lines
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/site.py: when connect() to the coordinator "
-                   "fails in Site._join (TLS refused, a wrong secret, unreachable), __init__ "
-                   "raises without _stop_threads(): the listener and engine threads and the "
-                   "listening port stay")
 def test_a_site_that_fails_to_join_stops_its_threads(pki: Pki) -> None:
     _, _, leaked = join_with_a_rogue_certificate(pki, 2.0)
     assert leaked == []
