@@ -100,12 +100,16 @@ class Trial:
         Pids of site processes still alive after the launcher exited (must be empty).
     lines
         The launcher's whole output (the sites' lines prefixed by ``[site] ``).
+    recovered_s
+        Elastic trials: seconds from the signal until an iteration completed without the
+        victim (``None``: not by the deadline); the trial then stops the run.
     """
 
     victim: int
     victim_site: str
     signal: str
     delay_fraction: float
+    recovered_s: float | None = None
     status: int | None = None
     launcher_line: str | None = None
     stopped: dict[str, str] = field(default_factory=dict)
@@ -176,7 +180,7 @@ def _named(line: str, site: str, rank: int) -> bool:
 def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
           delay_fraction: float = 0.0, timeout_s: float = TIMEOUT_S, planner: str = PLANNER,
           mbytes: float = MBYTES, after_iteration: int = 3,
-          start_deadline_s: float = START_DEADLINE_S) -> Trial:
+          start_deadline_s: float = START_DEADLINE_S, elastic: bool = False) -> Trial:
     """Run the all-reduce check on every site of ``topology`` and send ``how`` to rank
     ``victim`` during an iteration; return what happened.
 
@@ -199,6 +203,9 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
         The iteration whose line starts the countdown (at least 1).
     start_deadline_s
         Seconds the run gets to print that line.
+    elastic
+        ``netstorm run --elastic``: the others go on without the victim; the trial ends at
+        the first iteration they complete without it (:attr:`Trial.recovered_s`).
 
     Returns
     -------
@@ -227,6 +234,7 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
     launcher = subprocess.Popen(
         [sys.executable, "-m", "netstorm", "run", "--topology", str(topology), "--planner",
          planner, "--emulate", "none", "--timeout", str(timeout_s), "--iterations", "1000000",
+         *(["--elastic"] if elastic else []),
          "--mbytes", str(mbytes), "--", sys.executable, "-m", "netstorm.runtime.demo"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=env, start_new_session=True)  # its own process group: killed as one at the end
@@ -234,6 +242,9 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
     seen: dict[int, float] = {}  # iteration -> when its line arrived
     going = threading.Event()
     pattern = re.compile(r"^\[[^\]]+\] iteration (\d+):")
+    fewer: list[float] = []  # when lines of iterations without every worker arrived
+    workers = len(load_topology(topology).workers)
+    counted = re.compile(r", (\d+) workers")
 
     def read() -> None:
         assert launcher.stdout is not None
@@ -242,6 +253,9 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
             found = pattern.match(line)
             if found:
                 seen[int(found.group(1))] = time.monotonic()
+                count = counted.search(line)
+                if count and int(count.group(1)) < workers:
+                    fewer.append(time.monotonic())
                 if int(found.group(1)) >= after_iteration:
                     going.set()
         going.set()  # the output ended: the run is over, whatever it printed
@@ -274,6 +288,9 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
         deadline = hit + timeout_s + GRACE_S + STOP_S + 15
         while time.monotonic() < deadline:
             now = time.monotonic()
+            if elastic and fewer:
+                record.recovered_s = fewer[0] - hit
+                break
             if record.others_stopped_s is None and not any(
                     _alive(p, ident.get(p, -1)) for p in others):
                 record.others_stopped_s = now - hit
@@ -324,7 +341,8 @@ def _summary(trials: list[Trial], sig: str, errors: int) -> dict[str, Any]:
 
 
 def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
-        kills: int | None = None, stops: int | None = None) -> dict[str, Any]:
+        kills: int | None = None, stops: int | None = None,
+        elastic: int | None = None) -> dict[str, Any]:
     """The benchmark: SIGKILL and SIGSTOP trials on random ranks at random points.
 
     Parameters
@@ -337,6 +355,9 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
         The sites (default ``random:4:1``).
     kills, stops
         Override the number of SIGKILL and SIGSTOP trials.
+    elastic
+        SIGKILL trials of ranks other than 0 under ``--elastic`` (default 10, quick 2): the
+        seconds from the kill to the first iteration completed without the victim.
 
     Returns
     -------
@@ -352,18 +373,32 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
     rng = random.Random(seed)
     plan = [(signal.SIGKILL, rng.randrange(n_sites), rng.random()) for _ in range(n_kill)]
     plan += [(signal.SIGSTOP, rng.randrange(n_sites), rng.random()) for _ in range(n_stop)]
+    n_elastic = elastic if elastic is not None else (2 if quick else 10)
+    plan += [(signal.SIGKILL, 1 + rng.randrange(n_sites - 1), rng.random())
+             for _ in range(n_elastic)]
     trials: list[Trial] = []
     rows: list[dict[str, Any]] = []
     errors = {signal.SIGKILL.name: 0, signal.SIGSTOP.name: 0}
+    recovered: list[float | None] = []
     for i, (how, victim, frac) in enumerate(plan):
+        goes_on = i >= n_kill + n_stop
         try:
             t = trial(topology, victim, how, delay_fraction=frac, timeout_s=TIMEOUT_S,
-                      planner=PLANNER, mbytes=MBYTES)
+                      planner=PLANNER, mbytes=MBYTES, elastic=goes_on)
         except TrialError as exc:
-            errors[how.name] += 1
+            if not goes_on:
+                errors[how.name] += 1
             rows.append({"benchmark": "faults", "trial": i, "signal": how.name,
                          "victim": victim, "delay_fraction": frac, "detected": False,
                          "error": str(exc).splitlines()[0]})
+            continue
+        if goes_on:
+            recovered.append(t.recovered_s)
+            rows.append({"benchmark": "faults-elastic", "trial": i, "victim": victim,
+                         "delay_fraction": round(frac, 3), "recovered_s": t.recovered_s})
+            print(f"bench faults: trial {i + 1}/{len(plan)}: elastic, SIGKILL rank {victim}: "
+                  f"an iteration without it {t.recovered_s} s later", file=sys.stderr,
+                  flush=True)
             continue
         trials.append(t)
         row = t.row()
@@ -381,4 +416,13 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
     return {"benchmark": "faults", "topology": topology, "planner": PLANNER,
             "emulate": "none", "timeout_s": TIMEOUT_S, "mbytes": MBYTES, "seed": seed,
             "results": rows,
-            "summary": [_summary(trials, sig, n) for sig, n in errors.items()]}
+            "summary": [_summary(trials, sig, n) for sig, n in errors.items()]
+            + [_elastic_summary(recovered, n_elastic)]}
+
+
+def _elastic_summary(recovered: list[float | None], trials: int) -> dict[str, Any]:
+    seen = [r for r in recovered if r is not None]
+    return {"benchmark": "faults-summary", "signal": "SIGKILL (elastic)", "trials": trials,
+            "detected": len(seen),
+            "recovered_median_s": statistics.median(seen) if seen else None,
+            "recovered_worst_s": max(seen) if len(seen) == trials else None}
