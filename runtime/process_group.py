@@ -299,7 +299,16 @@ def _secret(store: dist.Store, rank: int) -> Path | None:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
         store.set("netstorm/secret_file", name)
-    return Path(store.get("netstorm/secret_file").decode())
+    path = Path(store.get("netstorm/secret_file").decode())
+    try:  # the store is writable by anyone who reaches it: trust only our own private file
+        st = path.stat()
+    except OSError as exc:
+        raise NetstormError(f"the run's secret file {path} (from torch's store): "
+                            f"{exc.strerror or exc}") from exc
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise NetstormError(f"the run's secret file {path} (from torch's store) is not a "
+                            "private file of this user: refused (a forged store entry?)")
+    return path
 
 
 def register() -> None:

@@ -128,6 +128,26 @@ def test_across_hosts_the_backend_needs_a_given_secret(monkeypatch: pytest.Monke
         _secret(None, 0)  # type: ignore[arg-type]  (refused before the store is used)
 
 
+def test_a_forged_secret_file_in_the_store_is_refused(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a stranger who reaches the store points the ranks at a secret file of theirs: it is
+    # not this user's private file, so no rank uses it
+    from netstorm.runtime.process_group import _secret
+
+    forged = tmp_path / "forged-secret"
+    forged.write_text("the stranger's secret")
+    forged.chmod(0o644)
+    store = torch.distributed.HashStore()
+    store.set("netstorm/secret_file", str(forged))
+    monkeypatch.delenv("NETSTORM_SECRET", raising=False)
+    monkeypatch.delenv("NETSTORM_SECRET_FILE", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(NetstormError, match="not a private file of this user"):
+        _secret(store, 1)
+    forged.chmod(0o600)
+    assert _secret(store, 1) == forged  # the same file, private: accepted
+
+
 def test_a_silent_peer_fails_the_hooks_future_instead_of_hanging() -> None:
     view = builtin("random:2:1")
 
