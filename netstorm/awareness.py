@@ -109,8 +109,10 @@ class BandwidthEstimator:
                              f"finite, got {nbytes}, {seconds}")
         if nbytes == 0 or seconds == 0:
             return
-        now = self._now(when)
-        sample = nbytes / seconds
+        self._update(src, dst, nbytes / seconds, self._now(when))
+
+    def _update(self, src: int, dst: int, sample: float, now: float) -> None:
+        """Fold one rate ``sample`` (B/s) of ``src -> dst`` into the estimate."""
         old = self._rate[src, dst]
         if self._samples[src, dst] == 0 or abs(sample - old) > self.jump * old:
             self._rate[src, dst] = sample  # first sample, or a level shift: start over

@@ -102,17 +102,9 @@ class LevelShiftEstimator(BandwidthEstimator):
         var = (w * self.sigma_prior ** 2 + ss) / (w + dof)
         return max(math.sqrt(var), self.sigma_floor)
 
-    def observe(self, src: int, dst: int, nbytes: float, seconds: float,
-                when: float | None = None) -> None:
-        """Record that ``nbytes`` went from ``src`` to ``dst`` in ``seconds`` (ending at
-        ``when``). Zero-byte or zero-time observations are ignored."""
-        if nbytes < 0 or seconds < 0 or not math.isfinite(seconds):
-            raise ValueError(f"observation {src}->{dst}: bytes and seconds must be >= 0 and "
-                             f"finite, got {nbytes}, {seconds}")
-        if nbytes == 0 or seconds == 0:
-            return
-        now = self._now(when)
-        x = math.log(nbytes / seconds)
+    def _update(self, src: int, dst: int, sample: float, now: float) -> None:
+        """Fold one rate ``sample`` (B/s) into the link's level, or start a new level."""
+        x = math.log(sample)
         link = (src, dst)
         level = self._levels.setdefault(link, [0.0, 0.0, 0.0])
         self._parity.setdefault(link, 0)

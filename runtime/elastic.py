@@ -158,11 +158,11 @@ class ElasticSite:
         self._make = make_site
         self._config = config
         self._epoch = 0
-        self.site = self._watch(make_site(config, view))
         self._calls: list[_Call] = []  # outstanding, in call order
         self._lock = threading.RLock()
         self.losses: list[dict[str, Any]] = []
         self._error: BaseException | None = None
+        self.site = self._watch(make_site(config, view))
 
     # what callers read from a Site
     @property
