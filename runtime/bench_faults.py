@@ -46,7 +46,7 @@ from netstorm.topology import load_topology
 
 from .launch import GRACE_S
 
-__all__ = ["Trial", "TrialError", "children", "run", "trial"]
+__all__ = ["Trial", "TrialError", "children", "rank_of", "run", "trial"]
 
 #: The benchmark's settings (DESIGN/issue 15: 4 sites, unshaped, 5 s timeout, 4 MB).
 TOPOLOGY = "random:4:1"
@@ -153,7 +153,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
-def _rank(pid: int) -> int | None:
+def rank_of(pid: int) -> int | None:
     """The ``RANK`` ``netstorm run`` gave process ``pid`` (``None``: unreadable)."""
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -272,7 +272,7 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
         period = last - seen.get(after_iteration - 1, last)
         time.sleep(max(0.0, last + delay_fraction * period - time.monotonic()))
         pids = children(launcher.pid)
-        by_rank = {r: p for p in pids if (r := _rank(p)) is not None}
+        by_rank = {r: p for p in pids if (r := rank_of(p)) is not None}
         if sorted(by_rank) != list(range(len(sites))):
             raise TrialError(f"launcher's children {pids} have ranks {sorted(by_rank)}, "
                              f"expected 0..{len(sites) - 1}")

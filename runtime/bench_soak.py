@@ -48,6 +48,8 @@ from netstorm.job import Job
 from netstorm.registry import plan as make_plan
 from netstorm.topology import load_topology
 
+from .bench_faults import children, rank_of
+
 __all__ = ["SoakError", "run", "sample", "time_scale"]
 
 #: The redraw range (the NetStorm paper's emulation).
@@ -96,17 +98,6 @@ def time_scale(topology: str, mbytes: float, *, planner: str = "treepack", low: 
     return float(f"{predicted / network_s:.2g}")
 
 
-def _rank(pid: int) -> int | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for item in env:
-        if item.startswith(b"RANK="):
-            return int(item[5:])
-    return None
-
-
 def sample(pid: int) -> tuple[float, int] | None:
     """``(RSS in MB, open file descriptors)`` of process ``pid``; ``None`` when it is gone
     (or a zombie: no memory left to count)."""
@@ -119,13 +110,6 @@ def sample(pid: int) -> tuple[float, int] | None:
     if found is None:
         return None
     return int(found.group(1)) / 1024, fds
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def _site_row(name: str, rank: int, samples: list[tuple[float, int, float, int]],
@@ -254,8 +238,8 @@ def run(quick: bool = False, sites_topology: str | None = None, iterations: int 
                 status = launcher.returncode
                 break
             if len(pids) < len(sites):
-                for pid in _children(launcher.pid):
-                    rank = _rank(pid)
+                for pid in children(launcher.pid):
+                    rank = rank_of(pid)
                     if rank is not None:
                         pids.setdefault(rank, pid)
             now = time.monotonic() - started
