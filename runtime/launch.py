@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from netstorm.dynamics import parse_dynamics
 from netstorm.errors import NetstormError
+from netstorm.registry import planner_info
 from netstorm.topology import load_topology
 
 from .netns import NetnsWAN, check_available
@@ -136,6 +137,12 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         raise ValueError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
     if args.procs_per_site < 1:
         raise ValueError(f"--procs-per-site must be >= 1, got {args.procs_per_site}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    planner_info(args.planner)  # every site would fail alike: say it once, here
+    dynamics = parse_dynamics(args.dynamics)
+    if dynamics is not None:
+        dynamics.validate(view)
     command = script or [sys.executable, "-m", "netstorm.runtime.train"]
     if args.emulate == "netns":
         check_available()
@@ -176,11 +183,7 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
     if args.dynamics:
         base["NETSTORM_DYNAMICS"] = args.dynamics
     out = sys.stderr if args.json else sys.stdout
-    dynamics = None
-    if args.emulate == "netns":
-        dynamics = parse_dynamics(args.dynamics)
-        if dynamics is not None:
-            dynamics.validate(view)
+    dynamics = parse_dynamics(args.dynamics) if args.emulate == "netns" else None
     procs: list[subprocess.Popen[bytes]] = []
     names: list[str] = []
     failure: dict[str, Any] | None = None
@@ -363,6 +366,8 @@ def is_experiment(args: argparse.Namespace) -> bool:
 
 def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     """``netstorm run``: one run or the experiment; ``(status, summary, its text)``."""
+    for name in args.planner.split(","):  # before the first planner's run, not after it
+        planner_info(name)
     if is_experiment(args):
         from . import experiment
 

@@ -82,6 +82,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "c" in unknown.stderr and unknown.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize(("args", "named"), [
+    (("--planner", "nope"), "unknown planner 'nope'"),
+    (("--planner", "ps,nope", "--target", "0.5"), "unknown planner 'nope'"),
+    (("--timeout", "-1"), "--timeout"),
+    (("--timeout", "abc"), "--timeout"),
+    (("--time-scale", "0"), "--time-scale"),
+    (("--iterations", "0"), "--iterations"),
+    (("--mbytes", "0"), "--mbytes"),
+    (("--procs-per-site", "0"), "--procs-per-site"),
+    (("--dynamics", "bogus"), "unknown kind 'bogus'"),
+    (("--dynamics", "scale:1s:a->zz:0.5"), "unknown site 'a'"),
+    (("--wire", "fp8"), "--wire"),
+    (("--emulate", "carrier-pigeon"), "--emulate"),
+    (("--policy", "nope"), "--policy"),
+])
+def test_every_bad_argument_is_one_line_and_exit_2(args: tuple[str, ...], named: str) -> None:
+    done = run("--topology", "random:3:1", *args, "--", sys.executable, "-c", "pass",
+               timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().count("\n") == 0 and named in done.stderr, done.stderr
+
+
 def test_the_same_script_runs_under_torchrun(tmp_path: Path) -> None:
     """torchrun's agent holds MASTER_PORT for its own store: the coordinator takes the next
     port, and the demo (the script netstorm run starts) runs unchanged."""
