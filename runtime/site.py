@@ -20,6 +20,7 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ WINDOW = 2
 WIRE_NUMPY: dict[str, Any] = {"fp32": None, "fp16": np.float16, "bf16": np.uint16}
 #: How often the engine looks for collectives past the timeout, seconds.
 WATCHDOG_S = HEARTBEAT_S
+#: Free arenas a site keeps for reuse (a few per collective in flight).
+ARENA_POOL = 2 * (WINDOW + 1)
 #: Seconds a site's own error waits for the coordinator's verdict on its cause (see _fail).
 VERDICT_HOLD_S = 0.5
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
@@ -133,7 +136,9 @@ class Site:
         self._colls: dict[int, Collective] = {}
         self._received: dict[int, list[float]] = {}  # src -> [bytes, busy s] (unpaced links)
         self._probes: dict[int, list[float]] = {}  # src -> [bytes, first, last] (probes in)
-        self._arenas: dict[int, list[np.ndarray]] = {}  # size -> arenas free for reuse
+        #: arenas free for reuse, oldest first; at most ARENA_POOL of them (each plan version
+        #: has arenas of its own size: an unbounded pool grew by one per re-plan)
+        self._arenas: deque[np.ndarray] = deque()
         self._next_seq = 0
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._inbound: list[Connection] = []
@@ -318,8 +323,9 @@ class Site:
                 for seq in [s for s, c in self._colls.items() if s <= done and c.done.is_set()]:
                     # finished everywhere: no frame of it is queued or can still come, so
                     # its arena serves the next collective of its size
-                    arena = self._colls.pop(seq).arena
-                    self._arenas.setdefault(arena.size, []).append(arena)
+                    self._arenas.append(self._colls.pop(seq).arena)
+                    while len(self._arenas) > ARENA_POOL:
+                        self._arenas.popleft()
         elif kind == "shutdown":
             self._shutdown.set()
         elif kind == "abort":
@@ -381,6 +387,15 @@ class Site:
         """The ranks that will report collective ``seq`` (the coordinator's count)."""
         return self.versions.compiled(self.versions.version(seq), numel).reporters
 
+    def _reuse(self, size: int) -> np.ndarray:
+        """A free arena of ``size`` elements, else a new one (call with the lock held)."""
+        for i in range(len(self._arenas) - 1, -1, -1):
+            if self._arenas[i].size == size:
+                arena = self._arenas[i]
+                del self._arenas[i]
+                return arena
+        return np.empty(size, dtype=np.float32)
+
     def _planner_call(self, view: NetworkView, job: Job) -> Plan:
         state = self.info.new_state(self.seed)
         return make_plan(view, job, self.info.func, seed=self.seed, state=state,
@@ -396,8 +411,7 @@ class Site:
             with self._lock:
                 coll = self._colls.get(seq)  # another thread may have made it meanwhile
                 if coll is None:
-                    pool = self._arenas.get(made.arena)
-                    arena = pool.pop() if pool else np.empty(made.arena, dtype=np.float32)
+                    arena = self._reuse(made.arena)
                     coll = self._colls[seq] = Collective(seq, numel, version, made.program,
                                                           made.offsets, arena)
         if coll.numel != numel:

@@ -25,6 +25,11 @@ __all__ = ["Compiled", "Versions"]
 log = logging.getLogger("netstorm.runtime")
 
 
+#: Plan versions before the newest whose compiled plans stay cached (each holds a site's
+#: programs for every size seen: kept forever, they grew by one per re-plan).
+KEEP_VERSIONS = 2
+
+
 class Compiled(NamedTuple):
     """A plan version for one size, ready to run at this site."""
 
@@ -93,6 +98,9 @@ class Versions:
                     confidence=None if conf is None else np.array(conf, dtype=float),
                     _graph_cache={})
                 self._switches.append((int(switch["from_seq"]), version))
+                with self._plan_lock:  # keep the versions a lagging collective may still use
+                    for key in [k for k in self._plans if k[0] < version - KEEP_VERSIONS]:
+                        del self._plans[key]  # (one evicted too soon is planned again)
                 threading.Thread(target=self._prefetch, args=(version,), daemon=True,
                                  name=f"plan-v{version}").start()
             self._horizon = max(self._horizon, horizon)

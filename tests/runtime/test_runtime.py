@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from netstorm.runtime import Site, wire
 from netstorm.runtime.links import connect
+from netstorm.runtime.site import ARENA_POOL
+from netstorm.runtime.versions import KEEP_VERSIONS
 
 from netstorm import NetworkView
 from netstorm.builtin_topologies import builtin
@@ -96,14 +98,18 @@ def test_forced_replans_every_iteration_stay_exact() -> None:
     view = builtin("random:4:1")
     numel, iterations = 20_000, 30
 
-    def body(site: Site) -> tuple[list[np.ndarray], dict[str, Any]]:
+    def body(site: Site) -> tuple[list[np.ndarray], dict[str, Any], tuple[int, int]]:
         out = allreduce_loop(view, numel, iterations)(site)
-        return out, site.stats()
+        # what a site keeps must not grow with the versions (a soak of 228 re-plans grew
+        # every site by 1-3 GB): a bounded pool of arenas, the last few versions' plans
+        return out, site.stats(), (len(site._arenas), len(site.versions._plans))
 
     results = run_sites(view, "treepack", body,
                         site_kw={"policy": "every-iteration", "window": 2,
                                  "chunk_bytes": 16_000})
     check_exact(view, {w: r[0] for w, r in results.items()}, numel)
+    for _, _, (arenas, plans) in results.values():
+        assert arenas <= ARENA_POOL and plans <= KEEP_VERSIONS + 2, (arenas, plans)
     stats = {w: r[1] for w, r in results.items()}
     versions = [row["plan_version"] for row in stats[0]["collectives"]]
     assert versions == sorted(versions) and versions[-1] >= iterations - 4, versions
