@@ -46,7 +46,7 @@ from netstorm.topology import load_topology
 
 from .launch import GRACE_S
 
-__all__ = ["Trial", "TrialError", "children", "rank_of", "run", "trial"]
+__all__ = ["Trial", "TrialError", "children", "end_group", "rank_of", "run", "trial"]
 
 #: The benchmark's settings (DESIGN/issue 15: 4 sites, unshaped, 5 s timeout, 4 MB).
 TOPOLOGY = "random:4:1"
@@ -151,6 +151,17 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = text[text.rindex(")") + 2:].split()
     return fields[0], int(fields[19])
+
+
+def end_group(launcher: subprocess.Popen[str]) -> None:
+    """Kill a launcher started in its own session, with every process of its group, unless
+    it already exited; then reap it."""
+    if launcher.poll() is None:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        launcher.wait(30)
 
 
 def rank_of(pid: int) -> int | None:
@@ -305,12 +316,7 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
                 record.others_stopped_s = record.launcher_exit_s
             record.left_behind = [p for p in pids if _alive(p, ident.get(p, -1))]
     finally:
-        if launcher.poll() is None:
-            try:
-                os.killpg(launcher.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            launcher.wait(30)
+        end_group(launcher)
         reader.join(10)
         if launcher.stdout is not None:
             launcher.stdout.close()

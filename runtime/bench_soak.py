@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from netstorm.job import Job
 from netstorm.registry import plan as make_plan
 from netstorm.topology import load_topology
 
-from .bench_faults import children, rank_of
+from .bench_faults import children, end_group, rank_of
 
 __all__ = ["SoakError", "run", "sample", "time_scale"]
 
@@ -249,12 +248,7 @@ def run(quick: bool = False, sites_topology: str | None = None, iterations: int 
                     samples.setdefault(rank, []).append((now, state["iteration"], *got))
             time.sleep(interval_s)
     finally:
-        if launcher.poll() is None:
-            try:
-                os.killpg(launcher.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            launcher.wait(30)
+        end_group(launcher)
         for r in readers:
             r.join(10)
         for stream in (launcher.stdout, launcher.stderr):
