@@ -162,6 +162,8 @@ class ElasticSite:
         self._lock = threading.RLock()
         self.losses: list[dict[str, Any]] = []
         self._error: BaseException | None = None
+        #: the collectives and switches of the memberships before the current one
+        self._history: dict[str, list[dict[str, Any]]] = {"collectives": [], "switches": []}
         self.site = self._watch(make_site(config, view))
 
     # what callers read from a Site
@@ -186,8 +188,12 @@ class ElasticSite:
         return self.site.plan
 
     def stats(self) -> dict[str, Any]:
-        """The current site's :meth:`Site.stats`, plus ``losses``."""
-        return {**self.site.stats(), "losses": list(self.losses)}
+        """:meth:`Site.stats` over every membership so far (collectives and switches of the
+        earlier ones first; the current site's bytes), plus ``losses``."""
+        now = self.site.stats()
+        return {**now, "collectives": self._history["collectives"] + now["collectives"],
+                "switches": self._history["switches"] + now["switches"],
+                "losses": list(self.losses)}
 
     def allreduce_async(self, array: Any) -> ElasticHandle:
         """Start an in-place mean all-reduce over the workers alive when it completes."""
@@ -260,6 +266,9 @@ class ElasticSite:
                                             f"coordinator ({lost}); it leaves the run"))
                 return
             self._epoch += 1  # before the new site: its failures belong to the new membership
+            done = old.stats()
+            for key in self._history:
+                self._history[key] += done[key]
             try:
                 old.abandon()
                 view = without(old.view, lost.ranks)

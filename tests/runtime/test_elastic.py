@@ -95,6 +95,9 @@ def test_survivors_redo_and_go_on_exact(view_name: str, victim: int, in_flight: 
                 site.allreduce(buf)
                 v = site.view
                 out.append((tuple(v.sites[w] for w in v.workers), buf))
+            # stats span the memberships (a caller reading the last row after a recovery
+            # found the new site's empty list)
+            assert len(site.stats()["collectives"]) >= iterations
             return out
         finally:
             if rank != victim:
