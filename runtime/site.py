@@ -439,13 +439,13 @@ class Site:
         probe = memoryview(bytearray(PROBE_BYTES))  # probes land here and are dropped
         encoded = WIRE_NUMPY[cfg.wire]
         staging = np.empty(0, dtype=encoded)  # 16-bit frames land here, grown to the largest
-        header = None
+        closed = False
         try:
             while not self._stop.is_set():
-                header = None  # (stays None if the next header cannot be read)
                 header = conn.read_header(max_length=cfg.max_frame)
                 if header is None:
                     if not self._shutdown.is_set() and not self._stop.is_set():
+                        closed = True  # at a frame boundary: a peer gone (hold for why)
                         raise PeerError(f"{conn.name} closed its connection mid-run")
                     return
                 if header.kind == wire.Kind.PROBE:
@@ -501,8 +501,9 @@ class Site:
                     named = type(exc)(f"{conn.name}: {exc}")
                     named.__cause__ = exc
                     exc = named
-                # a frame cut off part-way may have written into a message's slot: no hold
-                self._fail(exc, held=header is not None)
+                # only a close at a frame boundary waits for the coordinator's verdict: a
+                # frame cut off or malformed is this connection's own error
+                self._fail(exc, held=not closed)
 
     def _sent(self, coll: Collective | None) -> None:
         if coll is not None:  # None: a probe
