@@ -94,7 +94,6 @@ class _Call:
     def __init__(self, flat: np.ndarray) -> None:
         self.flat = flat
         self.kept = flat.copy()
-        self.epoch = -1
         self.inner: Handle | None = None
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -216,13 +215,8 @@ class ElasticSite:
         self.allreduce_async(array).wait()
 
     def _issue(self, call: _Call) -> None:
-        call.epoch = epoch = self._epoch
         call.inner = self.site.allreduce_async(call.flat)
-
-        def done(error: BaseException | None) -> None:
-            self._done(call, epoch, error)
-
-        call.inner.add_done_callback(done)
+        call.inner.add_done_callback(lambda error: self._done(call, error))
 
     def _watch(self, site: Site) -> Site:
         epoch = self._epoch
@@ -237,9 +231,9 @@ class ElasticSite:
         site.on_failure = failed
         return site
 
-    def _done(self, call: _Call, epoch: int, error: BaseException | None) -> None:
-        """A collective of membership ``epoch`` ended (on that site's engine thread); a
-        failed one is redone or given up by the site's failure (:meth:`_watch`)."""
+    def _done(self, call: _Call, error: BaseException | None) -> None:
+        """``call``'s collective ended (on its site's engine thread); a failed one is redone
+        or given up by the site's failure (:meth:`_watch`)."""
         if error is None:
             with self._lock:
                 if call in self._calls:
