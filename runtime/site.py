@@ -116,7 +116,7 @@ class Site:
         self._wire = None if config.wire == "fp32" else config.wire
         self.info = planner_info(planner)
         self.elastic = config.elastic
-        self._held: BaseException | None = None  # an elastic run's error awaiting a verdict
+        self._held: BaseException | None = None  # a peer error awaiting the coordinator's verdict
         #: added to collective numbers in the log: an elastic run's later memberships go on
         #: numbering from where the earlier ones stopped
         self.log_base = 0
