@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .exits import exit_now
+
 __all__ = ["main"]
 
 
@@ -205,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import netstorm.runtime.torch  # noqa: F401  (registers the backend)
 import torch
 import torch.distributed as dist
+from netstorm.runtime.exits import exit_now
 
 
 def main() -> int:
@@ -65,4 +65,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
