@@ -7,7 +7,7 @@ catch one type. Messages are one line that names the input, the field and the pr
 from __future__ import annotations
 
 __all__ = ["NetstormError", "PeerError", "PlanError", "ProtocolError", "SiteLost",
-           "TopologyError"]
+           "SitesJoined", "TopologyError"]
 
 
 class NetstormError(Exception):
@@ -37,3 +37,15 @@ class SiteLost(PeerError):
     def __init__(self, message: str, ranks: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.ranks = ranks
+
+
+class SitesJoined(NetstormError):
+    """Sites joined an elastic run at an iteration boundary: the run goes on over
+    ``members`` (indices into the run's topology as first loaded), ``joined`` among them.
+    Not a failure: it ends one membership's site so that the next one can start."""
+
+    def __init__(self, message: str, members: tuple[int, ...] = (),
+                 joined: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.members = members
+        self.joined = joined

@@ -26,6 +26,9 @@
                          stay float32; every site must use the same).
 ``NETSTORM_ELASTIC``     ``1``: a site that dies or goes silent leaves the run, and the
                          others go on without it (:mod:`netstorm.runtime.elastic`).
+``NETSTORM_JOIN``        ``1`` (elastic runs): this site was not in the run (or left it) and
+                         joins it at the workers' next iteration boundary, receiving their
+                         state first (``netstorm run --rejoin`` sets it on a restarted site).
 ``NETSTORM_TOPOLOGY``    The topology ``init()`` loads when not given one; likewise
                          ``NETSTORM_PLANNER`` and ``NETSTORM_POLICY`` (``netstorm run`` sets
                          all three).
@@ -217,6 +220,7 @@ class RuntimeConfig:
     wire: str = "fp32"
     tls: TlsContexts | None = None  # mutual TLS on every connection (NETSTORM_TLS_CA)
     elastic: bool = False
+    join: bool = False  # enter a running elastic run (NETSTORM_JOIN)
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -231,6 +235,12 @@ class RuntimeConfig:
                               f"got {self.wire!r}")
         if self.connections < 1:
             raise ConfigError(f"NETSTORM_CONNECTIONS must be >= 1, got {self.connections}")
+        if self.join and not self.elastic:
+            raise ConfigError("NETSTORM_JOIN needs NETSTORM_ELASTIC: only an elastic run "
+                              "takes a site in while it runs")
+        if self.join and self.rank == 0:
+            raise ConfigError("NETSTORM_JOIN: rank 0 serves the coordinator; it starts the "
+                              "run and cannot join it")
         if not 0 < self.master_port < 65536:
             raise ConfigError(f"MASTER_PORT {self.master_port} is not a TCP port")
 
@@ -271,6 +281,7 @@ class RuntimeConfig:
             "connections": lambda: _int(env, "NETSTORM_CONNECTIONS", 1),
             "wire": lambda: env.get("NETSTORM_WIRE") or "fp32",
             "elastic": lambda: env.get("NETSTORM_ELASTIC", "") not in ("", "0"),
+            "join": lambda: env.get("NETSTORM_JOIN", "") not in ("", "0"),
             "secret": lambda: load_secret(env),
             "tls": lambda: _tls(env),
         }

@@ -14,7 +14,11 @@ Messages (JSON control frames):
   collective is done here: seq, bytes and busy seconds per link it sent on, and per link it
   received on when the links are not emulated in-process), ``bye``, ``error``;
 - coordinator -> site (elastic runs): ``lost`` (ranks that left; the coordinator's part in
-  this membership ends, see :mod:`netstorm.runtime.elastic`);
+  this membership ends, see :mod:`netstorm.runtime.elastic`), ``grow`` (sites join: the
+  next membership), ``entering`` on every ``horizon`` (sites waiting to join at the
+  workers' next iteration boundary);
+- worker -> coordinator (elastic runs): ``admit`` (at an iteration boundary, ready for the
+  entering sites), ``state`` (the workers' state for a newcomer: forwarded to it);
 - coordinator -> site: ``table`` (every site's data address, the start time), ``horizon``
   (collectives below it may start, with any plan switch that takes effect from a given
   seq), ``shutdown``, ``abort``.
@@ -88,6 +92,11 @@ class Coordinator:
     on_lost
         Called when a site is found lost, before the others are told (rank 0 closes its
         listener, so that their next join waits for its next coordinator).
+    on_grow
+        Elastic runs: every worker is at an iteration boundary, ready for the sites
+        announced in :attr:`entering`. Called before the others are told (rank 0 closes its
+        listener and admits the entering sites); returns the next membership and the sites
+        that join it (indices into the run's first topology).
     noisy
         The links are timed on a real (or kernel-shaped) network, whose timings scatter:
         estimate them with :class:`~netstorm.level_shift.LevelShiftEstimator` (believe a
@@ -99,6 +108,7 @@ class Coordinator:
                  window: int, workers: tuple[int, ...], aware: bool = True,
                  noisy: bool = False, timeout_s: float = 60.0, elastic: bool = False,
                  on_lost: Callable[[], None] | None = None,
+                 on_grow: Callable[[], tuple[list[int], list[int]]] | None = None,
                  reporters: Callable[[int, int], frozenset[int]] | None = None) -> None:
         self.view = view
         self.fingerprint = fingerprint
@@ -127,6 +137,12 @@ class Coordinator:
         self.reporters = reporters
         self._finished: deque[int] = deque(maxlen=256)  # collectives done everywhere lately
         self.lost: tuple[int, ...] = ()  # ranks that left (elastic): this coordinator is done
+        self.on_grow = on_grow
+        #: sites waiting to join (indices into the first topology), announced on every
+        #: ``horizon``: the workers stop for them at their next iteration boundary
+        self.entering: tuple[int, ...] = ()
+        self._admitting: set[int] = set()  # workers at the boundary, ready for them
+        self.grown = False  # the workers admitted the entering sites: this one is done
         self._say = threading.Lock()  # one broadcast at a time: every site hears one order
 
     def add(self, conn: Connection, join: dict[str, Any]) -> None:
@@ -173,7 +189,7 @@ class Coordinator:
             self._abort(f"{self._who(rank)} {why}")
             return
         with self._lock:
-            if self.lost or rank in self.byes:
+            if self.lost or self.grown or rank in self.byes:
                 return
             self.lost = (rank,)
         if self.on_lost is not None:  # the survivors' next join must not reach this one
@@ -239,6 +255,13 @@ class Coordinator:
                 done = set(self.workers) <= self.byes
             if done:
                 self._broadcast({"type": "shutdown"})
+        elif kind == "admit":
+            self._admit(rank)
+        elif kind == "state":  # a worker's state for the newcomers: theirs only
+            for to in msg.get("to", ()):
+                conn = self.conns.get(int(to))
+                if conn is not None:
+                    conn.send_control(msg)
         elif kind == "error":
             reason = f"{self._who(rank)}: {msg.get('reason')}"
             if not self.elastic:
@@ -253,7 +276,7 @@ class Coordinator:
         needed = frozenset(range(self.n)) if self.reporters is None else \
             self.reporters(seq, int(msg["numel"]))
         with self._lock:
-            if self.lost or seq in self._finished:
+            if self.lost or self.grown or seq in self._finished:
                 return  # (a relay on a path the plan might not take may report late)
             for side, key in ((0, "links"), (1, "received")):
                 for src, dst, nbytes, seconds in msg.get(key, ()):
@@ -269,6 +292,8 @@ class Coordinator:
             self._finished.append(seq)
             self._observe()
             out: dict[str, Any] = {"type": "horizon", "done": seq}
+            if self.elastic:  # (also once it empties: a site that knocked may leave)
+                out["entering"] = list(self.entering)
             switch = self._boundary(seq, int(msg["numel"]))
             if switch is not None:
                 out["switch"] = switch
@@ -317,6 +342,21 @@ class Coordinator:
                   "confidence": (None if estimate.confidence is None
                                  else estimate.confidence.tolist())}
         return switch
+
+    def _admit(self, rank: int) -> None:
+        """Worker ``rank`` is at an iteration boundary, ready for the entering sites; once
+        every worker is, the membership grows: rank 0 admits them, the others start over."""
+        with self._lock:
+            if self.lost or self.grown or rank not in self.workers:
+                return
+            self._admitting.add(rank)
+            if not set(self.workers) <= self._admitting:
+                return
+            self.grown = True  # this membership is over: a loss or report no longer counts
+        assert self.on_grow is not None, "an admit reached a coordinator that cannot grow"
+        members, joined = self.on_grow()
+        self._broadcast({"type": "grow", "members": members, "joined": joined})
+        self.closed.set()
 
     def _abort(self, reason: str) -> None:
         self._broadcast({"type": "abort", "reason": reason})

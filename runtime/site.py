@@ -22,14 +22,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from netstorm.kernels import fused_reduce, pack
 
 from netstorm.awareness import Policy, ReplanPolicy
 from netstorm.dynamics import parse_dynamics
-from netstorm.errors import NetstormError, PeerError, ProtocolError, SiteLost
+from netstorm.errors import NetstormError, PeerError, ProtocolError, SiteLost, SitesJoined
 from netstorm.executor import Outgoing, pick_path
 from netstorm.job import Job
 from netstorm.plan import Plan
@@ -50,7 +50,7 @@ from .versions import Versions
 if TYPE_CHECKING:
     from .elastic import ElasticSite
 
-__all__ = ["Handle", "Site", "init"]
+__all__ = ["Door", "Handle", "Site", "init"]
 
 log = logging.getLogger("netstorm.runtime")
 
@@ -66,6 +66,18 @@ ARENA_POOL = 2 * (WINDOW + 1)
 VERDICT_HOLD_S = 0.5
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
 NOISY_THRESHOLD = 0.2
+
+
+class Door(Protocol):
+    """Rank 0's entrance for sites that join an elastic run mid-run
+    (:class:`~netstorm.runtime.elastic.ElasticSite` is one)."""
+
+    def knock(self, conn: Connection, hello: dict[str, Any]) -> None:
+        """An authenticated connection whose hello is ``enter``: the door owns it now."""
+
+    def grow(self) -> tuple[list[int], list[int]]:
+        """Every worker is at a boundary: admit the waiting sites. Returns the next
+        membership and the sites that join (indices into the run's first topology)."""
 
 
 def fingerprint(view: NetworkView) -> str:
@@ -122,6 +134,12 @@ class Site:
         self.log_base = 0
         #: called once with the error the run failed with (an elastic site rebuilds on it)
         self.on_failure: Callable[[BaseException], None] | None = None
+        #: rank 0 of an elastic run: takes the ``enter`` hellos of sites that join mid-run
+        self.door: Door | None = None
+        #: sites waiting to join (indices into the run's first topology), as last announced
+        self.entering: tuple[int, ...] = ()
+        #: ``state`` messages for this site (a newcomer's state, from a worker)
+        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.shaper = Shaper(view, self.rank, scale=config.time_scale,
                              pace=config.emulate == "inprocess",
                              delay=config.emulate in ("inprocess", "netns"))
@@ -163,6 +181,7 @@ class Site:
                                            timeout_s=config.timeout_s,
                                            elastic=config.elastic,
                                            on_lost=self._close_listener,
+                                           on_grow=self._grow,
                                            reporters=self._reporters)
         self._spawn(self._accept_loop, "listener")
         self._spawn(self._engine, "engine")
@@ -231,9 +250,6 @@ class Site:
         try:
             conn = accept(raw, rank=self.rank, secret=cfg.secret, timeout=cfg.timeout_s,
                           names=self.view.sites, tls=cfg.tls)
-            if not 0 <= conn.peer < self.view.n:
-                raise ProtocolError(f"{conn.name}: rank {conn.peer} is not a site of "
-                                    f"{self.view.name!r}")
             conn.sock.settimeout(cfg.timeout_s)  # an authenticated peer must still say hello
             header = conn.read_header(max_length=1 << 20)
             if header is None or header.kind != wire.Kind.CONTROL:
@@ -241,6 +257,16 @@ class Site:
             hello = conn.read_control(header)
             conn.sock.settimeout(None)
             kind = hello.get("type")
+            if kind == "enter":  # the door checks who it is
+                if self.door is None:
+                    raise ProtocolError(f"{conn.name}: knocked to join, but this site has no "
+                                        "door (rank 0 of an elastic run between memberships "
+                                        "knocks it back: it knocks again)")
+                self.door.knock(conn, hello)
+                return
+            if not 0 <= conn.peer < self.view.n:
+                raise ProtocolError(f"{conn.name}: rank {conn.peer} is not a site of "
+                                    f"{self.view.name!r}")
             if kind not in ("data", "join") or (kind == "join" and self.coordinator is None):
                 raise ProtocolError(f"{conn.name}: hello of type {kind!r} at a site "
                                     f"{'without' if self.coordinator is None else 'with'} "
@@ -306,6 +332,8 @@ class Site:
             self.versions.release(int(msg["horizon"]))
             self._table.set()
         elif kind == "horizon":
+            if "entering" in msg:  # before the release below: a caller that sees its
+                self.entering = tuple(int(r) for r in msg["entering"])  # result sees this
             switch = msg.get("switch")
             if switch is not None:
                 record = {k: switch[k] for k in (
@@ -330,6 +358,13 @@ class Site:
             self._shutdown.set()
         elif kind == "abort":
             self._fail(PeerError(f"run aborted: {msg.get('reason')}"), tell=False)
+        elif kind == "grow":
+            members = tuple(int(r) for r in msg["members"])
+            joined = tuple(int(r) for r in msg["joined"])
+            self._fail(SitesJoined(f"{len(joined)} site(s) joined", members, joined),
+                       tell=False)
+        elif kind == "state":
+            self.inbox.put(msg)
         elif kind == "lost":
             ranks = tuple(int(r) for r in msg["ranks"])
             self._fail(SiteLost(f"{msg.get('reason')}: the run goes on without it", ranks),
@@ -727,6 +762,17 @@ class Site:
                 pass
         self._shutdown.wait(self.config.timeout_s)
         self._stop_threads()
+
+    def _grow(self) -> tuple[list[int], list[int]]:
+        """The coordinator's ``on_grow``: close the listener (the next membership joins
+        rank 0's next site, on this port), then let the door admit the waiting sites."""
+        assert self.door is not None
+        self._close_listener()
+        return self.door.grow()
+
+    def send_control(self, msg: dict[str, Any]) -> None:
+        """Send ``msg`` to the coordinator (elastic runs: ``admit``, ``state``)."""
+        self._control.send_control(msg)
 
     def _close_listener(self) -> None:
         with contextlib.suppress(OSError):  # wakes the accept loop: close() alone does not,

@@ -25,7 +25,7 @@ from netstorm.runtime.elastic import ElasticSite, without
 
 from netstorm import NetworkView
 from netstorm.builtin_topologies import builtin
-from netstorm.errors import NetstormError
+from netstorm.errors import NetstormError, PeerError
 from netstorm.testing import conformance_views
 from tests.runtime.harness import config, free_port, in_threads
 
@@ -146,6 +146,109 @@ def test_a_lost_relay_that_disconnects_the_others_fails_every_survivor_clearly()
     said = [s for s in in_threads(view.n, one, timeout=60).values() if s is not None]
     assert len(said) == len(view.workers)
     assert all("the run cannot go on" in s and "cannot reach" in s for s in said), said
+
+
+@pytest.mark.parametrize("view_name", ["random:3:1", "mesh with a relay"])
+def test_a_site_that_left_joins_again_with_the_workers_state(view_name: str) -> None:
+    # SGD on a float32 "model": each step all-reduces every worker's gradient and applies
+    # it. Site 2 leaves at step 3, the others go on; it comes back as a newcomer, gets the
+    # workers' state and step at a boundary, and trains with them to the end
+    view = mesh_with_a_relay() if view_name == "mesh with a relay" else builtin(view_name)
+    port, victim, steps, leaves_at = free_port(), 2, 14, 3
+
+    def make(cfg, v):  # type: ignore[no-untyped-def]
+        return Site(cfg, v, "treepack")
+
+    sites: dict[int, ElasticSite] = {}
+
+    def one(rank: int) -> tuple[list[tuple[int, tuple[str, ...]]], np.ndarray, dict] | None:
+        site = sites[rank] = ElasticSite(config(view, rank, port, elastic=True,
+                                                timeout_s=20.0), view, make)
+        if not site.is_worker:
+            site.serve()
+            return None
+        state = np.zeros(NUMEL, dtype=np.float32)
+        trace: list[tuple[int, tuple[str, ...]]] = []
+        step = 0
+        while step < steps:
+            if rank == victim and step == leaves_at and not trace[-1:] == [(-1, ())]:
+                site.site.abandon()  # as a killed process
+                trace.append((-1, ()))
+                site = ElasticSite(config(view, rank, port, elastic=True, join=True,
+                                          timeout_s=20.0), view, make)
+                state = np.full(NUMEL, np.nan, dtype=np.float32)  # nothing of its own
+                step = site.admit(state, 0)
+            else:
+                if step == leaves_at + 1:  # the others hold on until it knocked (a short
+                    deadline = time.monotonic() + 30  # run would end before it is back)
+                    while not sites[0].waiting and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                step = site.admit(state, step)
+            g = grad(site.name, step)
+            site.allreduce(g)
+            state -= np.float32(0.1) * g
+            v = site.view
+            trace.append((step, tuple(v.sites[w] for w in v.workers)))
+            step += 1
+        stats = site.stats()
+        site.close()
+        return trace, state, stats
+
+    results = {r: res for r, res in in_threads(view.n, one, timeout=120).items()
+               if res is not None}
+    finals = [res[1] for res in results.values()]
+    assert all(np.array_equal(f, finals[0]) for f in finals[1:])  # bit-identical, newcomer too
+    trace = results[0][0]
+    assert [s for s, _ in trace] == list(range(steps))
+    name = view.sites[victim]
+    without_it = [s for s, members in trace if name not in members]
+    assert without_it and without_it[0] == leaves_at  # it left, then the others went on
+    back = without_it[-1] + 1
+    assert back < steps and all(name in m for s, m in trace if s >= back)  # it came back
+    came = [s for s, _ in results[victim][0] if s >= 0]
+    assert came == list(range(leaves_at)) + list(range(back, steps))
+    # oracle: numpy's SGD over the members of each step
+    want = np.zeros(NUMEL, dtype=np.float32)
+    for s, members in trace:
+        mean = np.mean([grad(n, s) for n in members], axis=0, dtype=np.float64)
+        want -= np.float32(0.1) * mean.astype(np.float32)
+    np.testing.assert_allclose(finals[0], want, rtol=0, atol=1e-5)
+    assert [j["joined"] for j in results[0][2]["joins"]] == [[name]]
+    assert [loss["lost"] for loss in results[0][2]["losses"]] == [[name]]
+
+
+def test_a_stranger_or_a_member_cannot_enter() -> None:
+    view = builtin("random:3:1")
+    port = free_port()
+    entered = threading.Event()
+
+    def make(cfg, v):  # type: ignore[no-untyped-def]
+        return Site(cfg, v, "treepack")
+
+    def one(rank: int) -> str | None:
+        # (a member's knock waits for its old self to be found gone: the silence limit)
+        site = ElasticSite(config(view, rank, port, elastic=True, timeout_s=4.0), view, make)
+        try:
+            if rank == 2:  # a member knocking as itself, then a site of another topology
+                said = []
+                for v in (view, builtin("random:3:2")):
+                    try:
+                        ElasticSite(config(v, 1, port, elastic=True, join=True,
+                                           timeout_s=5.0), v, make)
+                    except PeerError as exc:
+                        said.append(str(exc))
+                entered.set()
+                return " | ".join(said)
+            while not entered.is_set():  # training goes on meanwhile, undisturbed
+                site.admit(np.zeros(4, dtype=np.float32), 0)
+                site.allreduce(np.ones(1000, dtype=np.float32))
+            return None
+        finally:
+            site.close() if rank != 2 else site.site.abandon()
+
+    said = in_threads(view.n, one, timeout=60)[2]
+    assert "refused by rank 0: site r1 is in the run" in said, said
+    assert "another topology" in said, said
 
 
 def netstorm_run(tmp_path: Path, victim: int, *script: str, after: str,
