@@ -68,7 +68,7 @@ from .collective import flat_float32
 from .config import RuntimeConfig
 from .control import silence_limit
 from .links import Connection, connect
-from .site import Handle, Site, fingerprint
+from .site import Handle, Site, _warm_kernels, fingerprint
 
 __all__ = ["ElasticHandle", "ElasticSite", "among", "without"]
 
@@ -211,6 +211,8 @@ class ElasticSite:
         self._history: dict[str, list[dict[str, Any]]] = {"collectives": [], "switches": []}
         self._waiting: dict[int, Connection] = {}  # rank 0: sites knocking, by index
         self._newcomer = config.join
+        if config.join:  # the workers wait for it once admitted: load the kernels first
+            _warm_kernels()
         self._members = self._enter() if config.join else tuple(range(view.n))
         self.site = self._watch(make_site(self._config_for(self._members),
                                           among(view, self._members)))
@@ -270,7 +272,12 @@ class ElasticSite:
         """Replace ``array`` by the mean of every surviving worker's ``array``, in place."""
         self.allreduce_async(array).wait()
 
-    def admit(self, state: Any, step: int) -> int:
+    @property
+    def newcomer(self) -> bool:
+        """This site joined a run under way and has not had its first boundary yet."""
+        return self._newcomer
+
+    def admit(self, state: Any | Callable[[], Any], step: int) -> int:
         """An iteration boundary: let waiting sites in. Every worker calls it at the same
         boundaries, with no all-reduce of its own outstanding.
 
@@ -278,8 +285,9 @@ class ElasticSite:
         ----------
         state
             What a newcomer needs to go on (parameters, optimizer buffers): a C-contiguous
-            float32 array or CPU tensor, the same bytes on every worker. A newcomer's is
-            overwritten with the workers'.
+            float32 array or CPU tensor, the same bytes on every worker, or a callable that
+            returns one (called only when a site joins). A newcomer's is overwritten with
+            the workers'.
         step
             The iteration about to start.
 
@@ -288,10 +296,12 @@ class ElasticSite:
         int
             ``step``; on a newcomer's first call, the workers' step.
         """
-        flat = flat_float32(state)
+        def flat() -> np.ndarray:
+            return flat_float32(state() if callable(state) else state)
+
         if self._newcomer:
             self._newcomer = False
-            return self._receive(flat)
+            return self._receive(flat())
         with self._lock:
             calls = list(self._calls)
         for call in calls:
@@ -318,13 +328,15 @@ class ElasticSite:
             self._send_state(flat, step, change.joined)
         return step
 
-    def _send_state(self, flat: np.ndarray, step: int, joined: tuple[int, ...]) -> None:
-        """The first old worker sends ``flat`` to the workers among ``joined``."""
+    def _send_state(self, state: Callable[[], np.ndarray], step: int,
+                    joined: tuple[int, ...]) -> None:
+        """The first old worker sends ``state()`` to the workers among ``joined``."""
         view, members = self.site.view, self._members
         to = [members.index(j) for j in joined if members.index(j) in view.workers]
         donor = next(w for w in view.workers if members[w] not in joined)
         if not to or self.rank != donor:
             return
+        flat = state()
         data = flat.view(np.uint8)
         parts = max(1, -(-data.size // STATE_PART))
         crc = zlib.crc32(data.data)
@@ -364,7 +376,7 @@ class ElasticSite:
             raise PeerError(f"site {self.name}: the workers' state arrived damaged")
         flat[:] = np.frombuffer(data, dtype=np.float32)
         site.log_base = int(msg["log_base"])
-        log.info("site %s: joined at step %d with the workers' state", self.name,
+        log.warning("site %s: joined at step %d with the workers' state", self.name,
                  int(msg["step"]))
         return int(msg["step"])
 

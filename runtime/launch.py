@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,6 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--elastic", action="store_true",
                    help="a site that dies leaves the run: the others re-plan without it, "
                         "redo the interrupted all-reduce and go on (NETSTORM_ELASTIC)")
+    p.add_argument("--rejoin", action="store_true",
+                   help="with --elastic: restart a site killed by a signal (once); it joins "
+                        "again at the workers' next iteration boundary, with their state "
+                        "(NETSTORM_JOIN)")
     p.add_argument("--log-dir", default=None,
                    help="write one JSON lines file per site (per collective, switches)")
     p.add_argument("--json", action="store_true")
@@ -139,6 +144,10 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         raise ValueError(f"--procs-per-site must be >= 1, got {args.procs_per_site}")
     if not args.timeout > 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if getattr(args, "rejoin", False) and not args.elastic:
+        raise ValueError("--rejoin needs --elastic (only an elastic run takes a site back)")
+    if args.elastic and args.procs_per_site > 1:
+        raise ValueError("--elastic runs one process per site (--procs-per-site 1)")
     planner_info(args.planner)  # every site would fail alike: say it once, here
     dynamics = parse_dynamics(args.dynamics)
     if dynamics is not None:
@@ -188,6 +197,7 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
     names: list[str] = []
     failure: dict[str, Any] | None = None
     lost: list[dict[str, Any]] = []  # elastic: sites that died while the others went on
+    rejoined: list[dict[str, Any]] = []  # --rejoin: sites restarted to join again
     pumps = []
     started = time.perf_counter()
     status = 0
@@ -199,10 +209,15 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
             stop = threading.Event()
             stack.callback(stop.set)
             per = args.procs_per_site
-            for rank, (site, local) in enumerate(itertools.product(range(view.n), range(per))):
+            layout = list(itertools.product(range(view.n), range(per)))
+
+            def start(rank: int, join: bool = False) -> subprocess.Popen[bytes]:
+                site, local = layout[rank]
                 name = view.sites[site]
                 env = dict(base, RANK=str(rank), LOCAL_RANK=str(local if per > 1 else rank),
                            NETSTORM_LOG=str(logs / f"{name}.jsonl"))
+                if join:
+                    env["NETSTORM_JOIN"] = "1"
                 if per > 1:
                     env["LOCAL_WORLD_SIZE"] = str(per)
                     name = f"{name}/{local}"
@@ -214,16 +229,28 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
                     argv = ["ip", "netns", "exec", wan.namespaces[site], *command]
                 proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
-                procs.append(proc)
-                names.append(f"site {name} (rank {rank})")
                 pump = threading.Thread(target=_pump, args=(proc.stdout, name, out),
                                         daemon=True)
                 pump.start()
                 pumps.append(pump)
+                return proc
+
+            for rank, (site, local) in enumerate(layout):
+                procs.append(start(rank))
+                name = view.sites[site] if per == 1 else f"{view.sites[site]}/{local}"
+                names.append(f"site {name} (rank {rank})")
             if wan is not None and dynamics is not None:
                 wan.follow(dynamics, time.time(), stop)
+
+            def restart(rank: int) -> subprocess.Popen[bytes]:
+                rejoined.append({"site": names[rank], "at": time.time()})
+                print(f"netstorm run: {names[rank]} restarted: it joins again at the "
+                      "workers' next iteration boundary", file=sys.stderr, flush=True)
+                return start(rank, join=True)
+
             failure = _watch(procs, names, grace=args.timeout + GRACE_S,
-                             lost=lost if args.elastic else None)
+                             lost=lost if args.elastic else None,
+                             rejoin=restart if getattr(args, "rejoin", False) else None)
             if failure is not None:
                 status = failure["status"]
                 print(f"netstorm run: {failure['message']}", file=sys.stderr, flush=True)
@@ -239,6 +266,7 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
         doc["failure"] = failure
     if args.elastic:
         doc["lost"] = lost
+        doc["rejoined"] = rejoined
     return status, doc
 
 
@@ -257,7 +285,9 @@ def _how(code: int) -> str:
 
 
 def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: float,
-           lost: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+           lost: list[dict[str, Any]] | None = None,
+           rejoin: Callable[[int], subprocess.Popen[bytes]] | None = None
+           ) -> dict[str, Any] | None:
     """Wait for every site; ``None`` when all exited 0, else what failed first.
 
     After the first failure the others get ``grace`` seconds (the runtime's timeout and a
@@ -265,9 +295,11 @@ def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: flo
     naming the site it lost; the rest are then stopped (:func:`_stop`). With ``lost`` (an
     elastic run) a site other than rank 0 (the coordinator) killed by a signal while others
     run is appended there instead: the others go on without it, and only another failure
-    ends the run.
+    ends the run. With ``rejoin``, such a site is restarted once (``rejoin(i)`` is its new
+    process, in ``procs[i]``).
     """
     gone: set[int] = set()
+    restarted: set[int] = set()
     while True:
         codes = [p.poll() for p in procs]
         failed = [i for i, c in enumerate(codes) if c not in (None, 0) and i not in gone]
@@ -276,11 +308,15 @@ def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: flo
             for i in killed:
                 code = codes[i]
                 assert code is not None
-                gone.add(i)
                 lost.append({"site": names[i], "status": _status(code), "at": time.time()})
                 print(f"netstorm run: {names[i]} {_how(code)}; the others go on without it "
                       "(elastic)", file=sys.stderr, flush=True)
-            failed = [i for i in failed if i not in gone]
+                if rejoin is not None and i not in restarted:
+                    restarted.add(i)  # watched again from the next look on
+                    procs[i] = rejoin(i)
+                else:
+                    gone.add(i)
+            failed = [i for i in failed if i not in killed]
         if failed:
             break
         if all(c is not None for c in codes):

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .elastic import ElasticSite
 from .exits import exit_now, main_of
 
 __all__ = ["Digits", "digits", "main", "make_model", "measure_compute", "train"]
@@ -105,9 +106,20 @@ def measure_compute(model: nn.Module, data: Digits, batch: int, steps: int = 7) 
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+def warm_up(ddp: nn.Module, data: Digits, passes: int, batch: int) -> None:
+    """``passes`` backward passes whose gradients are all-reduced and dropped: plans and
+    DDP's buckets (rebuilt after its first pass, in the order gradients became ready)
+    settle before anything is timed or applied."""
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(passes):
+        x, y = _batch(data, 0, batch, 0, 1, 0)
+        loss_fn(ddp(x), y).backward()
+        ddp.zero_grad(set_to_none=False)
+
+
 def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0.05,
           me: int, workers: int, seed: int = 0, eval_every: int = 0, warmup: int = 0,
-          on_step: Any = None) -> list[dict[str, Any]]:
+          on_step: Any = None, elastic: ElasticSite | None = None) -> list[dict[str, Any]]:
     """SGD with momentum on ``data`` for ``steps`` steps; one record per step.
 
     ``warmup`` untimed backward passes come first, their gradients all-reduced and dropped:
@@ -118,16 +130,22 @@ def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0
     ``on_step(record)`` is called after every step (the record holds ``iteration``,
     ``time_s``, ``loss``, ``elapsed_s`` and, every ``eval_every`` steps and at the end,
     ``accuracy``).
+
+    ``elastic``: this site's elastic runtime. Every step starts at its boundary
+    (:meth:`~netstorm.runtime.elastic.ElasticSite.admit`), where sites may join; the state
+    a newcomer receives is the parameters and the momentum buffers, and a newcomer starts
+    at the workers' step.
     """
     opt = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    for _ in range(warmup):  # all-reduced, never applied: plans and buckets settle first
-        x, y = _batch(data, 0, batch, me, workers, seed)
-        loss_fn(ddp(x), y).backward()
-        opt.zero_grad(set_to_none=False)
+    state = _State(list(ddp.parameters()), opt)
+    warm_up(ddp, data, warmup, batch)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for step in range(steps):
+    step = 0
+    while step < steps:
+        if elastic is not None:
+            step = state.admit(elastic, step)
         x, y = _batch(data, step, batch, me, workers, seed)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
@@ -143,13 +161,56 @@ def train(ddp: nn.Module, data: Digits, *, steps: int, batch: int, lr: float = 0
         rows.append(row)
         if on_step is not None:
             on_step(row)
+        step += 1
     return rows
+
+
+class _State:
+    """What a site joining mid-run needs: the parameters and SGD's momentum buffers, as one
+    float32 vector (built only when a site joins)."""
+
+    def __init__(self, params: list[torch.Tensor], opt: torch.optim.SGD) -> None:
+        self.params = params
+        self.opt = opt
+        self.flat: torch.Tensor | None = None
+
+    def _buffers(self) -> list[torch.Tensor]:
+        # a zero buffer before the first step acts as none: momentum * 0 + gradient
+        return [self.opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                for p in self.params]
+
+    def pack(self) -> Any:
+        tensors = [t.detach().reshape(-1) for t in self.params + self._buffers()]
+        self.flat = torch.cat(tensors).cpu()
+        return self.flat
+
+    def admit(self, site: ElasticSite, step: int) -> int:
+        """The boundary before ``step``: the step to run (a newcomer's: the workers')."""
+        newcomer = site.newcomer
+        step = site.admit(self.pack, step)
+        if newcomer:  # the workers' state, unpacked in place
+            assert self.flat is not None
+            at = 0
+            with torch.no_grad():
+                for t in self.params + self._buffers():
+                    t.copy_(self.flat[at:at + t.numel()].view_as(t))
+                    at += t.numel()
+        return step
 
 
 def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
     """Join the run for ``comm``: ``(the hook's state or None, the workers' group DDP runs
     on)``; several processes per site (``LOCAL_WORLD_SIZE``) make a :class:`SiteGroup`.
-    Relay-only sites relay (or, under plain gloo, have nothing to do) and exit."""
+    Relay-only sites relay (or, under plain gloo, have nothing to do) and exit. A site that
+    joins an elastic run under way (``NETSTORM_JOIN``) cannot join torch's group of the
+    others: DDP runs on a group of its own (the hook does the all-reduces)."""
+    if os.environ.get("NETSTORM_JOIN", "") not in ("", "0"):
+        if comm != "hook":
+            raise SystemExit("netstorm.runtime.train: a joining site needs --comm hook")
+        from . import init
+
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        return init(), None
     if comm == "backend":
         import netstorm.runtime.torch as nt
 
@@ -197,17 +258,29 @@ def main(argv: list[str] | None = None) -> int:
     site, group = _setup(args.comm)
     workers = dist.get_world_size(group)
     me = dist.get_rank(group)
+    elastic = site if isinstance(site, ElasticSite) else None
+    if elastic is not None and elastic.newcomer:  # its batches: as the worker it always was
+        from netstorm.topology import load_topology
+
+        topology = load_topology(os.environ["NETSTORM_TOPOLOGY"])
+        workers = len(topology.workers)
+        me = topology.workers.index(int(os.environ["RANK"]))
     device = torch.device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))
                               % torch.cuda.device_count())
     model = make_model(args.width, args.seed).to(device)
     ddp = DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb, process_group=group)
+    data = digits(args.seed, device)
+    if elastic is not None and elastic.newcomer:
+        # the workers' buckets are rebuilt ones: warm up alone, before the hook (on its group
+        # of one), so that its first all-reduce has their layout, not DDP's first guess
+        warm_up(ddp, data, args.warmup, args.batch)
+        args.warmup = 0
     if args.comm == "hook":
         from .torch import comm_hook
 
         ddp.register_comm_hook(site, comm_hook)
-    data = digits(args.seed, device)
     compute_s = measure_compute(make_model(args.width, args.seed).to(device), data,
                                 args.batch)
     log = open(os.environ["NETSTORM_LOG"], "a") if os.environ.get("NETSTORM_LOG") else None
@@ -234,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         log.write(json.dumps({"site": os.environ.get("RANK"), "compute_s": compute_s,
                               "warmup": args.warmup}) + "\n")
     train(ddp, data, steps=args.steps, batch=args.batch, lr=args.lr, me=me, workers=workers,
-          seed=args.seed, eval_every=args.eval_every, warmup=args.warmup, on_step=on_step)
+          seed=args.seed, eval_every=args.eval_every, warmup=args.warmup, on_step=on_step,
+          elastic=elastic)
     if args.save is not None:
         args.save.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

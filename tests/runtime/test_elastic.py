@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from netstorm.runtime import Site
 from netstorm.runtime.bench_faults import children
 from netstorm.runtime.elastic import ElasticSite, without
@@ -305,6 +306,26 @@ def test_ddp_training_goes_on_after_a_kill(tmp_path: Path) -> None:
     assert [d["site"] for d in doc["lost"]] == ["site r1 (rank 1)"]
     assert any("step 60/60" in ln for ln in lines), lines[-5:]
     assert doc["accuracy"] > 0.5
+
+
+def test_a_killed_site_rejoins_ddp_training_with_the_workers_state(tmp_path: Path) -> None:
+    # --rejoin restarts the killed site; it joins at a step boundary, receives the
+    # parameters and momentum, and ends with the others' bytes
+    saved = tmp_path / "params"
+    status, lines, doc = netstorm_run(
+        tmp_path, 1, sys.executable, "-m", "netstorm.runtime.train", "--steps", "400",
+        "--eval-every", "20", "--save", str(saved), after="step 20/400",
+        extra=("--iterations", "400", "--rejoin"))
+    assert status == 0, "\n".join(ln for ln in lines if "step" not in ln)
+    assert [d["site"] for d in doc["lost"]] == ["site r1 (rank 1)"]
+    assert [d["site"] for d in doc["rejoined"]] == ["site r1 (rank 1)"]
+    joined = [ln for ln in lines if "[r1] site r1: joined at step" in ln]
+    assert len(joined) == 1, lines[-10:]
+    assert int(joined[0].split("joined at step ")[1].split()[0]) < 400
+    params = [torch.load(saved / f"{r}.pt") for r in range(3)]
+    for p in params[1:]:
+        assert all(torch.equal(p[k], params[0][k]) for k in p)
+    assert doc["accuracy"] > 0.9
 
 
 def test_a_lost_coordinator_stops_the_run_naming_it(tmp_path: Path) -> None:
