@@ -103,6 +103,9 @@ class Trial:
     recovered_s
         Elastic trials: seconds from the signal until an iteration completed without the
         victim (``None``: not by the deadline); the trial then stops the run.
+    rejoined_s
+        Rejoin trials: seconds from the signal until an iteration completed with every
+        worker again, the victim restarted by ``--rejoin`` (``None``: not by the deadline).
     """
 
     victim: int
@@ -110,6 +113,7 @@ class Trial:
     signal: str
     delay_fraction: float
     recovered_s: float | None = None
+    rejoined_s: float | None = None
     status: int | None = None
     launcher_line: str | None = None
     stopped: dict[str, str] = field(default_factory=dict)
@@ -191,7 +195,8 @@ def _named(line: str, site: str, rank: int) -> bool:
 def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
           delay_fraction: float = 0.0, timeout_s: float = TIMEOUT_S, planner: str = PLANNER,
           mbytes: float = MBYTES, after_iteration: int = 3,
-          start_deadline_s: float = START_DEADLINE_S, elastic: bool = False) -> Trial:
+          start_deadline_s: float = START_DEADLINE_S, elastic: bool = False,
+          rejoin: bool = False) -> Trial:
     """Run the all-reduce check on every site of ``topology`` and send ``how`` to rank
     ``victim`` during an iteration; return what happened.
 
@@ -217,6 +222,9 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
     elastic
         ``netstorm run --elastic``: the others go on without the victim; the trial ends at
         the first iteration they complete without it (:attr:`Trial.recovered_s`).
+    rejoin
+        With ``elastic``, ``--rejoin`` too: the trial ends at the first iteration completed
+        with every worker again (:attr:`Trial.rejoined_s`).
 
     Returns
     -------
@@ -245,7 +253,7 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
     launcher = subprocess.Popen(
         [sys.executable, "-m", "netstorm", "run", "--topology", str(topology), "--planner",
          planner, "--emulate", "none", "--timeout", str(timeout_s), "--iterations", "1000000",
-         *(["--elastic"] if elastic else []),
+         *(["--elastic"] if elastic else []), *(["--rejoin"] if rejoin else []),
          "--mbytes", str(mbytes), "--", sys.executable, "-m", "netstorm.runtime.demo"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=env, start_new_session=True)  # its own process group: killed as one at the end
@@ -254,6 +262,7 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
     going = threading.Event()
     pattern = re.compile(r"^\[[^\]]+\] iteration (\d+):")
     fewer: list[float] = []  # when lines of iterations without every worker arrived
+    back: list[float] = []  # when lines with every worker again arrived (after fewer)
     workers = len(load_topology(topology).workers)
     counted = re.compile(r", (\d+) workers")
 
@@ -267,6 +276,8 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
                 count = counted.search(line)
                 if count and int(count.group(1)) < workers:
                     fewer.append(time.monotonic())
+                elif count and fewer:
+                    back.append(time.monotonic())
                 if int(found.group(1)) >= after_iteration:
                     going.set()
         going.set()  # the output ended: the run is over, whatever it printed
@@ -299,8 +310,9 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
         deadline = hit + timeout_s + GRACE_S + STOP_S + 15
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if elastic and fewer:
+            if elastic and fewer and (back or not rejoin):
                 record.recovered_s = fewer[0] - hit
+                record.rejoined_s = back[0] - hit if back else None
                 break
             if record.others_stopped_s is None and not any(
                     _alive(p, ident.get(p, -1)) for p in others):
@@ -362,8 +374,9 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
     kills, stops
         Override the number of SIGKILL and SIGSTOP trials.
     elastic
-        SIGKILL trials of ranks other than 0 under ``--elastic`` (default 10, quick 2): the
-        seconds from the kill to the first iteration completed without the victim.
+        SIGKILL trials of ranks other than 0 under ``--elastic --rejoin`` (default 10,
+        quick 2): the seconds from the kill to the first iteration completed without the
+        victim, and to the first with every worker again (the victim restarted, joined).
 
     Returns
     -------
@@ -386,11 +399,12 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
     rows: list[dict[str, Any]] = []
     errors = {signal.SIGKILL.name: 0, signal.SIGSTOP.name: 0}
     recovered: list[float | None] = []
+    rejoined: list[float | None] = []
     for i, (how, victim, frac) in enumerate(plan):
         goes_on = i >= n_kill + n_stop
         try:
             t = trial(topology, victim, how, delay_fraction=frac, timeout_s=TIMEOUT_S,
-                      planner=PLANNER, mbytes=MBYTES, elastic=goes_on)
+                      planner=PLANNER, mbytes=MBYTES, elastic=goes_on, rejoin=goes_on)
         except TrialError as exc:
             if not goes_on:
                 errors[how.name] += 1
@@ -400,11 +414,13 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
             continue
         if goes_on:
             recovered.append(t.recovered_s)
+            rejoined.append(t.rejoined_s)
             rows.append({"benchmark": "faults-elastic", "trial": i, "victim": victim,
-                         "delay_fraction": round(frac, 3), "recovered_s": t.recovered_s})
+                         "delay_fraction": round(frac, 3), "recovered_s": t.recovered_s,
+                         "rejoined_s": t.rejoined_s})
             print(f"bench faults: trial {i + 1}/{len(plan)}: elastic, SIGKILL rank {victim}: "
-                  f"an iteration without it {t.recovered_s} s later", file=sys.stderr,
-                  flush=True)
+                  f"an iteration without it {t.recovered_s} s later, with it again (restarted"
+                  f") {t.rejoined_s} s later", file=sys.stderr, flush=True)
             continue
         trials.append(t)
         row = t.row()
@@ -423,12 +439,17 @@ def run(quick: bool = False, *, seed: int = SEED, topology: str = TOPOLOGY,
             "emulate": "none", "timeout_s": TIMEOUT_S, "mbytes": MBYTES, "seed": seed,
             "results": rows,
             "summary": [_summary(trials, sig, n) for sig, n in errors.items()]
-            + [_elastic_summary(recovered, n_elastic)]}
+            + [_elastic_summary(recovered, rejoined, n_elastic)]}
 
 
-def _elastic_summary(recovered: list[float | None], trials: int) -> dict[str, Any]:
+def _elastic_summary(recovered: list[float | None], rejoined: list[float | None],
+                     trials: int) -> dict[str, Any]:
     seen = [r for r in recovered if r is not None]
+    back = [r for r in rejoined if r is not None]
     return {"benchmark": "faults-summary", "signal": "SIGKILL (elastic)", "trials": trials,
             "detected": len(seen),
             "recovered_median_s": statistics.median(seen) if seen else None,
-            "recovered_worst_s": max(seen) if len(seen) == trials else None}
+            "recovered_worst_s": max(seen) if len(seen) == trials else None,
+            "rejoined": len(back),
+            "rejoined_median_s": statistics.median(back) if back else None,
+            "rejoined_worst_s": max(back) if len(back) == trials else None}

@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     numel = int(args.mbytes * 1e6) // 4
     seed = {name: i for i, name in enumerate(site.view.sites)}  # by name: an elastic run
     worst = 0.0  # renumbers the ranks when a site leaves
-    for it in range(args.iterations):
+    admit = getattr(site, "admit", None)  # an elastic run: sites may join between iterations
+    it = 0
+    while it < args.iterations:
+        if admit is not None:  # a newcomer learns the iteration (the state is nothing more)
+            it = admit(np.array([it], dtype=np.float32), it)
         buf = _grad(seed[site.name], it, numel)
         started = time.perf_counter()
         site.allreduce(buf)
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if site.rank == view.workers[0]:
             print(f"iteration {it}: {elapsed:.3f} s, plan v{row['plan_version']}, "
                   f"{len(view.workers)} workers, max |error| {err:.2e}", flush=True)
+        it += 1
     site.close()
     if worst > 1e-4:
         print(f"{site.name}: result differs from the mean by {worst:.2e}", file=sys.stderr)
