@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .cost import predict
+from .errors import InputError
 from .job import Job
 from .plan import Plan
 from .view import NetworkView
@@ -79,9 +80,9 @@ class BandwidthEstimator:
                  samples_for_confidence: float = 3.0, half_life_s: float = 600.0,
                  jump: float = 0.3, clock: Callable[[], float] | None = None) -> None:
         if not 0 < alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+            raise InputError(f"alpha must be in (0, 1], got {alpha}")
         if samples_for_confidence <= 0 or half_life_s <= 0:
-            raise ValueError("samples_for_confidence and half_life_s must be > 0")
+            raise InputError("samples_for_confidence and half_life_s must be > 0")
         self.prior = prior
         self.alpha = float(alpha)
         self.jump = float(jump)
@@ -97,7 +98,7 @@ class BandwidthEstimator:
         if when is not None:
             return float(when)
         if self.clock is None:
-            raise ValueError("no time given and the estimator has no clock")
+            raise InputError("no time given and the estimator has no clock")
         return float(self.clock())
 
     def observe(self, src: int, dst: int, nbytes: float, seconds: float,
@@ -105,7 +106,7 @@ class BandwidthEstimator:
         """Record that ``nbytes`` went from ``src`` to ``dst`` in ``seconds`` (ending at
         ``when``). Zero-byte or zero-time observations are ignored."""
         if nbytes < 0 or seconds < 0 or not math.isfinite(seconds):
-            raise ValueError(f"observation {src}->{dst}: bytes and seconds must be >= 0 and "
+            raise InputError(f"observation {src}->{dst}: bytes and seconds must be >= 0 and "
                              f"finite, got {nbytes}, {seconds}")
         if nbytes == 0 or seconds == 0:
             return
@@ -214,7 +215,7 @@ class ReplanPolicy:
 
     def __post_init__(self) -> None:
         if self.threshold < 0 or self.min_interval_s < 0 or self.change_tol < 0:
-            raise ValueError("threshold, min_interval_s and change_tol must be >= 0")
+            raise InputError("threshold, min_interval_s and change_tol must be >= 0")
 
     def decide(self, *, now: float, last_switch_s: float, current: Plan,
                reference: NetworkView, estimate: NetworkView, job: Job,
@@ -297,5 +298,5 @@ def policy_named(name: str) -> Policy:
     try:
         return _POLICIES[name]()
     except KeyError:
-        raise ValueError(f"unknown re-plan policy {name!r} "
+        raise InputError(f"unknown re-plan policy {name!r} "
                          f"(known: {', '.join(_POLICIES)})") from None

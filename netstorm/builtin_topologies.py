@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import TopologyError
 from .topology_files import read_csv
-from .view import NetworkView
+from .view import MAX_SITES, NetworkView
 
 __all__ = ["BUILTIN_HELP", "CLOUDS", "builtin", "is_builtin", "netstorm9"]
 
@@ -127,6 +127,9 @@ def _ints(name: str, parts: list[str], lo: int) -> list[int]:
                             f"({BUILTIN_HELP})") from None
     if values and values[0] < lo:
         raise TopologyError(f"{name}: site count must be >= {lo}")
+    if values and values[0] > MAX_SITES:
+        raise TopologyError(f"{name}: site count must be <= {MAX_SITES} (MAX_SITES: planners "
+                            "hold several n x n matrices)")
     return values
 
 

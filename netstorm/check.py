@@ -58,7 +58,7 @@ def _check_routes(shard: Shard, view: NetworkView, what: str) -> None:
             raise PlanError(f"{what}: route {u}->{v} weights {route.weights} must be > 0 "
                             f"and sum to 1")
         for path in route.paths:
-            if path[0] != u or path[-1] != v or len(path) < 2:
+            if len(path) < 2 or path[0] != u or path[-1] != v:
                 raise PlanError(f"{what}: path {list(path)} does not lead from {u} to {v}")
             if len(set(path)) != len(path):
                 raise PlanError(f"{what}: path {list(path)} visits a site twice")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from .cost import predict
+from .errors import InputError
 from .job import Job
 from .plan import Plan
 from .view import NetworkView
@@ -69,7 +70,7 @@ def choose_chunk(plan: Plan, view: NetworkView, job: Job,
     lengthen the rest (seen on fast, latency-bound meshes).
     """
     if not candidates:
-        raise ValueError("choose_chunk needs at least one candidate chunk size")
+        raise InputError("choose_chunk needs at least one candidate chunk size")
     times = {int(c): predict(replace(plan, chunk_bytes=int(c)), view, job).time_s
              for c in candidates}
     best = min(times.values())
@@ -87,15 +88,15 @@ def chunk_option(job: Job, chunk_bytes: int | str | None,
                  min_chunk_bytes: int) -> list[int] | None:
     """Candidate chunks of the ``chunk_bytes`` option (``None``: keep the job's)."""
     if not _whole(min_chunk_bytes):
-        raise ValueError(f"min_chunk_bytes must be a whole number > 0, got {min_chunk_bytes!r}")
+        raise InputError(f"min_chunk_bytes must be a whole number > 0, got {min_chunk_bytes!r}")
     if chunk_bytes is None:
         return None
     if isinstance(chunk_bytes, str):
         if chunk_bytes != "auto":
-            raise ValueError(f"chunk_bytes must be 'auto', None or a whole number > 0, "
+            raise InputError(f"chunk_bytes must be 'auto', None or a whole number > 0, "
                              f"got {chunk_bytes!r}")
         return chunk_candidates(job, int(min_chunk_bytes))
     if not _whole(chunk_bytes):
-        raise ValueError(f"chunk_bytes must be 'auto', None or a whole number > 0, "
+        raise InputError(f"chunk_bytes must be 'auto', None or a whole number > 0, "
                          f"got {chunk_bytes!r}")
     return [job.with_chunk(int(chunk_bytes)).chunk_bytes]

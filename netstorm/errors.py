@@ -6,16 +6,30 @@ catch one type. Messages are one line that names the input, the field and the pr
 
 from __future__ import annotations
 
-__all__ = ["NetstormError", "PeerError", "PlanError", "ProtocolError", "SiteLost",
-           "SitesJoined", "TopologyError"]
+__all__ = ["InputError", "NetstormError", "PeerError", "PlanError", "ProtocolError",
+           "SiteLost", "SitesJoined", "TopologyError", "UnknownSiteError"]
 
 
 class NetstormError(Exception):
     """Base class of all netstorm errors."""
 
 
+class InputError(NetstormError, ValueError):
+    """A value given to netstorm is malformed or out of range: a job, a size with its
+    unit, an option of a command, planner, estimator or policy. (A ``ValueError`` too,
+    as DESIGN 3 promises; the CLI exits 2 on it and on every other ``NetstormError``, and
+    shows a traceback for anything else: a bug must not pass for bad input.)"""
+
+
 class TopologyError(NetstormError, ValueError):
     """A topology file, built-in topology name or network view is malformed."""
+
+
+class UnknownSiteError(TopologyError, KeyError):
+    """A site name or index that the view does not have (a ``KeyError`` too)."""
+
+    def __str__(self) -> str:  # KeyError's repr-quoting would garble the one line
+        return str(self.args[0]) if self.args else ""
 
 
 class PlanError(NetstormError, ValueError):

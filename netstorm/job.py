@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .errors import InputError
 from .units import SIZE_UNITS, parse_quantity
 
-__all__ = ["MODELS", "Job", "ModelSpec"]
+__all__ = ["MAX_GRADIENT_BYTES", "MODELS", "Job", "ModelSpec"]
+
+#: The largest job: 1 TB of gradients a step (250 billion fp32 parameters), past any
+#: data-parallel replica trained today; beyond it a typo's size would run planners and the
+#: simulator out of time and memory instead of failing.
+MAX_GRADIENT_BYTES = 10**12
 
 
 @dataclass(frozen=True)
@@ -67,21 +73,24 @@ class Job:
         raw = self.buckets
         buckets: tuple[int, ...] = (raw,) if isinstance(raw, int) else tuple(raw)
         if not buckets or any(int(b) != b or b <= 0 for b in buckets):
-            raise ValueError(f"buckets must be positive whole byte counts, got {self.buckets!r}")
+            raise InputError(f"buckets must be positive whole byte counts, got {self.buckets!r}")
         object.__setattr__(self, "buckets", tuple(int(b) for b in buckets))
+        if sum(buckets) > MAX_GRADIENT_BYTES:
+            raise InputError(f"buckets hold {sum(buckets) / 1e12:.3g} TB of gradients, over "
+                             f"{MAX_GRADIENT_BYTES / 1e12:g} TB (MAX_GRADIENT_BYTES)")
         if self.element_size not in (1, 2, 4, 8):
-            raise ValueError(f"element_size must be 1, 2, 4 or 8 bytes, got {self.element_size}")
+            raise InputError(f"element_size must be 1, 2, 4 or 8 bytes, got {self.element_size}")
         if any(b % self.element_size for b in buckets):
-            raise ValueError(f"bucket sizes must be multiples of element_size "
+            raise InputError(f"bucket sizes must be multiples of element_size "
                              f"{self.element_size}: {self.buckets}")
         if int(self.chunk_bytes) != self.chunk_bytes or self.chunk_bytes < self.element_size:
-            raise ValueError(f"chunk_bytes must be a whole number >= element_size, "
+            raise InputError(f"chunk_bytes must be a whole number >= element_size, "
                              f"got {self.chunk_bytes}")
         object.__setattr__(self, "chunk_bytes", int(self.chunk_bytes))
         comp = self.compute_s
         values = comp if isinstance(comp, tuple) else (comp,)
         if any(not math.isfinite(c) or c < 0 for c in values):
-            raise ValueError(f"compute_s must be finite and >= 0, got {comp!r}")
+            raise InputError(f"compute_s must be finite and >= 0, got {comp!r}")
 
     @property
     def gradient_bytes(self) -> int:
@@ -113,9 +122,14 @@ class Job:
                 size = parse_quantity(model, SIZE_UNITS, "b", "model size")
             except ValueError:
                 known = ", ".join(MODELS)
-                raise ValueError(f"unknown model {model!r}: give one of {known} "
+                raise InputError(f"unknown model {model!r}: give one of {known} "
                                  f"or a size such as 100MB") from None
             element = int(overrides.get("element_size", 4))  # type: ignore[call-overload]
+            if not size > 0:
+                raise InputError(f"model size {model!r} must be more than 0 bytes")
+            if size > MAX_GRADIENT_BYTES:
+                raise InputError(f"model size {model!r} is over {MAX_GRADIENT_BYTES / 1e12:g} "
+                                 "TB of gradients (MAX_GRADIENT_BYTES)")
             nbytes = max(element, round(size / element) * element)
             job = cls(buckets=nbytes, model=None, element_size=element)
         return replace(job, **overrides) if overrides else job  # type: ignore[arg-type]

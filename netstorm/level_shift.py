@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .awareness import BandwidthEstimator
+from .errors import InputError
 from .view import NetworkView
 
 __all__ = ["LevelShiftEstimator"]
@@ -74,7 +75,7 @@ class LevelShiftEstimator(BandwidthEstimator):
                  clock: Callable[[], float] | None = None) -> None:
         if z <= 0 or not 1 <= window <= longest or sigma_prior <= 0 or sigma_floor <= 0 \
                 or prior_weight < 0 or memory <= longest:
-            raise ValueError("z, sigma_prior and sigma_floor must be > 0, prior_weight >= 0, "
+            raise InputError("z, sigma_prior and sigma_floor must be > 0, prior_weight >= 0, "
                              "and 1 <= window <= longest < memory")
         super().__init__(prior, samples_for_confidence=samples_for_confidence,
                          half_life_s=half_life_s, clock=clock)

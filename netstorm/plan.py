@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .errors import PlanError
+
 if TYPE_CHECKING:
     from .job import Job
 
@@ -72,7 +74,7 @@ class QueueRule:
         for name in ("aux_queue", "primary_busy"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"route_rule {name} must be a whole number >= 0, "
+                raise PlanError(f"route_rule {name} must be a whole number >= 0, "
                                  f"got {value!r}")
             object.__setattr__(self, name, int(value))
 
@@ -115,9 +117,9 @@ class Route:
         paths = tuple(tuple(int(x) for x in p) for p in self.paths)
         weights = tuple(float(w) for w in self.weights)
         if len(edge) != 2:
-            raise ValueError(f"route edge must be a pair, got {self.edge!r}")
+            raise PlanError(f"route edge must be a pair, got {self.edge!r}")
         if not paths or len(paths) != len(weights):
-            raise ValueError(f"route {edge}: needs one weight per path "
+            raise PlanError(f"route {edge}: needs one weight per path "
                              f"({len(paths)} paths, {len(weights)} weights)")
         object.__setattr__(self, "edge", edge)
         object.__setattr__(self, "paths", paths)
@@ -151,7 +153,7 @@ def _tree(mapping: Mapping[Any, Any], what: str) -> Mapping[int, int]:
     try:
         items = sorted((int(k), int(v)) for k, v in mapping.items())
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must map site indices to parent indices") from None
+        raise PlanError(f"{what} must map site indices to parent indices") from None
     return MappingProxyType(dict(items))
 
 
@@ -216,7 +218,7 @@ class Shard:
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
         unknown = set(data) - {"fraction", "root", "reduce_tree", "broadcast_tree", "routes"}
         if unknown:
-            raise ValueError(f"shard has unknown keys: {', '.join(sorted(unknown))}")
+            raise PlanError(f"shard has unknown keys: {', '.join(sorted(unknown))}")
         routes = tuple(Route(tuple(r["edge"]), tuple(map(tuple, r["paths"])),
                              tuple(r["weights"])) for r in data.get("routes", ()))
         return cls(fraction=data["fraction"], root=data["root"],
@@ -251,21 +253,21 @@ class Plan:
         object.__setattr__(self, "sites", tuple(self.sites))
         object.__setattr__(self, "shards", tuple(self.shards))
         if int(self.version) != self.version or self.version < 0:
-            raise ValueError(f"plan version must be a whole number >= 0, got {self.version!r}")
+            raise PlanError(f"plan version must be a whole number >= 0, got {self.version!r}")
         if self.predicted_time_s is not None and not math.isfinite(self.predicted_time_s):
-            raise ValueError("predicted_time_s must be finite")
+            raise PlanError("predicted_time_s must be finite")
         if self.chunk_bytes is not None:
             chunk = self.chunk_bytes
             if (isinstance(chunk, bool) or not isinstance(chunk, numbers.Real)
                     or not math.isfinite(chunk) or int(chunk) != chunk or chunk <= 0):
-                raise ValueError(f"plan chunk_bytes must be a whole number > 0 or None, "
+                raise PlanError(f"plan chunk_bytes must be a whole number > 0 or None, "
                                  f"got {chunk!r}")
             object.__setattr__(self, "chunk_bytes", int(chunk))
         if self.send_order not in SEND_ORDERS:
-            raise ValueError(f"plan send_order must be 'progress' or 'slack', "
+            raise PlanError(f"plan send_order must be 'progress' or 'slack', "
                              f"got {self.send_order!r}")
         if self.route_rule is not None and not isinstance(self.route_rule, QueueRule):
-            raise ValueError(f"plan route_rule must be a QueueRule or None, "
+            raise PlanError(f"plan route_rule must be a QueueRule or None, "
                              f"got {self.route_rule!r}")
 
     def with_prediction(self, seconds: float) -> Plan:
@@ -310,9 +312,9 @@ class Plan:
                        send_order=data.get("send_order", "progress"),
                        route_rule=None if rule is None else _queue_rule(rule))
         except KeyError as exc:
-            raise ValueError(f"plan JSON lacks key {exc.args[0]!r}") from None
+            raise PlanError(f"plan JSON lacks key {exc.args[0]!r}") from None
         except TypeError as exc:
-            raise ValueError(f"plan JSON is malformed: {exc}") from None
+            raise PlanError(f"plan JSON is malformed: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -322,11 +324,11 @@ class Plan:
 def _queue_rule(data: Any) -> QueueRule:
     """``route_rule`` of a plan's JSON (missing keys take the defaults)."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"plan JSON route_rule must be an object, got {data!r}")
+        raise PlanError(f"plan JSON route_rule must be an object, got {data!r}")
     unknown = set(data) - {"aux_queue", "primary_busy"}
     if unknown:
-        raise ValueError(f"plan JSON route_rule has unknown keys: {', '.join(sorted(unknown))}")
+        raise PlanError(f"plan JSON route_rule has unknown keys: {', '.join(sorted(unknown))}")
     try:
         return QueueRule(**data)
     except ValueError as exc:
-        raise ValueError(f"plan JSON {exc}") from None
+        raise PlanError(f"plan JSON {exc}") from None

@@ -229,9 +229,13 @@ def plan(view: NetworkView, job: Job, planner: str | Planner = "treepack", *,
     Raises
     ------
     PlanError
-        Unknown planner, unknown option, or a plan that breaks an invariant.
+        Unknown planner, unknown option, a view no all-reduce can be planned on
+        (:meth:`NetworkView.degenerate`), or a plan that breaks an invariant.
     """
     name, func = get_planner(planner)
+    problem = view.degenerate()
+    if problem is not None:
+        raise PlanError(f"planner {name!r} on {view.name!r}: {problem}")
     try:
         inspect.signature(func).bind(view, job, seed=seed, state=state, **options)
     except TypeError as exc:

@@ -26,6 +26,7 @@ resolves a built-in name or a file name over them and :mod:`netstorm.builtin_top
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import yaml
 
 from .errors import TopologyError
 from .units import BANDWIDTH_UNITS, LATENCY_UNITS, parse_quantity
-from .view import NetworkView
+from .view import MAX_SITES, NetworkView
 
 __all__ = ["read_csv", "read_document", "view_from_document"]
 
@@ -89,6 +90,7 @@ def view_from_document(doc: object, source: str) -> NetworkView:
     sites_raw = top["sites"]
     if not isinstance(sites_raw, list) or not sites_raw:
         raise TopologyError(f"{source}: sites must be a non-empty list")
+    _site_limit(len(sites_raw), f"{source}: sites")
     names: list[str] = []
     egress, ingress, workers = [], [], []
     for i, entry in enumerate(sites_raw):
@@ -148,21 +150,40 @@ def view_from_document(doc: object, source: str) -> NetworkView:
 
 
 def checked(view: NetworkView, source: str) -> NetworkView:
-    """Raise :class:`TopologyError` if some worker cannot reach another, even by relay."""
-    missing = view.unreachable_workers()
-    if missing:
-        u, v = missing[0]
-        raise TopologyError(f"{source}: worker {view.sites[v]!r} cannot be reached from "
-                            f"{view.sites[u]!r} (not even through relays)")
+    """Raise :class:`TopologyError` unless ``view`` has two workers or more and an
+    all-reduce can be planned on it (:meth:`NetworkView.degenerate`: no relay-only site off
+    every path between workers, no worker that cannot reach another)."""
+    if len(view.workers) < 2:
+        raise TopologyError(f"{source}: an all-reduce needs at least two worker sites, "
+                            f"{view.name!r} has {len(view.workers)}")
+    problem = view.degenerate()
+    if problem is not None:
+        raise TopologyError(f"{source}: {problem}")
     return view
+
+
+def _site_limit(n: int, where: str) -> None:
+    if n > MAX_SITES:
+        raise TopologyError(f"{where}: {n} sites, at most {MAX_SITES} (MAX_SITES)")
+
+
+def _text(path: Path) -> str:
+    """``path``'s text (UTF-8), or a TopologyError naming the file and the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise TopologyError(f"{path}: line {line}: not UTF-8 text (byte "
+                            f"0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def read_document(path: Path) -> object:
     """Parse a YAML or JSON file (JSON is YAML, but JSON errors read better from json)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    text = _text(path)
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
@@ -200,10 +221,9 @@ _CSV_FORMATS = {
 def read_csv(path: Path, name: str | None = None) -> NetworkView:
     """Read a CSV pair list (see the module docstring for the accepted column sets)."""
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        rows = list(csv.reader(io.StringIO(_text(path), newline="")))
+    except csv.Error as exc:
+        raise TopologyError(f"{path}: not valid CSV: {exc}") from None
     if not rows:
         raise TopologyError(f"{path}: empty CSV file")
     header = tuple(col.strip() for col in rows[0])
@@ -244,6 +264,7 @@ def read_csv(path: Path, name: str | None = None) -> NetworkView:
     n = len(names)
     if n == 0:
         raise TopologyError(f"{path}: no links")
+    _site_limit(n, str(path))
     cap, lat_m = np.zeros((n, n)), np.zeros((n, n))
     for (a, b), samples in entries.items():
         cap[a, b] = np.mean([bw for bw, _, _ in samples])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+from .errors import InputError
+
 __all__ = ["BANDWIDTH_UNITS", "LATENCY_UNITS", "SIZE_UNITS", "parse_quantity"]
 
 #: Bandwidth units in bytes/second (decimal prefixes). Keys are canonical: a lower-case prefix
@@ -22,8 +24,8 @@ _BANDWIDTH_NAMES = "bit/s, kbit/s, Mbit/s, Gbit/s, B/s, kB/s, MB/s, GB/s"
 LATENCY_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 #: Size units in bytes (decimal and binary prefixes).
 SIZE_UNITS: dict[str, float] = {
-    "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9,
-    "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30,
+    "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+    "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30, "tib": 2.0**40,
 }
 
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z/]*)\s*$")
@@ -65,21 +67,21 @@ def parse_quantity(value: object, table: dict[str, float], default_unit: str, wh
         On a malformed string, an unknown unit, or a value that is not finite.
     """
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be a number or a string with a unit, not {value!r}")
+        raise InputError(f"{what} must be a number or a string with a unit, not {value!r}")
     if isinstance(value, int | float):
         number, unit = float(value), default_unit
     elif isinstance(value, str):
         match = _QUANTITY.match(value)
         if not match:
-            raise ValueError(f"{what}: cannot parse {value!r} as '<number> <unit>'")
+            raise InputError(f"{what}: cannot parse {value!r} as '<number> <unit>'")
         number, unit = float(match.group(1)), match.group(2) or default_unit
     else:
-        raise ValueError(f"{what} must be a number or a string with a unit, not {value!r}")
+        raise InputError(f"{what} must be a number or a string with a unit, not {value!r}")
     key = _canonical(unit, table)
     if key not in table:
         known = _BANDWIDTH_NAMES if table is BANDWIDTH_UNITS else ", ".join(table)
-        raise ValueError(f"{what}: unknown unit {unit!r} (known: {known})")
+        raise InputError(f"{what}: unknown unit {unit!r} (known: {known})")
     result = number * table[key]
     if not math.isfinite(result):
-        raise ValueError(f"{what}: {value!r} is not a finite number")
+        raise InputError(f"{what}: {value!r} is not a finite number")
     return result

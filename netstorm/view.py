@@ -8,18 +8,26 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
 
-__all__ = ["NetworkView"]
+from .errors import TopologyError, UnknownSiteError
+
+__all__ = ["MAX_SITES", "NetworkView"]
+
+#: The most sites a view may have: planners and the bound hold several n x n float arrays
+#: (and the simulator more), so a typo such as ``random:100000`` must fail before allocating.
+MAX_SITES = 4096
 
 
 def _frozen(array: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     out = np.array(array, dtype=np.float64, copy=True)
     if out.shape != shape:
-        raise ValueError(f"{what} has shape {out.shape}, expected {shape}")
+        raise TopologyError(f"{what} has shape {out.shape}, expected {shape}")
     if np.isnan(out).any():
-        raise ValueError(f"{what} contains NaN")
+        raise TopologyError(f"{what} contains NaN")
     if (out < 0).any():
-        raise ValueError(f"{what} contains negative values")
+        raise TopologyError(f"{what} contains negative values")
     out.setflags(write=False)
     return out
 
@@ -68,37 +76,40 @@ class NetworkView:
         sites = tuple(str(s) for s in self.sites)
         n = len(sites)
         if n == 0:
-            raise ValueError("a network view needs at least one site")
+            raise TopologyError("a network view needs at least one site")
+        if n > MAX_SITES:
+            raise TopologyError(f"{n} sites: at most {MAX_SITES} (MAX_SITES: planners hold "
+                                "several n x n matrices)")
         if len(set(sites)) != n:
             dup = sorted({s for s in sites if sites.count(s) > 1})
-            raise ValueError(f"duplicate site names: {', '.join(dup)}")
+            raise TopologyError(f"duplicate site names: {', '.join(dup)}")
         cap = _frozen(self.capacity, (n, n), "capacity")
         if np.isinf(cap).any():
-            raise ValueError("capacity must be finite (use 0 for 'no link')")
+            raise TopologyError("capacity must be finite (use 0 for 'no link')")
         if np.diagonal(cap).any():
-            raise ValueError("capacity diagonal must be 0 (a site has no link to itself)")
+            raise TopologyError("capacity diagonal must be 0 (a site has no link to itself)")
         lat = _frozen(np.zeros((n, n)) if self.latency is None else self.latency, (n, n),
                       "latency")
         if np.isinf(lat).any():
-            raise ValueError("latency must be finite")
+            raise TopologyError("latency must be finite")
         caps = {}
         for key in ("egress", "ingress"):
             raw = getattr(self, key)
             arr = _frozen(np.full(n, np.inf) if raw is None else raw, (n,), key)
             if (arr == 0).any():
-                raise ValueError(f"{key} cap must be > 0 (omit it for an uncapped site)")
+                raise TopologyError(f"{key} cap must be > 0 (omit it for an uncapped site)")
             caps[key] = arr
         workers = tuple(range(n)) if self.workers is None else tuple(sorted(set(self.workers)))
         if not workers:
-            raise ValueError("a network view needs at least one worker site")
+            raise TopologyError("a network view needs at least one worker site")
         bad = [w for w in workers if not 0 <= w < n]
         if bad:
-            raise ValueError(f"worker indices out of range 0..{n - 1}: {bad}")
+            raise TopologyError(f"worker indices out of range 0..{n - 1}: {bad}")
         conf = None
         if self.confidence is not None:
             conf = _frozen(self.confidence, (n, n), "confidence")
             if (conf > 1).any():
-                raise ValueError("confidence must lie in [0, 1]")
+                raise TopologyError("confidence must lie in [0, 1]")
         for key, value in (("sites", sites), ("capacity", cap), ("latency", lat),
                            ("egress", caps["egress"]), ("ingress", caps["ingress"]),
                            ("workers", workers), ("confidence", conf)):
@@ -132,11 +143,33 @@ class NetworkView:
         if isinstance(site, int | np.integer):
             if 0 <= site < self.n:
                 return int(site)
-            raise KeyError(f"site index {site} out of range 0..{self.n - 1}")
+            raise UnknownSiteError(f"site index {site} out of range 0..{self.n - 1}")
         try:
             return self.sites.index(site)
         except ValueError:
-            raise KeyError(f"unknown site {site!r}") from None
+            raise UnknownSiteError(f"unknown site {site!r}") from None
+
+    def degenerate(self) -> str | None:
+        """Why no all-reduce can be planned on this view (``None``: one can). A relay-only
+        site that no worker reaches, or that reaches no worker, can never carry anything
+        (planners would have to span it); a worker that cannot reach another cannot take
+        part. (One worker is a trivial all-reduce that planners handle; topology files and
+        built-ins need two, see :func:`netstorm.topology_files.checked`.)"""
+        links = csr_matrix(self.capacity > 0)  # (linear in the links: it runs on every plan)
+        w = self.workers[0]
+        down = set(breadth_first_order(links, w, directed=True, return_predecessors=False))
+        up = set(breadth_first_order(links.T.tocsr(), w, directed=True,
+                                     return_predecessors=False))
+        for v in self.workers:
+            if v not in down or v not in up:
+                u, v = (w, v) if v not in down else (v, w)
+                return (f"worker {self.sites[v]!r} cannot be reached from {self.sites[u]!r} "
+                        "(not even through relays)")
+        for r in range(self.n):  # every worker reaches every other: w stands for them all
+            if r not in down or r not in up:
+                return (f"relay-only site {self.sites[r]!r} is not on any path between "
+                        "workers (no link to or from one): link it or remove it")
+        return None
 
     def unreachable_workers(self) -> list[tuple[int, int]]:
         """Ordered worker pairs ``(u, v)`` such that v cannot be reached from u, even by relay."""
@@ -202,7 +235,7 @@ class NetworkView:
         cap, lat = np.zeros((n, n)), np.zeros((n, n))
         for u, v, data in graph.edges(data=True):
             if "capacity" not in data:
-                raise ValueError(f"edge {u!r}->{v!r} has no 'capacity' attribute")
+                raise TopologyError(f"edge {u!r}->{v!r} has no 'capacity' attribute")
             cap[pos[u], pos[v]] = data["capacity"]
             lat[pos[u], pos[v]] = data.get("latency", 0.0)
         attrs = [graph.nodes[node] for node in nodes]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from netstorm.dynamics import parse_dynamics
-from netstorm.errors import NetstormError
+from netstorm.errors import InputError, NetstormError
 from netstorm.job import Job
 from netstorm.topology import load_topology
 
@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     summary (and ``args.plot`` written)."""
     planners = [p.strip() for p in args.planner.split(",") if p.strip()]
     if not planners:
-        raise ValueError("--planner: no planner given")
+        raise InputError("--planner: no planner given")
     if not 0 < args.target <= 1:
-        raise ValueError(f"--target must be an accuracy in (0, 1], got {args.target}")
+        raise InputError(f"--target must be an accuracy in (0, 1], got {args.target}")
     if args.script:
-        raise ValueError("an experiment (several planners, --plot or --target) runs the "
+        raise InputError("an experiment (several planners, --plot or --target) runs the "
                          "built-in training: give no script")
     rows = []
     with tempfile.TemporaryDirectory(prefix="netstorm-exp-") as tmp:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from netstorm.dynamics import parse_dynamics
-from netstorm.errors import NetstormError
+from netstorm.errors import InputError, NetstormError
+from netstorm.plan_files import load_plan
 from netstorm.registry import planner_info
 from netstorm.topology import load_topology
 
@@ -78,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --elastic: restart a site killed by a signal (once); it joins "
                         "again at the workers' next iteration boundary, with their state "
                         "(NETSTORM_JOIN)")
+    p.add_argument("--plan", default=None, metavar="FILE.json",
+                   help="run this plan (netstorm plan --json writes one), checked against the "
+                        "topology, instead of planning; it is never re-planned "
+                        "(NETSTORM_PLAN)")
     p.add_argument("--log-dir", default=None,
                    help="write one JSON lines file per site (per collective, switches)")
     p.add_argument("--json", action="store_true")
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
     Raises
     ------
-    NetstormError, ValueError
+    NetstormError
         Bad input (unknown topology, nothing to run): the CLI exits 2.
     """
     view = load_topology(args.topology)
@@ -139,16 +144,21 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if script and script[0] == "--":
         script = script[1:]
     if args.time_scale <= 0 or args.iterations < 1 or args.mbytes <= 0:
-        raise ValueError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
+        raise InputError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
     if args.procs_per_site < 1:
-        raise ValueError(f"--procs-per-site must be >= 1, got {args.procs_per_site}")
+        raise InputError(f"--procs-per-site must be >= 1, got {args.procs_per_site}")
     if not args.timeout > 0:
-        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+        raise InputError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if getattr(args, "rejoin", False) and not args.elastic:
-        raise ValueError("--rejoin needs --elastic (only an elastic run takes a site back)")
+        raise InputError("--rejoin needs --elastic (only an elastic run takes a site back)")
     if args.elastic and args.procs_per_site > 1:
-        raise ValueError("--elastic runs one process per site (--procs-per-site 1)")
+        raise InputError("--elastic runs one process per site (--procs-per-site 1)")
     planner_info(args.planner)  # every site would fail alike: say it once, here
+    if getattr(args, "plan", None):
+        if args.elastic:
+            raise InputError("--plan with --elastic: a plan file is for one membership, and "
+                             "an elastic run re-plans when a site leaves or joins")
+        load_plan(args.plan, view)  # every site would fail alike: say it once, here
     dynamics = parse_dynamics(args.dynamics)
     if dynamics is not None:
         dynamics.validate(view)
@@ -189,6 +199,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
         base["NETSTORM_POLICY"] = args.policy
     if args.elastic:
         base["NETSTORM_ELASTIC"] = "1"
+    if getattr(args, "plan", None):
+        base["NETSTORM_PLAN"] = str(Path(args.plan).resolve())
     if args.dynamics:
         base["NETSTORM_DYNAMICS"] = args.dynamics
     out = sys.stderr if args.json else sys.stdout
@@ -261,7 +273,8 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
             _stop(procs)  # before the namespaces go (ExitStack unwinds after this)
             for pump in pumps:
                 pump.join(timeout=2)
-    doc = summary(view.sites, logs, args.planner, time.perf_counter() - started)
+    doc = summary(view.sites, logs, getattr(args, "plan", None) or args.planner,
+                  time.perf_counter() - started)
     if failure is not None:
         doc["failure"] = failure
     if args.elastic:
@@ -420,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = options(sys.argv[1:] if argv is None else argv)
     try:
         status, doc, text = execute(args)
-    except (NetstormError, ValueError) as exc:
+    except NetstormError as exc:
         print(f"netstorm run: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(doc) if args.json else text)

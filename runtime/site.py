@@ -33,8 +33,9 @@ from netstorm.errors import NetstormError, PeerError, ProtocolError, SiteLost, S
 from netstorm.executor import Outgoing, pick_path
 from netstorm.job import Job
 from netstorm.plan import Plan
+from netstorm.plan_files import fixed_planner, load_plan
+from netstorm.registry import Planner, planner_info
 from netstorm.registry import plan as make_plan
-from netstorm.registry import planner_info
 from netstorm.topology import load_topology
 from netstorm.view import NetworkView
 
@@ -110,7 +111,7 @@ class Handle:
 class Site:
     """One site of a run: see :func:`init`."""
 
-    def __init__(self, config: RuntimeConfig, view: NetworkView, planner: str, *,
+    def __init__(self, config: RuntimeConfig, view: NetworkView, planner: str | Planner, *,
                  seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
                  chunk_bytes: int = 4_000_000,
                  planner_options: dict[str, Any] | None = None) -> None:
@@ -813,7 +814,7 @@ def _warm_kernels() -> None:
         fused_reduce(one, [one] * k, 1.0)
 
 
-def init(topology: str | NetworkView | None = None, planner: str | None = None, *,
+def init(topology: str | NetworkView | None = None, planner: str | Planner | None = None, *,
          seed: int = 0, policy: Policy | str | None = None, window: int = WINDOW,
          chunk_bytes: int = 4_000_000, planner_options: dict[str, Any] | None = None,
          **config: Any) -> Site | ElasticSite:
@@ -857,6 +858,7 @@ def init(topology: str | NetworkView | None = None, planner: str | None = None, 
                             "NETSTORM_TOPOLOGY (netstorm run sets it)")
     planner = planner or os.environ.get("NETSTORM_PLANNER") or "treepack"
     policy = policy if policy is not None else os.environ.get("NETSTORM_POLICY") or None
+    fixed = os.environ.get("NETSTORM_PLAN")
     if topology == "measure":  # the real network between the hosts, timed now
         from .measure import measure
 
@@ -867,6 +869,9 @@ def init(topology: str | NetworkView | None = None, planner: str | None = None, 
     else:
         view = topology if isinstance(topology, NetworkView) else load_topology(topology)
     cfg = RuntimeConfig.from_env(**config)
+    if fixed:  # a plan file: every site runs it as it is (checked here against the view)
+        planner = fixed_planner(load_plan(fixed, view), fixed)
+        policy = "static"
 
     def make(cfg: RuntimeConfig, view: NetworkView) -> Site:
         return Site(cfg, view, planner, seed=seed, policy=policy, window=window,

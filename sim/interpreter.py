@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from netstorm.errors import InputError
 from netstorm.executor import Executor, Outgoing, SiteProgram, pick_path
 from netstorm.job import Job
 from netstorm.layout import bucket_bounds
@@ -43,7 +44,7 @@ def bucket_ready_s(job: Job, compute_s: float,
     so the last bucket is ready first and bucket 0 exactly at ``C``.
     """
     if not 0 <= backward_fraction <= 1:
-        raise ValueError(f"backward_fraction must be in [0, 1], got {backward_fraction}")
+        raise InputError(f"backward_fraction must be in [0, 1], got {backward_fraction}")
     sizes = list(job.buckets)  # type: ignore[arg-type]
     total = float(sum(sizes))
     forward = (1 - backward_fraction) * compute_s

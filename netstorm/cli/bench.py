@@ -7,6 +7,7 @@ from typing import Any
 
 from ..bound import bound
 from ..builtin_topologies import builtin
+from ..errors import InputError
 from ..job import Job
 
 __all__ = ["format_table", "run"]
@@ -60,7 +61,7 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
         from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
 
         return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown benchmark {what!r} (bound, ddp, faults, kernels, planner, "
+    raise InputError(f"unknown benchmark {what!r} (bound, ddp, faults, kernels, planner, "
                      f"runtime, sim, soak)")
 
 

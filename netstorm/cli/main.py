@@ -1,7 +1,8 @@
 """The ``netstorm`` command line (DESIGN 11).
 
 Every command takes ``--json`` and then prints exactly one JSON object on stdout; without it,
-a readable table. Bad input exits 2 with one line on stderr.
+a readable table. Bad input exits 2 with one line on stderr: a usage error, or any
+:class:`~netstorm.errors.NetstormError`. Any other exception is a bug, and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,23 +15,30 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .. import __version__
 from ..bound import Bound, bound
-from ..errors import NetstormError
+from ..errors import InputError, NetstormError
 from ..job import Job
+from ..plan_files import fixed_planner, load_plan
 from ..registry import plan, planner_names
 from ..topology import load_topology
 from ..units import SIZE_UNITS, parse_quantity
+from .paths import check_writable
 
 __all__ = ["main"]
 
 
 class _UsageError(Exception):
-    pass
+    """argparse refused the command line (``prog`` names the (sub)command)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2
-        raise _UsageError(f"{self.prog}: {message}")
+        raise _UsageError(self.prog, message)
 
 
 def _finite(value: Any) -> Any:
@@ -69,7 +77,7 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise _UsageError(f"--option {pair!r}: expected KEY=VALUE")
+            raise InputError(f"--option {pair!r}: expected KEY=VALUE")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -110,6 +118,7 @@ def _gap_note(low: Bound) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
+    check_writable(args.draw, "--draw")
     view, job = load_topology(args.topology), _job(args)
     started = time.perf_counter()
     result = plan(view, job, args.planner, seed=args.seed, **_options(args.option))
@@ -139,8 +148,9 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 
 def _cmd_bound(args: argparse.Namespace) -> None:
     view, job = load_topology(args.topology), _job(args)
-    if not args.time_limit > 0:
-        raise ValueError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
+    if not (args.time_limit > 0 and math.isfinite(args.time_limit)):
+        raise InputError(f"--time-limit must be a finite number of seconds > 0, got "
+                         f"{args.time_limit}")
     low = bound(view, job, method=args.method, time_limit_s=args.time_limit)
     if args.json:
         _emit(low.to_dict())
@@ -162,9 +172,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     if args.simulate:
         from netstorm.sim import allreduce  # loaded only when asked for
     results: list[dict[str, Any]] = []
-    for name in names:
+    files = {}
+    for path in args.plan:
+        given = load_plan(path, view, job)
+        name = f"{path} ({given.planner})"
+        files[name] = fixed_planner(given, name)
+    for name in [*names, *files]:
         started = time.perf_counter()
-        p = plan(view, job, name, seed=args.seed)
+        p = plan(view, job, files.get(name, name), seed=args.seed)
         elapsed = time.perf_counter() - started
         t = p.predicted_time_s or math.inf
         result = {"planner": name, "predicted_time_s": t, "vs_bound": t / low.time_s,
@@ -194,6 +209,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_topo(args: argparse.Namespace) -> None:
+    check_writable(args.draw, "--draw")
     view = load_topology(args.topology)
     if args.draw:
         from ..draw import draw_topology
@@ -256,7 +272,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     if os.environ.get("RANK") is not None:  # one rank of a run on several hosts
         return measure.main(["--out", args.out, "--seconds", str(args.seconds)])
     if not args.topology:
-        raise ValueError("netstorm measure: run it on every host with RANK, WORLD_SIZE, "
+        raise InputError("netstorm measure: run it on every host with RANK, WORLD_SIZE, "
                          "MASTER_ADDR, MASTER_PORT and NETSTORM_SECRET set, or give "
                          "--topology T to measure T emulated on this machine")
     script = [sys.executable, "-m", "netstorm.runtime.measure", "--out", args.out,
@@ -282,12 +298,17 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="netstorm", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"netstorm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("plan", help="plan one all-reduce and print the plan")
     _add_common(p)
-    p.add_argument("--planner", "-p", default="treepack")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--planner", "-p", default="treepack",
+                   help="planner name (ps, ring, mlnet, tsengine, netstorm, treepack, or a "
+                        "plug-in; default treepack)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of a randomised planner (tsengine); the same seed, the same "
+                        "plan (default 0)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="planner option (value parsed as JSON when it can be)")
     p.add_argument("--draw", metavar="FILE.png", help="draw the plan on the topology")
@@ -296,7 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bound", help="lower bound on the all-reduce time")
     _add_common(p)
     p.add_argument("--method", default="auto",
-                   choices=["auto", "flow-lp", "tree-packing", "simple"])
+                   choices=["auto", "flow-lp", "tree-packing", "simple"],
+                   help="which bound: the flow LP, the tree-packing LP (both phases), the "
+                        "simple closed forms, or auto (the tightest that fits the view)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="stop the LP after this long; the bound stays valid, with its gap "
                         "shown (default 60)")
@@ -305,7 +328,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="predicted time of every planner against the bound")
     _add_common(p)
     p.add_argument("--planners", default=None, help="comma-separated (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plan", action="append", default=[], metavar="FILE.json",
+                   help="also a plan from a file (netstorm plan --json writes one), checked "
+                        "against the topology; repeatable")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the randomised planners (default 0)")
     p.add_argument("--simulate", action="store_true",
                    help="also run each plan once in the simulator (static network) and "
                         "rank by the simulated time: the cost model is optimistic for "
@@ -315,9 +342,10 @@ def _parser() -> argparse.ArgumentParser:
     topo = sub.add_parser("topo", help="inspect topologies")
     tsub = topo.add_subparsers(dest="topo_command", required=True, parser_class=_Parser)
     p = tsub.add_parser("show", help="list sites and links")
-    p.add_argument("topology")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--draw", metavar="FILE.png")
+    p.add_argument("topology", help="built-in name or a .yaml/.json/.csv file")
+    p.add_argument("--json", action="store_true",
+                   help="print the topology as one JSON object (a topology file itself)")
+    p.add_argument("--draw", metavar="FILE.png", help="draw the topology")
     p.set_defaults(func=_cmd_topo)
 
     p = sub.add_parser("sim", help="simulate planners on the (dynamic) WAN")
@@ -340,16 +368,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0, help="streaming time in all")
     p.add_argument("--topology", "-t", default=None,
                    help="measure this topology emulated on this machine (a check)")
-    p.add_argument("--time-scale", type=float, default=1.0, metavar="K")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                   help="emulated rates times K (with --topology)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_measure)
 
     p = sub.add_parser("bench", help="benchmark figures (not pass/fail)")
     p.add_argument("what", nargs="?", default="bound",
                    choices=["bound", "ddp", "faults", "kernels", "planner", "runtime", "sim",
-                            "soak"])
+                            "soak"],
+                   help="which benchmark (default bound)")
     p.add_argument("--quick", action="store_true", help="smaller sizes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser
 
@@ -359,9 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         status = args.func(args)
-    except (_UsageError, NetstormError, ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"netstorm: error: {message}", file=sys.stderr)
+    except _UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except NetstormError as exc:
+        print(f"netstorm: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InputError
 from ..job import Job
 from ..plan import Plan, Route, Shard
 from ..view import NetworkView
@@ -33,11 +34,11 @@ def mlnet(view: NetworkView, job: Job, *, seed: int | None = None, state: Any = 
     """
     del seed, state, job
     if fanout < 1:
-        raise ValueError(f"fanout must be >= 1, got {fanout}")
+        raise InputError(f"planner mlnet: fanout must be >= 1, got {fanout}")
     workers = list(view.workers)
     count = len(workers) if servers is None else int(servers)
     if not 1 <= count <= len(workers):
-        raise ValueError(f"servers must be in 1..{len(workers)}, got {servers}")
+        raise InputError(f"planner mlnet: servers must be in 1..{len(workers)}, got {servers}")
     shards = []
     for root in workers[:count]:
         order = [root] + [w for w in workers if w != root]

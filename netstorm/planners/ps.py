@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import InputError
 from ..job import Job
 from ..plan import Plan, Shard
 from ..view import NetworkView
@@ -37,12 +38,13 @@ def ps(view: NetworkView, job: Job, *, seed: int | None = None, state: Any = Non
         chosen: list[int] = list(view.workers)
     elif isinstance(servers, int):
         if not 1 <= servers <= len(view.workers):
-            raise ValueError(f"servers must be in 1..{len(view.workers)}, got {servers}")
+            raise InputError(f"planner ps: servers must be in 1..{len(view.workers)}, "
+                             f"got {servers}")
         chosen = list(view.workers[:servers])
     else:
         chosen = [view.index(s) for s in servers]
         if not chosen or len(set(chosen)) != len(chosen):
-            raise ValueError(f"servers must be distinct sites, got {list(servers)}")
+            raise InputError(f"planner ps: servers must be distinct sites, got {list(servers)}")
     shards = []
     for server in chosen:
         clients = [w for w in view.workers if w != server]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
 from ..job import Job
 from ..plan import Plan, Shard
 from ..view import NetworkView
@@ -104,10 +105,10 @@ def tsengine(view: NetworkView, job: Job, *, seed: int | None = None,
     """
     del job
     if not 0 <= max_greed <= 1:
-        raise ValueError(f"max_greed must be in [0, 1], got {max_greed}")
+        raise InputError(f"planner tsengine: max_greed must be in [0, 1], got {max_greed}")
     server = view.workers[0] if server is None else view.index(server)
     if server not in view.workers:
-        raise ValueError(f"server {view.sites[server]} must be a worker site")
+        raise InputError(f"planner tsengine: server {view.sites[server]} must be a worker site")
     state = state if state is not None else TSEngineState(np.random.default_rng(seed))
     state.plans += 1
     known = _known(view)
