@@ -76,8 +76,34 @@ def _bool(value: object, where: str) -> bool:
     return value
 
 
+#: Keys of :meth:`NetworkView.to_dict` (what ``netstorm topo show --json`` prints): such a
+#: document loads back as it is.
+_MATRIX_KEYS = {"name", "sites", "workers", "capacity_Bps", "latency_s", "egress_Bps",
+                "ingress_Bps"}
+
+
+def _matrix_document(doc: Mapping[str, object], source: str) -> NetworkView:
+    unknown = set(doc) - _MATRIX_KEYS
+    if unknown:
+        raise TopologyError(f"{source}: unknown key {sorted(unknown)[0]!r} in a matrix "
+                            f"document (allowed: {', '.join(sorted(_MATRIX_KEYS))})")
+    try:
+        view = NetworkView.from_dict(dict(doc))
+    except TopologyError as exc:
+        raise TopologyError(f"{source}: {exc}") from None
+    except KeyError as exc:
+        raise TopologyError(f"{source}: a matrix document lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise TopologyError(f"{source}: malformed matrix document: {exc}") from None
+    return checked(view, source)
+
+
 def view_from_document(doc: object, source: str) -> NetworkView:
-    """Build a view from a parsed YAML/JSON document; ``source`` names it in errors."""
+    """Build a view from a parsed YAML/JSON document; ``source`` names it in errors. A
+    document with ``capacity_Bps`` is :meth:`NetworkView.to_dict`'s form (``netstorm topo
+    show --json``)."""
+    if isinstance(doc, Mapping) and "capacity_Bps" in doc:
+        return _matrix_document(doc, source)
     top = _keys(doc, _TOP_KEYS, source, ("sites", "links"))
     units = _keys(top.get("units", {}), _UNIT_KEYS, f"{source}: units", ())
     bw_unit = str(units.get("bandwidth", "Mbit/s"))

@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "built-in training once per planner, time to --target accuracy "
                         "beside the simulator's prediction")
     p.add_argument("--policy", default=None,
-                   choices=["hysteresis", "any-change", "every-iteration", "static"])
+                   choices=["hysteresis", "any-change", "every-iteration", "static"],
+                   help="when to re-plan (default: the planner's own; NETSTORM_POLICY)")
     p.add_argument("--emulate", default="inprocess", choices=["inprocess", "netns", "none"],
                    help="shape every link as the topology says in the site processes "
                         "(default), in the kernel (netns: a network namespace per site, "
@@ -85,7 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(NETSTORM_PLAN)")
     p.add_argument("--log-dir", default=None,
                    help="write one JSON lines file per site (per collective, switches)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: per-iteration times, plan versions, "
+                        "accuracy, failures")
     p.add_argument("--target", type=float, default=None, metavar="ACC",
                    help="experiment: report each planner's time to this test accuracy")
     p.add_argument("--plot", default=None, metavar="FILE.png",

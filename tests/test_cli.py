@@ -86,24 +86,6 @@ def test_topo_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert code == 0 and "s3" in out and png.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["plan", "-t", "netstorm9", "-p", "nope"], "unknown planner 'nope'"),
-    (["plan", "-t", "nowhere.yaml", "-p", "ps"], "nowhere.yaml: cannot read"),
-    (["plan", "-t", "netstorm9", "-m", "resnet51", "-p", "ps"], "unknown model 'resnet51'"),
-    (["plan", "-t", "netstorm9", "-p", "ps", "-o", "servers=99"], "servers must be in"),
-    (["plan", "-t", "netstorm9", "-p", "ps", "-o", "nokey"], "expected KEY=VALUE"),
-    (["bound", "-t", "cloud:ibm"], "unknown built-in topology"),
-    (["bound", "-t", "netstorm9", "--time-limit", "0"], "--time-limit must be a finite"),
-    (["plan"], "required: --topology"),
-    (["frobnicate"], "invalid choice"),
-])
-def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
-                                         message: str) -> None:
-    code, out, err = run(capsys, *argv)
-    assert code == 2 and out == ""
-    assert err.count("\n") == 1 and message in err and err.startswith("netstorm")
-
-
 def test_console_script_runs() -> None:
     exe = Path(sys.executable).with_name("netstorm")
     result = subprocess.run([str(exe), "bound", "-t", "netstorm9", "--json"],

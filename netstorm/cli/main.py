@@ -364,7 +364,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("measure", help="time every ordered pair of sites and write a "
                                        "topology file (on every host, or emulated here)")
-    p.add_argument("--out", required=True, metavar="FILE.yaml")
+    p.add_argument("--out", required=True, metavar="FILE.yaml",
+                   help="the topology file to write (what was measured)")
     p.add_argument("--seconds", type=float, default=3.0, help="streaming time in all")
     p.add_argument("--topology", "-t", default=None,
                    help="measure this topology emulated on this machine (a check)")
