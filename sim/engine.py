@@ -10,6 +10,7 @@ true capacities mid-run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from netstorm.compiler import compile
 from netstorm.controller import Controller, Switch
 from netstorm.cost import link_loads, predict
 from netstorm.dynamics import Dynamics
+from netstorm.errors import InputError
 from netstorm.executor import index_programs
 from netstorm.job import Job
 from netstorm.plan import Plan
@@ -72,6 +74,9 @@ class SimResult:
         Indices of the sites that contributed gradients.
     overlap
         Whether communication overlapped the backward pass.
+    duration_s
+        The simulated span the run was asked to cover (``None``: a number of iterations
+        was asked for instead); the last iteration ends at or after it.
     """
 
     planner: str
@@ -95,6 +100,7 @@ class SimResult:
     workers: tuple[int, ...] = ()
     overlap: bool = False
     chunk_bytes: int = 0
+    duration_s: float | None = None
 
     @property
     def total_s(self) -> float:
@@ -128,7 +134,8 @@ class SimResult:
         after = self.error_after_changes()
         return {
             "planner": self.planner, "topology": self.topology, "model": self.model,
-            "iterations": len(self.iteration_s),
+            "iterations": len(self.iteration_s), "duration_s": self.duration_s,
+            "capacity_changes": len(self.changes_s),
             "iteration_time_s": {"mean": float(np.mean(self.iteration_s)),
                                  "median": float(np.median(self.iteration_s))},
             "comm_time_s": {"mean": float(np.mean(self.comm_s)),
@@ -186,15 +193,17 @@ def _in_use(p: Plan, view: NetworkView, job: Job) -> np.ndarray:
 
 
 def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *,
-             iterations: int = 10, dynamics: Dynamics | None = None,
-             policy: Policy | str | None = None, seed: int | None = 0,
+             iterations: int = 10, duration_s: float | None = None,
+             dynamics: Dynamics | None = None, policy: Policy | str | None = None,
+             seed: int | None = 0,
              window_bytes: float | None = None, aware: bool = True,
              probe_bytes: float = 65_536, probe_age_s: float = 10.0, record: bool = False,
              progress: Callable[[int, float], None] | None = None,
              planner_options: Mapping[str, Any] | None = None,
              planner_view: NetworkView | None = None, overlap: bool = False,
              backward_fraction: float = BACKWARD_FRACTION) -> SimResult:
-    """Simulate ``iterations`` synchronous iterations of ``job`` on ``view``.
+    """Simulate ``iterations`` synchronous iterations of ``job`` on ``view``, or as many
+    as it takes to cover ``duration_s`` of simulated time.
 
     Parameters
     ----------
@@ -202,6 +211,14 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         The true network at time 0 (and the planner's first view).
     planner
         Registered planner name, or a planner callable (DESIGN 4).
+    iterations
+        How many iterations to run; ignored when ``duration_s`` is given.
+    duration_s
+        Run until the simulated clock reaches this many seconds instead: an iteration
+        starts while the clock is short of it, so the last one ends at or after it. Runs of
+        different planners given the same span see the same capacity changes, which a
+        common number of iterations does not give them (a fast planner's iterations may
+        all end before the first change).
     dynamics
         How capacities change (``None``: static).
     policy
@@ -235,7 +252,10 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     Re-planning happens only between iterations, so one iteration never mixes
     two plan versions. Planning takes wall time, not simulated time.
     """
-    if iterations < 1:
+    if duration_s is not None:
+        if not 0 < duration_s < math.inf:
+            raise InputError(f"simulate: duration_s must be > 0 and finite, got {duration_s}")
+    elif iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     info = planner_info(planner)
     target = planner if callable(planner) else info.name
@@ -271,7 +291,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
 
     def driver() -> Any:
         progs = index_programs(control.programs)
-        for it in range(iterations):
+        it = 0
+        while (env.now < duration_s) if duration_s is not None else (it < iterations):
             if control.boundary(it) is not None:
                 progs = index_programs(control.programs)
             if probing:
@@ -299,6 +320,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                 out["err"].append((np.nan, np.nan))
             if progress is not None:
                 progress(it, env.now)
+            it += 1
 
     def changer(stream: Any) -> Any:
         for snap in stream:
@@ -321,7 +343,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         estimate_error=np.array(out["err"], dtype=float).reshape(-1, 2),
         changes_s=tuple(changes), predicted_s=predicted,
         wall_s=time.perf_counter() - started, log=tuple(net.log), computes=tuple(computes),
-        workers=tuple(workers), overlap=overlap, chunk_bytes=chunk_bytes)
+        workers=tuple(workers), overlap=overlap, chunk_bytes=chunk_bytes,
+        duration_s=duration_s)
 
 
 def simulate_many(view: NetworkView, job: Job, planners: Sequence[str],

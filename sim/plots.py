@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from .engine import SimResult
 
-__all__ = ["plot_accuracy", "plot_iterations"]
+__all__ = ["IterationPlot", "plot_accuracy", "plot_iterations"]
 
 
 def _pyplot() -> Any:
@@ -20,23 +22,115 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_iterations(results: Sequence[SimResult], path: str | Path) -> None:
-    """Iteration time against iteration, one line per planner, plan switches marked."""
+class IterationPlot(NamedTuple):
+    """What :func:`plot_iterations` drew, for callers and tests to check."""
+
+    #: The figure's title (it states the simulated span).
+    title: str
+    #: Legend entries of the iteration-time panel, in order.
+    legend: tuple[str, ...]
+    #: The common simulated span in seconds, or ``None`` when the runs were given a number
+    #: of iterations and so cover different spans.
+    span_s: float | None
+    #: Capacity changes drawn (those before the end of the longest run).
+    changes: int
+
+
+def _span_text(seconds: float) -> str:
+    """``"30 min"``, ``"90 s"``, ``"2.5 h"``: the unit a reader expects for a span."""
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+def plot_iterations(results: Sequence[SimResult], path: str | Path) -> IterationPlot:
+    """Iteration time and iterations finished against simulated time, one line per planner.
+
+    Top panel: each iteration drawn across the simulated time it ran, at the height of
+    its duration (log scale); re-plans are marked where the new plan's first iteration
+    starts. Bottom panel: iterations finished so far, the fair measure of progress. Both
+    mark every capacity change the dynamics made.
+
+    Notes
+    -----
+    Runs given the same ``duration_s`` (``netstorm sim --duration``) cover the same span
+    and see the same capacity changes; the title states that span. Runs given a number of
+    iterations may not: the title then states each run's span instead, so a planner whose
+    iterations all ended before the first change does not pass for one immune to it.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in results:
-        (line,) = ax.plot(range(1, len(r.iteration_s) + 1), r.iteration_s, label=r.planner)
-        for sw in r.switches:
-            ax.axvline(sw.iteration + 1, color=line.get_color(), alpha=0.15, lw=0.8)
+    from matplotlib.lines import Line2D
+
     first = results[0]
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"iteration time (s), {first.model} gradients")
-    ax.set_yscale("log")
-    ax.set_title(f"{first.topology}: simulated iteration time per planner")
-    ax.legend()
-    fig.tight_layout()
+    ends = [r.start_s + r.iteration_s for r in results]
+    longest = max((float(e[-1]) for e in ends if len(e)), default=0.0)
+    spans = {r.duration_s for r in results}
+    span = spans.pop() if len(spans) == 1 else None
+    minutes = max(longest, span or 0.0) >= 300
+    scale, unit = (60.0, "min") if minutes else (1.0, "s")
+    changes = sorted({t for r in results for t in r.changes_s if 0 < t <= longest})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    for t in changes:
+        for ax in (top, bottom):
+            ax.axvline(t / scale, color="#999999", ls=":", lw=0.9, zorder=0)
+    replans = 0
+    for r, end in zip(results, ends, strict=True):
+        edges = np.append(r.start_s, end[-1:]) / scale
+        mean = float(np.mean(r.iteration_s)) if len(end) else float("nan")
+        if span is not None:
+            label = (f"{r.planner}: {int(np.sum(end <= span))} iterations finished within "
+                     f"the span, mean {mean:.3g} s")
+        else:
+            label = (f"{r.planner}: {len(end)} iterations in {_span_text(r.total_s)}, "
+                     f"mean {mean:.3g} s")
+        artist = top.stairs(r.iteration_s, edges, label=label, lw=1.6, baseline=None)
+        colour = artist.get_edgecolor()
+        starts = [sw.iteration for sw in r.switches if sw.iteration < len(end)]
+        replans += len(starts)
+        top.plot(r.start_s[starts] / scale, r.iteration_s[starts], "v", color=colour,
+                 mec="black", mew=0.6, ms=6, ls="none")
+        bottom.step(np.append(0.0, end) / scale, np.arange(len(end) + 1), where="post",
+                    color=colour, lw=1.6)
+    handles, labels = top.get_legend_handles_labels()
+    extra = [(Line2D([], [], marker="v", color="#777777", mec="black", mew=0.6, ls="none"),
+              f"re-plan ({replans}): a new plan from this iteration on")]
+    if changes:
+        extra.append((Line2D([], [], color="#999999", ls=":"), "capacity change (dynamics)"))
+    if span is not None:
+        for ax in (top, bottom):
+            ax.axvline(span / scale, color="black", ls="--", lw=1)
+        extra.append((Line2D([], [], color="black", ls="--"),
+                      f"end of the common span ({_span_text(span)})"))
+    handles += [h for h, _ in extra]
+    labels += [text for _, text in extra]
+    if span is not None:
+        within = sum(1 for t in changes if t < span)
+        title = (f"{first.topology}, {first.model}: every planner run for the same "
+                 f"{_span_text(span)} of simulated time\n({within} capacity changes within "
+                 f"the span; the last iteration of each may end after it)")
+    else:
+        counts = "/".join(str(n) for n in sorted({len(r.iteration_s) for r in results}))
+        title = (f"{first.topology}, {first.model}: {counts} iterations per planner, so the "
+                 f"simulated spans differ\n(from {_span_text(min(r.total_s for r in results))}"
+                 f" to {_span_text(longest)}; --duration runs all for the same span)")
+    top.set_title(title, fontsize=9)
+    top.set_ylabel("iteration time (s)")
+    top.set_yscale("log")
+    bottom.set_ylabel("iterations finished")
+    bottom.set_xlabel(f"simulated time ({unit})")
+    bottom.set_xlim(0, max(longest, span or 0.0) / scale * 1.01)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.25)
+    rows = -(-len(labels) // 2)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.022 * rows + 0.015, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return IterationPlot(title=title, legend=tuple(labels), span_s=span,
+                         changes=len(changes))
 
 
 def plot_accuracy(curves: Sequence[dict[str, Any]], path: str | Path, *, model: str,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import PlanError
+from ..errors import InputError, PlanError
 from ..job import Job
 from ..registry import planner_names
 
@@ -39,11 +39,34 @@ def ddp_buckets(job: Job, bucket_bytes: float) -> Job:
     return dataclasses.replace(job, buckets=sizes)
 
 
+#: Units ``--duration`` accepts, in seconds (bare numbers are seconds).
+SPAN_UNITS: dict[str, float] = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def _span(text: str) -> float:
+    """``--duration``'s value in seconds; argparse turns the error into one usage line."""
+    from ..units import parse_quantity
+
+    try:
+        seconds = parse_quantity(text, SPAN_UNITS, "s", "--duration")
+    except InputError as exc:  # argparse names the option already
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--duration: ")) from exc
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a span must be more than 0 s, got {text!r}")
+    return seconds
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``sim`` options (the common --topology/--model/--chunk/--json come from main)."""
     p.add_argument("--planner", "-p", default="treepack",
                    help="comma-separated planners, e.g. ps,netstorm,treepack")
-    p.add_argument("--iterations", "-n", type=int, default=20)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--iterations", "-n", type=int, default=20,
+                        help="iterations per planner (default 20)")
+    length.add_argument("--duration", type=_span, default=None, metavar="SPAN",
+                        help="instead of --iterations: run every planner until the same "
+                             "simulated time, e.g. 30min, 900s, 2h (each sees the same "
+                             "capacity changes)")
     p.add_argument("--dynamics", "-d", default=None,
                    help="redraw:PERIOD:LOW:HIGH[:SEED], scale:AT:SITE|A->B:FACTOR[:DUR], "
                         "trace:FILE.csv, a YAML/JSON file or {kind: ...}; default: the "
@@ -59,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket-mb", type=float, default=25.0,
                    help="with --overlap: gradient bucket size in MB (DDP's default 25)")
     p.add_argument("--trace", metavar="FILE.json", help="Chrome trace of the first planner")
-    p.add_argument("--plot", metavar="FILE.png", help="iteration time per planner")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="iteration time and iterations finished against simulated time")
     p.add_argument("--train", metavar="FILE.png",
                    help="also train a small torch model on sklearn digits, charged the "
                         "simulated time, and plot accuracy against time")
