@@ -243,6 +243,43 @@ def _cmd_sim(args: argparse.Namespace) -> None:
                   "replans", "predicted s", "chunk MB"], sim_command.table(doc)))
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from netstorm.sim.sweep import load_grid, sweep, write_records
+
+    scenarios, settings = load_grid(args.file)
+    out = args.out or settings.get("out")
+    check_writable(out, "--out")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    started = time.perf_counter()
+    records = sweep(scenarios, workers=args.workers or settings.get("workers"),
+                    dask=args.dask, cache=args.cache or settings.get("cache"),
+                    progress=not args.no_progress)
+    wall = time.perf_counter() - started
+    if out:
+        write_records(records, out)
+    failed = [r for r in records if r["error"] is not None]
+    if args.json:
+        _emit({"file": args.file, "scenarios": len(records), "failed": len(failed),
+               "wall_s": wall, "out": out, "records": records})
+    else:
+        fields = [f for f in ("topology", "model", "planner", "dynamics", "seed",
+                              "iterations", "duration_s", "policy", "chunk", "window",
+                              "options") if len({str(r[f]) for r in records}) > 1]
+        fields = fields or ["topology", "planner"]
+        rows = [[*(r[f] for f in fields), r["iteration_mean_s"] or math.nan,
+                 r["comm_mean_s"] or math.nan, r["replans"] if r["error"] is None else "",
+                 (r["error"] or "")[:60]] for r in records]
+        print(_table([*fields, "iter mean s", "comm mean s", "replans", "error"], rows))
+        print(f"\n{len(records)} scenarios in {wall:.1f} s, {len(failed)} failed"
+              f"{f'; records in {out}' if out else ''}")
+    if failed:
+        print(f"netstorm sweep: {len(failed)} of {len(records)} scenarios failed (their "
+              f"records say why), e.g. {failed[0]['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from . import bench
 
@@ -354,6 +391,22 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=_cmd_sim)
+
+    p = sub.add_parser("sweep", help="run a grid of simulations (a YAML grid file) in "
+                                     "parallel, locally or on a Dask cluster")
+    p.add_argument("file", metavar="FILE.yaml", help="the grid file (see the README)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the records: .csv, .json or .parquet")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="keep each finished record here; a sweep run again skips them")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per CPU)")
+    p.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="run on this Dask scheduler (tcp://host:8786) instead")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with every record")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("run", help="run one process per site on an emulated WAN "
                                    "(the built-in demo, or -- python script.py ARGS)")
