@@ -407,8 +407,7 @@ def draw_plan(plan: Plan, view: NetworkView, job: Job, path: str | Path, *,
     rings = ("Red rings: shard roots. " if ringed
              else f"{len(roots)} of {view.n} sites root shards (not ringed). ")
     which = _which(pairs, arcs, len(used), "links in use", faint, "most utilised")
-    if pairs:
-        which += " (coloured by its busier direction)"
+    which = which.replace("one label", "one label, the busier one's colour")
     caption = (f"Top left: {which}. {rings}"
                f"Top right: utilisation of every directed link."
                f" {shards}{_caps_note(view)}")
