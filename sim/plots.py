@@ -82,7 +82,7 @@ def plot_iterations(results: Sequence[SimResult], path: str | Path) -> Iteration
         mean = float(np.mean(r.iteration_s)) if len(end) else float("nan")
         if span is not None:
             label = (f"{r.planner}: {int(np.sum(end <= span))} iterations finished within "
-                     f"the span, mean {mean:.3g} s")
+                     f"the span ({len(end)} run, mean {mean:.3g} s)")
         else:
             label = (f"{r.planner}: {len(end)} iterations in {_span_text(r.total_s)}, "
                      f"mean {mean:.3g} s")
