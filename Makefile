@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/netstorm plan --topology netstorm9 --model resnet50 --planner treepack \
 		--draw out/treepack-plan.png
 	$(BIN)/netstorm sim --topology netstorm9 --model resnet50 --planner ps,netstorm,treepack \
-		--iterations 60 --dynamics redraw:180s:20Mbit/s:155Mbit/s:1 --plot out/iterations.png
+		--duration 30min --dynamics redraw:180s:20Mbit/s:155Mbit/s:1 --plot out/iterations.png
 	$(BIN)/netstorm run --topology netstorm9 --planner ps,netstorm,treepack --time-scale 2 \
 		--iterations 30 --dynamics redraw:180s:20Mbit/s:155Mbit/s:1 --target 0.93 \
 		--plot out/time-to-accuracy.png --log-dir out/run
