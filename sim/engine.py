@@ -20,6 +20,7 @@ import numpy as np
 import simpy
 
 from netstorm.awareness import BandwidthEstimator, Policy, StaticPolicy
+from netstorm.check import check_plan
 from netstorm.compiler import compile
 from netstorm.controller import Controller, Switch
 from netstorm.cost import link_loads, predict
@@ -174,6 +175,7 @@ def allreduce(plan_: Plan, view: NetworkView, job: Job, *,
     Returns the simulated time and, in payload mode (``payload[w]``: worker w's flat
     float32 gradient of ``gradient_bytes / element_size`` elements), every worker's result.
     """
+    check_plan(plan_, view, job)  # a hand-made plan that misses a worker: not a wrong time
     env = simpy.Environment()
     net = Network(env, view, window_bytes=window_bytes)
     progs = index_programs(compile(plan_, job, view.workers, view=view))
@@ -256,7 +258,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         if not 0 < duration_s < math.inf:
             raise InputError(f"simulate: duration_s must be > 0 and finite, got {duration_s}")
     elif iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
+        raise InputError(f"iterations must be >= 1, got {iterations}")
     info = planner_info(planner)
     target = planner if callable(planner) else info.name
     options = dict(planner_options or {})

@@ -231,6 +231,11 @@ BAD: list[tuple[list[str], str]] = [
      "fractions sum"),
     (["compare", "-t", "{dir}/good.yaml", "--plan", "{dir}/plan-other-sites.json"],
      "differ from the view's"),
+    (["sim", "-t", "{dir}/good.yaml", "-n", "1", "--plan", "{dir}/plan-missing-worker.json"],
+     "plan-missing-worker.json: shard 0"),
+    (["sim", "-t", T, "-n", "1", "--plan", "{dir}/plan-good.json"], "differ from the view's"),
+    (["sim", "-t", T, "--duration", "0s"], "--duration"),
+    (["sim", "-t", T, "--duration", "10", "-n", "3"], "not allowed with"),
     (["run", "-t", "{dir}/good.yaml", "--plan", "{dir}/plan-missing-worker.json"],
      "plan-missing-worker.json"),
     (["run", "-t", "{dir}/good.yaml", "--plan", "{dir}/plan-good.json", "--elastic"],
@@ -261,6 +266,8 @@ GOOD: list[list[str]] = [
     ["compare", "-t", "{dir}/good.yaml", "--planners", "ring", "--plan", "{dir}/plan-good.json"],
     ["plan", "-t", T, "--model=64MB", "--chunk", "1MB"],
     ["sim", "-t", T, "-n", "1", "--window", "4MB", "--no-progress"],
+    ["sim", "-t", "{dir}/good.yaml", "-n", "1", "--plan", "{dir}/plan-good.json",
+     "--no-progress"],
 ]
 
 

@@ -237,10 +237,12 @@ def _cmd_sim(args: argparse.Namespace) -> None:
     if args.json:
         _emit(doc)
         return
-    print(f"simulated {doc['iterations']} iterations of {job.label()} on {view.name} "
+    length = (f"{doc['duration_s']:g} s per planner" if doc["duration_s"]
+              else f"{doc['iterations']} iterations")
+    print(f"simulated {length} of {job.label()} on {view.name} "
           f"(dynamics: {doc['dynamics'] or 'static'})\n")
-    print(_table(["planner", "iter mean s", "iter median s", "comm mean s", "total s",
-                  "replans", "predicted s", "chunk MB"], sim_command.table(doc)))
+    print(_table(["planner", "iterations", "iter mean s", "iter median s", "comm mean s",
+                  "total s", "replans", "predicted s", "chunk MB"], sim_command.table(doc)))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, PlanError
 from ..job import Job
+from ..plan_files import fixed_planner, load_plan
 from ..registry import planner_names
+from .paths import check_writable
 
 __all__ = ["add_arguments", "ddp_buckets", "run"]
 
@@ -32,7 +35,7 @@ def ddp_buckets(job: Job, bucket_bytes: float) -> Job:
         return job
     cap = int(bucket_bytes) // job.element_size * job.element_size
     if cap <= 0:
-        raise ValueError(f"--bucket-mb must be at least one element, got {bucket_bytes} bytes")
+        raise InputError(f"--bucket-mb must be at least one element, got {bucket_bytes} bytes")
     total = job.gradient_bytes
     full, rest = divmod(total, cap)
     sizes = ((rest,) if rest else ()) + (cap,) * full
@@ -58,8 +61,12 @@ def _span(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``sim`` options (the common --topology/--model/--chunk/--json come from main)."""
-    p.add_argument("--planner", "-p", default="treepack",
-                   help="comma-separated planners, e.g. ps,netstorm,treepack")
+    p.add_argument("--planner", "-p", default=None,
+                   help="comma-separated planners, e.g. ps,netstorm,treepack (default "
+                        "treepack, or none when --plan is given)")
+    p.add_argument("--plan", action="append", default=[], metavar="FILE.json",
+                   help="also simulate a plan from a file (netstorm plan --json writes one), "
+                        "checked against the topology, never re-planned; repeatable")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--iterations", "-n", type=int, default=20,
                         help="iterations per planner (default 20)")
@@ -74,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None,
                    choices=["hysteresis", "any-change", "every-iteration", "static"],
                    help="re-plan policy (default: each planner's faithful one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of randomised planners (tsengine; default 0)")
     p.add_argument("--window", default=None, help="TCP window cap per transfer, e.g. 4MB")
     p.add_argument("--overlap", action="store_true",
                    help="overlap the all-reduce with the backward pass bucket by bucket "
@@ -108,43 +116,58 @@ def _dynamics(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
     """Run the simulations; return the JSON document (and draw the requested files)."""
     if args.iterations < 1:
-        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
-    names = [p.strip() for p in args.planner.split(",") if p.strip()]
-    if not names:
+        raise InputError(f"--iterations must be >= 1, got {args.iterations}")
+    if not (math.isfinite(args.bucket_mb) and args.bucket_mb > 0):
+        raise InputError(f"--bucket-mb must be a finite number of MB > 0, got {args.bucket_mb}")
+    for option in ("trace", "plot", "train"):
+        check_writable(getattr(args, option), f"--{option}")
+    given = args.planner if args.planner is not None else "" if args.plan else "treepack"
+    names: list[Any] = [p.strip() for p in given.split(",") if p.strip()]
+    if not names and not args.plan:
         raise PlanError("--planner: give at least one planner")
     known = planner_names()
     for name in names:
         if name not in known:
             raise PlanError(f"unknown planner {name!r} (available: {', '.join(known)})")
+    for path in args.plan:  # checked here, before any simulation starts
+        fixed = load_plan(path, view, job)
+        names.append(fixed_planner(fixed, f"{path} ({fixed.planner})"))
     if args.overlap:
         job = ddp_buckets(job, args.bucket_mb * 1e6)
     dynamics = _dynamics(args)
     if dynamics is not None:
         dynamics.validate(view)
     window = None
-    if args.window:
+    if args.window is not None:
         from ..units import SIZE_UNITS, parse_quantity
 
         window = parse_quantity(args.window, SIZE_UNITS, "b", "--window")
+        if not window > 0:
+            raise InputError(f"--window {args.window!r}: a TCP window must be more than 0 "
+                             "bytes (omit --window for no cap)")
     from tqdm import tqdm
 
     from netstorm.sim import simulate
 
     results = []
-    bar = tqdm(total=len(names) * args.iterations, file=sys.stderr, unit="it",
+    span = args.duration  # seconds, or None: --iterations each
+    bar = tqdm(total=None if span else len(names) * args.iterations, file=sys.stderr,
+               unit="it",
                disable=args.no_progress, dynamic_ncols=True)
     try:
         for i, name in enumerate(names):
-            bar.set_description(name)
+            bar.set_description(getattr(name, "__name__", name))
             results.append(simulate(
-                view, job, name, iterations=args.iterations, dynamics=dynamics,
+                view, job, name, iterations=args.iterations, duration_s=span,
+                dynamics=dynamics,
                 policy=args.policy, seed=args.seed, window_bytes=window,
                 record=bool(args.trace) and i == 0, overlap=args.overlap,
                 progress=lambda _it, _t: bar.update(1)))
     finally:
         bar.close()
     doc: dict[str, Any] = {"topology": view.name, "model": job.label(),
-                           "iterations": args.iterations,
+                           "iterations": None if span else args.iterations,
+                           "duration_s": span,
                            "dynamics": None if dynamics is None else dynamics.kind,
                            "overlap": bool(args.overlap),
                            "buckets": len(job.buckets),  # type: ignore[arg-type]
@@ -172,6 +195,7 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
 
 def table(doc: dict[str, Any]) -> list[list[Any]]:
     """Rows for the readable table."""
-    return [[r["planner"], r["iteration_time_s"]["mean"], r["iteration_time_s"]["median"],
+    return [[r["planner"], r["iterations"], r["iteration_time_s"]["mean"],
+             r["iteration_time_s"]["median"],
              r["comm_time_s"]["mean"], r["total_time_s"], r["replans"],
              r["predicted_time_s"], r["chunk_bytes"] / 1e6] for r in doc["results"]]

@@ -95,3 +95,28 @@ def test_ddp_buckets_by_hand() -> None:
     assert ddp_buckets(Job(buckets=4 * 10), 4 * 3).buckets == (4, 12, 12, 12)
     assert ddp_buckets(Job(buckets=4 * 9), 4 * 3).buckets == (12, 12, 12)
     assert ddp_buckets(Job(buckets=(8, 8)), 4).buckets == (8, 8)  # already bucketed
+
+
+def test_sim_duration_runs_every_planner_over_the_same_span(capsys) -> None:
+    code = main(["sim", "-t", "netstorm9", "-m", "resnet18", "-p", "ps,ring", "--duration",
+                 "60s", "--json", "--no-progress"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["duration_s"] == 60 and doc["iterations"] is None
+    rows = doc["results"]
+    assert [r["planner"] for r in rows] == ["ps", "ring"]
+    assert all(r["total_time_s"] >= 60 for r in rows)
+    # the last iteration started before the span ended: without it, the span is not reached
+    assert all(r["total_time_s"] - r["iteration_time_s"]["mean"] < 60 for r in rows)
+
+
+def test_sim_runs_a_plan_file_as_it_is(tmp_path, capsys) -> None:
+    assert main(["plan", "-t", "netstorm9", "-m", "resnet18", "-p", "ring", "--json"]) == 0
+    plan_file = tmp_path / "ring.json"
+    plan_file.write_text(capsys.readouterr().out)
+    assert main(["sim", "-t", "netstorm9", "-m", "resnet18", "-p", "ring", "--plan",
+                 str(plan_file), "-n", "2", "--json", "--no-progress"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["planner"] for r in rows] == ["ring", f"{plan_file} (ring)"]
+    # the file holds ring's plan: the same simulated time as planning it here
+    assert rows[1]["iteration_time_s"] == rows[0]["iteration_time_s"]
