@@ -70,6 +70,24 @@ def test_the_first_failing_site_stops_the_others_and_sets_the_status(tmp_path: P
     assert marker not in ps  # no child left behind
 
 
+def test_a_plan_file_runs_as_it_is(tmp_path: Path) -> None:
+    # a parameter server on r0 alone: every byte crosses a link of r0, which the default
+    # planner (treepack) would not do
+    made = subprocess.run([*NETSTORM, "plan", "-t", "random:3:1", "-p", "ps", "-o",
+                           "servers=1", "--json"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    plan_file = tmp_path / "ps1.json"
+    plan_file.write_text(made.stdout)
+    done = run("--topology", "random:3:1", "--plan", str(plan_file), "--iterations", "2",
+               "--mbytes", "1", "--emulate", "none", "--json", "--", sys.executable, "-m",
+               "netstorm.runtime.demo")
+    assert done.returncode == 0, done.stderr[-2000:]  # (the demo checks every result)
+    doc = json.loads(done.stdout)
+    assert doc["planner"] == str(plan_file) and len(doc["iterations"]) == 2
+    used = {link for link, n in doc["bytes"].items() if n > 0}
+    assert used and all("r0" in link for link in used), used
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     missing = run("--topology", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2
