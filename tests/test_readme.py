@@ -32,7 +32,8 @@ and a block in a language this file has no runner for fails
 
     1. a word with ``|`` alternatives (``bench planner|bound|...``) becomes one command
        per alternative;
-    2. ``--iterations``/``-n N`` becomes 2 and ``--time-limit S`` becomes 5;
+    2. ``--iterations``/``-n N`` becomes 2, ``--duration SPAN`` 60s (simulated) and
+       ``--time-limit S`` 5;
     3. ``netstorm run``: ``--topology``/``-t`` becomes ``random:2:1``, ``--time-scale``
        8 (set when absent), and an experiment's ``--planner``/``-p A,B,...,Z`` (a full run
        per planner) keeps its first and last planners;
@@ -219,7 +220,8 @@ def rewrite(argv: tuple[str, ...], cwd: Path) -> tuple[list[str], str | None, li
         else:
             words.append(word)
     command = words[1] if len(words) > 1 else ""
-    for names, new in ((("--iterations", "-n"), "2"), (("--time-limit",), "5")):
+    for names, new in ((("--iterations", "-n"), "2"), (("--duration",), "60s"),
+                       (("--time-limit",), "5")):
         at = _value(words, *names)
         if at is not None:
             words[at] = new
