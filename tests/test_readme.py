@@ -5,7 +5,10 @@ and a block in a language this file has no runner for fails
 (:func:`test_every_block_has_a_runner`). Each language gets:
 
 ``yaml``
-    A topology file (a mapping with ``sites`` and ``links``) is loaded with
+    A block whose first line names a file (``# grid.yaml``) is also written as that file
+    into the directory where the sh commands run. A sweep grid (``grid``/``scenarios``) must
+    load with :func:`netstorm.sim.sweep.load_grid`, one scenario per combination. A topology
+    file (a mapping with ``sites`` and ``links``) is loaded with
     :func:`netstorm.load_topology` and compared with the document read here by hand: site
     order, workers, caps and every directed link's capacity and latency, in the units the
     README states (an independent unit table below). ``netstorm topo show FILE --json`` must
@@ -286,8 +289,13 @@ def _run(argv: list[str], cwd: Path, timeout: float = 150) -> subprocess.Complet
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A fresh directory holding the README's topology as ``topo.yaml``."""
+    """A fresh directory holding the README's topology as ``topo.yaml``, and every YAML
+    block whose first line names a file (``# grid.yaml``) as that file."""
     (tmp_path / "topo.yaml").write_text(_topology_block().text)
+    for block in _of("yaml"):
+        named = re.fullmatch(r"#\s*([\w.-]+\.ya?ml)", block.first)
+        if named:
+            (tmp_path / named.group(1)).write_text(block.text)
     return tmp_path
 
 
@@ -376,6 +384,16 @@ def _view_dict(view: ns.NetworkView) -> dict[str, Any]:
 @pytest.mark.parametrize("block", _of("yaml"), ids=lambda b: b.id)
 def test_yaml_block(block: Block, tmp_path: Path) -> None:
     doc = yaml.safe_load(block.text)
+    if isinstance(doc, dict) and ("grid" in doc or "scenarios" in doc):  # a sweep's grid
+        from netstorm.sim.sweep import load_grid
+
+        path = tmp_path / "grid.yaml"
+        path.write_text(block.text)
+        scenarios, _ = load_grid(path)
+        axes = [v for v in doc.get("grid", {}).values() if isinstance(v, list)]
+        assert len(scenarios) == int(np.prod([len(a) for a in axes])) + len(
+            doc.get("scenarios") or [])
+        return  # (the sh block's netstorm sweep runs it)
     if not _is_topology(doc):
         return  # parsed: that is all a YAML block that is no topology promises
     path = tmp_path / f"{doc.get('name', 'topology')}.yaml"
