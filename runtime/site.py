@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -885,6 +886,21 @@ def init(topology: str | NetworkView | None = None, planner: str | Planner | Non
     else:
         site = make(cfg, view)
     if not site.is_worker:
+        _warn_if_torch_waits(site.name)
         site.serve()
         raise SystemExit(0)
     return site
+
+
+def _warn_if_torch_waits(name: str) -> None:
+    """A relay-only rank inside torch's default group: a DDP built on that group waits for
+    this rank, which never trains, until gloo's timeout (half an hour). Say so at once."""
+    dist = sys.modules.get("torch.distributed")
+    ours = sys.modules.get("netstorm.runtime.torch")
+    if getattr(ours, "workers_group_made", False):
+        return  # the script built its DDP on the workers' group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        log.warning("site %s is relay-only but in torch's default process group: a DDP built "
+                    "on that group waits for it forever; build DDP on "
+                    "netstorm.runtime.torch.workers_group() (or use the netstorm backend)",
+                    name)

@@ -17,8 +17,12 @@ all-reduce and returns at once, so backward goes on computing the next bucket.
 """
 
 # no "from __future__ import annotations": DDP checks the hook's annotations as objects
+import os
+
 import torch
 import torch.distributed as dist
+
+from netstorm.errors import NetstormError
 
 from .elastic import ElasticSite
 from .process_group import BACKEND, ProcessGroupNetstorm, register
@@ -26,7 +30,7 @@ from .site import Site
 from .site_group import SiteGroup, join
 
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "SiteGroup", "allreduce_tensor", "comm_hook",
-           "join", "settled"]
+           "join", "settled", "workers_group"]
 
 def allreduce_tensor(site: Site | ElasticSite, tensor: torch.Tensor, *,
                      scale: float | None = None) -> torch.futures.Future[torch.Tensor]:
@@ -99,6 +103,34 @@ def settled() -> tuple[torch.futures.Future[tuple[BaseException | None, torch.Te
         return tensor
 
     return outcome, outcome.then(unwrap)
+
+
+#: Whether this process asked for :func:`workers_group` (a relay then knows DDP will not
+#: wait for it on the default group).
+workers_group_made = False
+
+
+def workers_group(topology: str | None = None) -> dist.ProcessGroup | None:
+    """torch's process group of the worker ranks, to build DDP on when the topology has
+    relay-only sites (one process per site); ``None`` when every site is a worker (use the
+    default group). A relay-only rank never trains: a DDP on the default group would wait
+    for it. Every rank must call this (``new_group`` is collective), relays included, before
+    :func:`netstorm.runtime.init`. ``topology``: default ``NETSTORM_TOPOLOGY``."""
+    from netstorm.topology import load_topology
+
+    source = topology or os.environ.get("NETSTORM_TOPOLOGY")
+    if not source:
+        raise NetstormError("workers_group: no topology (pass one or set NETSTORM_TOPOLOGY)")
+    global workers_group_made
+    view = load_topology(source)
+    workers_group_made = True
+    if len(view.workers) == view.n:
+        return None
+    if dist.get_world_size() != view.n:
+        raise NetstormError(f"workers_group: {view.name!r} has relay-only sites, which take "
+                            f"one process each: WORLD_SIZE must be {view.n}, got "
+                            f"{dist.get_world_size()}")
+    return dist.new_group(list(view.workers))
 
 
 def comm_hook(state: "Site | ElasticSite | SiteGroup",

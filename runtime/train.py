@@ -227,8 +227,10 @@ def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
         from .site_group import join
 
         return join(), None
+    from .torch import workers_group
+
     workers = load_topology(os.environ["NETSTORM_TOPOLOGY"]).workers
-    group = dist.new_group(list(workers)) if len(workers) < dist.get_world_size() else None
+    group = workers_group()
     if comm == "gloo":
         if dist.get_rank() not in workers:
             raise SystemExit(0)

@@ -209,3 +209,30 @@ def test_the_site_layout_follows_torchruns_variables() -> None:
                 {"RANK": "1", "WORLD_SIZE": "7", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}):
         with pytest.raises(NetstormError, match="LOCAL_WORLD_SIZE processes per site"):
             layout(bad)
+
+
+def test_a_relay_in_torchs_default_group_is_warned_about(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # DDP on the default group would wait for the relay forever: say so, unless the script
+    # asked for the workers' group (then the default group is not DDP's)
+    import logging
+
+    import torch.distributed as dist
+    from netstorm.runtime import site as site_module
+    from netstorm.runtime import torch as nt
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(nt, "workers_group_made", False)
+        with caplog.at_level(logging.WARNING, logger="netstorm.runtime"):
+            site_module._warn_if_torch_waits("r")
+        assert "relay-only but in torch's default process group" in caplog.text
+        caplog.clear()
+        monkeypatch.setenv("NETSTORM_TOPOLOGY", "random:3:1")  # every site a worker
+        assert nt.workers_group() is None and nt.workers_group_made
+        with caplog.at_level(logging.WARNING, logger="netstorm.runtime"):
+            site_module._warn_if_torch_waits("r")
+        assert caplog.text == ""
+    finally:
+        dist.destroy_process_group()
