@@ -77,7 +77,7 @@ CHECKS: dict[str, str] = {
     # the mean of ones over the workers is ones (a sum would give 2)
     "site.allreduce(grad)": "assert (grad == 1).all(), grad[:4]\n",
     # every worker ends the step with the same gradient bytes; the test compares the files
-    "register_comm_hook": ("import numpy\n"
+    "register_comm_hook": ("import os, numpy\n"
                            "numpy.save(f\"grad-{os.environ['RANK']}.npy\", torch.cat("
                            "[p.grad.flatten() for p in ddp.parameters()]).numpy())\n"),
 }
