@@ -16,7 +16,7 @@ from ..errors import PlanError
 from ..job import Job
 from ..plan import Plan, QueueRule, Route, Shard
 from ..view import NetworkView
-from ._routing import in_tree, inverse_capacity, out_tree, relay_route
+from ._routing import inverse_capacity, relay_route
 
 __all__ = ["auxiliary_paths", "chunk_quotas", "netstorm", "root_scores"]
 
@@ -27,27 +27,52 @@ def root_scores(view: NetworkView) -> np.ndarray:
     -----
     Take r's cheapest (1/capacity) paths to every site and group their edges by hop depth;
     ``B_k`` is the smallest capacity among the depth-k edges. A root whose slowest hop at
-    each depth is fast scores high. Unreachable sites score 0.
+    each depth is fast scores high. Unreachable sites score 0. The paths to every site of
+    r's shortest-path out-tree use each tree edge, and an edge into a site at depth k + 1 is
+    a depth-k edge of every path through it, so ``B_k`` is the smallest capacity of the tree
+    edges into depth-(k + 1) sites (all roots at once, on the all-pairs predecessors).
     """
-    scores = np.zeros(view.n)
-    for r in range(view.n):
-        pred = out_tree(view, r)
-        slowest: dict[int, float] = {}
-        reachable = True
-        for j in range(view.n):
-            if j == r:
-                continue
-            if pred[j] < 0:
-                reachable = False
-                break
-            path = [j]
-            while path[-1] != r:
-                path.append(int(pred[path[-1]]))
-            for depth, (a, b) in enumerate(itertools.pairwise(reversed(path))):
-                slowest[depth] = min(slowest.get(depth, math.inf), view.capacity[a, b])
-        if reachable and slowest:
-            scores[r] = 1.0 / sum(1.0 / b for b in slowest.values())
+    n = view.n
+    pred = _cheapest(view)[1].astype(np.int64)  # pred[r, j]: j's parent in r's out-tree
+    own = np.eye(n, dtype=bool)
+    reached = (pred >= 0) | own
+    depth = np.where(own, 0, -1)
+    while (depth[reached] < 0).any():  # a site's depth is its parent's plus one
+        above = np.take_along_axis(depth, np.maximum(pred, 0), axis=1)
+        depth = np.where((depth < 0) & (pred >= 0) & (above >= 0), above + 1, depth)
+    scores = np.zeros(n)
+    for r in range(n):
+        if n < 2 or not reached[r].all():
+            continue
+        heads = np.flatnonzero(pred[r] >= 0)
+        caps = view.capacity[pred[r, heads], heads]
+        total = 0.0
+        for k in range(1, int(depth[r].max()) + 1):  # summed by depth, as the paper's loop
+            total += 1.0 / float(caps[depth[r, heads] == k].min())
+        scores[r] = 1.0 / total
     return scores
+
+
+def _cheapest(view: NetworkView) -> tuple[np.ndarray, np.ndarray]:
+    """All-pairs (cost, predecessors) of the cheapest (1/capacity) paths, cached on the view
+    (the predecessors are those that :func:`._routing.cheapest_path` caches)."""
+    cached = view._graph_cache.get("cheapest_dist_pred")
+    if cached is None:
+        dist, pred = dijkstra(csr_array(inverse_capacity(view)), directed=True,
+                              return_predecessors=True)
+        view._graph_cache.setdefault("cheapest_pred", pred)
+        cached = view._graph_cache["cheapest_dist_pred"] = (dist, pred)
+    return cached  # type: ignore[no-any-return]
+
+
+def _in_trees(view: NetworkView) -> np.ndarray:
+    """Row r: :func:`._routing.in_tree` of root r, for every root in one Dijkstra call."""
+    cached = view._graph_cache.get("cheapest_in_trees")
+    if cached is None:
+        _, pred = dijkstra(csr_array(inverse_capacity(view).T), directed=True,
+                           return_predecessors=True)
+        cached = view._graph_cache["cheapest_in_trees"] = np.maximum(pred, -1).astype(np.int64)
+    return cached  # type: ignore[no-any-return]
 
 
 def auxiliary_paths(view: NetworkView, u: int, v: int, primary: tuple[int, ...],
@@ -59,30 +84,30 @@ def auxiliary_paths(view: NetworkView, u: int, v: int, primary: tuple[int, ...],
     accepted path. Accepting in cost order under that rule is the same as repeatedly taking
     the cheapest u -> v path in the network without the used intermediates (and without the
     primary itself), which is what this does: one Dijkstra per accepted path instead of an
-    exponential enumeration. Stops at the first path costing more than ``max_cost``.
+    exponential enumeration, over the sites that some path within ``max_cost`` can visit.
+    Stops at the first path costing more than ``max_cost``. Of paths of equal cost, the one
+    whose sites come first in index order wins (DESIGN 4: ties by site index).
     """
-    cost = inverse_capacity(view)
-    blocked = np.zeros(view.n, dtype=bool)
-    blocked[list(primary[1:-1])] = True
-    if len(primary) == 2:
-        cost[u, v] = 0.0  # the direct link is the primary
-    accepted: list[tuple[int, ...]] = []
-    while True:
-        cost[blocked, :] = 0.0
-        cost[:, blocked] = 0.0
-        dist, pred = dijkstra(csr_array(cost), directed=True, indices=u,
-                              return_predecessors=True)
-        if not np.isfinite(dist[v]) or dist[v] > max_cost * (1 + 1e-12):
-            return accepted
-        path = [v]
-        while path[-1] != u:
-            path.append(int(pred[path[-1]]))
-        path.reverse()
-        if len(path) == 2:  # only the direct link is left (primary was relayed)
-            cost[u, v] = 0.0
-            continue
-        accepted.append(tuple(path))
-        blocked[path[1:-1]] = True
+    nodes, offsets = _disjoint_paths(view, u, v, primary, max_cost)
+    flat = nodes.tolist()
+    return [tuple(flat[a:b]) for a, b in itertools.pairwise(offsets.tolist())]
+
+
+def _disjoint_paths(view: NetworkView, u: int, v: int, primary: tuple[int, ...],
+                    max_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`auxiliary_paths` as (their sites concatenated, each path's offset)."""
+    from ._netstorm_nb import disjoint_paths
+
+    cost = view._graph_cache.get("link_cost")
+    if cost is None:
+        with np.errstate(divide="ignore"):
+            cost = np.where(view.capacity > 0, 1.0 / view.capacity, np.inf)
+        view._graph_cache["link_cost"] = cost
+    if len(primary) == 2 and np.isfinite(cost[u, v]):  # the direct link is the primary
+        cost = cost.copy()
+        cost[u, v] = np.inf
+    return disjoint_paths(cost, _cheapest(view)[0], u, v,  # type: ignore[no-any-return]
+                          np.asarray(primary[1:-1], dtype=np.int64), max_cost * (1 + 1e-12))
 
 
 def chunk_quotas(scores: dict[int, float], elements: int, chunk_elems: int) -> dict[int, int]:
@@ -154,7 +179,7 @@ def netstorm(view: NetworkView, job: Job, *, seed: int | None = None, state: Any
     total = sum(shares.values())
     shards = []
     for root, share in sorted(shares.items()):
-        tree = _pruned_tree(view, in_tree(view, root), root)
+        tree = _pruned_tree(view, _in_trees(view)[root], root)
         edges = sorted(tree.items()) + sorted((p, c) for c, p in tree.items())
         routes = tuple(r for u, v in edges if (r := relay_route(view, u, v)))
         shards.append(Shard(share / total, root, tree, tree, routes))
@@ -180,47 +205,75 @@ def _with_auxiliary_routes(plan: Plan, view: NetworkView, job: Job,
     and the auxiliary's first hop is idle, so in steady state an auxiliary path carries the
     capacity the rest of the plan leaves spare on it. With single-path loads ``L_e`` and
     bandwidth time ``T``, edge u -> v (B bytes) keeps ``B/T`` on its primary and gives each
-    auxiliary path p its spare rate ``s_p = min_{e in p} (c_e - L_e / T)``; weights are
-    proportional to those rates and the loads are updated edge by edge (in shard, then edge
-    order) so later edges see earlier diversions. The rule stops diverting once the primary
-    holds ``primary_busy`` chunks or fewer, so a chunk sent over an auxiliary path has about
-    ``primary_busy + 1`` primary chunk-times to arrive; slower auxiliary paths would hold up
-    the tail of the pipeline and are not used.
+    auxiliary path p its spare rate ``s_p = min_{e in p} (c_e - L_e / T)``; paths whose rate
+    is at most 1e-3 of the edge's total are dropped, the weights are proportional to the
+    rates of the others, and the loads are updated edge by edge (in shard, then edge order)
+    so later edges see earlier diversions (compiled: :func:`._netstorm_nb.divert`). The rule
+    stops diverting once the primary holds ``primary_busy`` chunks or fewer, so a chunk sent
+    over an auxiliary path has about ``primary_busy + 1`` primary chunk-times to arrive;
+    slower auxiliary paths would hold up the tail of the pipeline and are not used.
     """
+    from ._netstorm_nb import divert
+
     loads, _, _ = link_loads(plan, view, job)
     with np.errstate(divide="ignore", invalid="ignore"):
         horizon = float(np.nanmax(np.where(view.capacity > 0, loads / view.capacity, 0)))
     if horizon <= 0:
         return plan
-    shards = []
-    found: dict[tuple[int, int, float], list[tuple[int, ...]]] = {}  # many shards share edges
-    for shard in plan.shards:
-        nbytes = shard.fraction * job.gradient_bytes
-        routes = []
+    keys: dict[tuple[int, int, float], int] = {}  # many shards share edges
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    edges: list[tuple[int, int, int, tuple[int, ...]]] = []  # shard, u, v, primary
+    nbytes: list[float] = []
+    edge_key: list[int] = []
+    primary_nodes: list[int] = []
+    primary_at = [0]
+    for s, shard in enumerate(plan.shards):
         for u, v in list(shard.reduce_edges()) + list(shard.broadcast_edges()):
             primary = shard.route(u, v).paths[0]
             limit = (primary_busy + 1) * _path_cost(view, primary)
-            key = (u, v, limit)
-            if key not in found:
-                found[key] = auxiliary_paths(view, u, v, primary, max_cost=limit)
-            aux = found[key]
-            spare = [max(0.0, min(view.capacity[a, b] - loads[a, b] / horizon
-                                  for a, b in itertools.pairwise(p))) for p in aux]
-            rates = [nbytes / horizon, *spare]
-            keep = [(p, r) for p, r in zip([primary, *aux], rates, strict=True)
-                    if r > 1e-3 * sum(rates)]
-            if len(keep) > 1:
-                weights = [r / sum(r for _, r in keep) for _, r in keep]
-                for (path, _), w in zip(keep, weights, strict=True):
-                    hops = np.asarray(path)
-                    share = nbytes * (w - (1.0 if path == primary else 0.0))
-                    loads[hops[:-1], hops[1:]] += share
-                routes.append(Route((u, v), tuple(p for p, _ in keep), tuple(weights)))
-            elif primary != (u, v):
-                routes.append(shard.route(u, v))
-        shards.append(Shard(shard.fraction, shard.root, shard.reduce_tree,
-                            shard.broadcast_tree, tuple(routes)))
-    return Plan(plan.version, plan.planner, plan.sites, tuple(shards))
+            key = keys.setdefault((u, v, limit), len(keys))
+            if key == len(found):
+                found.append(_disjoint_paths(view, u, v, primary, limit))
+            edges.append((s, u, v, primary))
+            nbytes.append(shard.fraction * job.gradient_bytes)
+            edge_key.append(key)
+            primary_nodes += primary
+            primary_at.append(len(primary_nodes))
+    # every key's paths, concatenated: key k owns paths key_at[k]:key_at[k + 1]
+    counts = np.array([len(offsets) - 1 for _, offsets in found], dtype=np.int64)
+    key_at = np.concatenate([[0], np.cumsum(counts)])
+    sizes = np.concatenate([np.diff(offsets) for _, offsets in found] + [np.zeros(0, int)])
+    path_at = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    nodes = np.concatenate([n for n, _ in found] + [np.zeros(0, np.int64)]).astype(np.int64)
+    choice_at = np.concatenate([[0], np.cumsum(counts[edge_key] + 1)]).astype(np.int64)
+    keep, weight = divert(loads, view.capacity.astype(float), horizon,
+                          np.asarray(nbytes, dtype=float),
+                          np.asarray(primary_nodes, dtype=np.int64),
+                          np.asarray(primary_at, dtype=np.int64),
+                          np.asarray(edge_key, dtype=np.int64), key_at.astype(np.int64),
+                          nodes, path_at, choice_at)
+    flat, bounds = nodes.tolist(), path_at.tolist()
+    paths: dict[int, tuple[int, ...]] = {}  # one tuple per found path, shared by its routes
+
+    def path(p: int) -> tuple[int, ...]:
+        if p not in paths:
+            paths[p] = tuple(flat[bounds[p]:bounds[p + 1]])
+        return paths[p]
+
+    routes: list[list[Route]] = [[] for _ in plan.shards]
+    for e, (s, u, v, primary) in enumerate(edges):
+        c = int(choice_at[e])
+        chosen = np.flatnonzero(keep[c:choice_at[e + 1]]).tolist()
+        if len(chosen) > 1:
+            first = int(key_at[edge_key[e]]) - 1  # choice j > 0 is that key's path j - 1
+            kept = [primary if j == 0 else path(first + j) for j in chosen]
+            routes[s].append(Route((u, v), tuple(kept), tuple(weight[c + j] for j in chosen)))
+        elif primary != (u, v):
+            routes[s].append(plan.shards[s].route(u, v))
+    return Plan(plan.version, plan.planner, plan.sites,
+                tuple(Shard(shard.fraction, shard.root, shard.reduce_tree,
+                            shard.broadcast_tree, tuple(r))
+                      for shard, r in zip(plan.shards, routes, strict=True)))
 
 
 def _pruned_tree(view: NetworkView, parent: np.ndarray, root: int) -> dict[int, int]:
