@@ -139,3 +139,71 @@ def test_budget_tree_spans_and_keeps_its_budget(case: tuple[np.ndarray, int], se
         while tight[u] >= 0 and steps <= len(cost):
             u, steps = tight[u], steps + 1
         assert u == root
+
+
+def level_rule(cost: np.ndarray, root: int) -> np.ndarray:
+    """Chu-Liu/Edmonds level by level, as written in the kernel's Notes: the plain rule
+    (rebuild each contracted level from scratch, expand the levels in reverse)."""
+    w = cost.astype(float)
+    np.fill_diagonal(w, np.inf)
+    w[:, root] = np.inf
+    levels = []
+    while True:
+        n = len(w)
+        parent, best = np.full(n, -1), np.full(n, np.inf)
+        for v in range(n):
+            for u in range(n):
+                if w[u, v] < best[v]:
+                    best[v], parent[v] = w[u, v], u
+        parent[root], best[root] = -1, 0.0
+        if any(parent[v] < 0 for v in range(n) if v != root):
+            raise ValueError("unreachable")
+        cycle, state, count = np.full(n, -1), np.zeros(n), 0
+        for start in range(n):
+            walk, v = [], start
+            while v != -1 and state[v] == 0:
+                state[v] = 1
+                walk.append(v)
+                v = -1 if v == root else parent[v]
+            if v != -1 and state[v] == 1:
+                cycle[walk[walk.index(v):]] = count
+                count += 1
+            state[walk] = 2
+        if count == 0:
+            break
+        flat = np.flatnonzero(cycle < 0)
+        group = np.empty(n, dtype=int)
+        group[flat] = np.arange(len(flat))
+        group[cycle >= 0] = len(flat) + cycle[cycle >= 0]
+        m = len(flat) + count
+        small, tail, head = np.full((m, m), np.inf), np.full((m, m), -1), np.full((m, m), -1)
+        for u in range(n):
+            for v in range(n):
+                c = w[u, v] - (best[v] if cycle[v] >= 0 else 0.0)
+                if group[u] != group[v] and np.isfinite(w[u, v]) and c < small[group[u],
+                                                                                group[v]]:
+                    small[group[u], group[v]] = c
+                    tail[group[u], group[v]], head[group[u], group[v]] = u, v
+        levels.append((parent, tail, head, root))
+        w, root = small, int(group[root])
+    inner = parent
+    for parent, tail, head, level_root in reversed(levels):
+        result = parent.copy()
+        for b, a in enumerate(inner):
+            if a >= 0:
+                result[head[a, b]] = tail[a, b]
+        result[level_root] = -1
+        inner = result
+    return inner
+
+
+@settings(max_examples=200)
+@given(cost_matrices(max_n=12), st.floats(0, 0.9), st.integers(0, 2**32 - 1))
+def test_is_the_level_by_level_rule_tie_for_tie(case: tuple[np.ndarray, int], zeros: float,
+                                                 seed: int) -> None:
+    # the kernel contracts in place; ties (zero prices, integer costs) must still go the
+    # rule's way, so the trees (and with them the packings) do not depend on the kernel
+    cost, root = case
+    rng = np.random.default_rng(seed)
+    cost = np.where(np.isfinite(cost) & (rng.random(cost.shape) < zeros), 0.0, cost)
+    assert np.array_equal(min_arborescence(cost, root), level_rule(cost, root))
