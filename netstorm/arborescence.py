@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["budget_arborescence", "min_arborescence", "prune_leaves", "tree_cost"]
+__all__ = ["budget_arborescence", "min_arborescence", "prune_leaves", "tree_cost", "warm_up"]
 
 
 def min_arborescence(cost: np.ndarray, root: int) -> np.ndarray:
@@ -94,6 +94,28 @@ def budget_arborescence(cost: np.ndarray, delay: np.ndarray, root: int,
     if (parent == -2).any():
         raise ValueError(f"some site cannot be reached from root {root}")
     return parent
+
+
+def warm_up(delay_budget: bool = False) -> None:
+    """Compile the kernels, or load them from numba's cache, ahead of their first real use.
+
+    Parameters
+    ----------
+    delay_budget
+        Also :func:`budget_arborescence`'s kernel.
+
+    Notes
+    -----
+    Compiling takes seconds on a cold cache (``cache=True`` keeps the machine code on
+    disk, so once per machine and numba version) and loading a cached kernel takes a
+    fraction of one; callers with a time budget call this first so the budget goes to
+    solving (:func:`netstorm.packing.pack_trees`). A tiny call on the argument types of
+    the real ones (float64 matrices, integer root) is what triggers it.
+    """
+    cost = np.ones((2, 2))
+    min_arborescence(cost, 0)
+    if delay_budget:
+        budget_arborescence(cost, cost, 0, 1.0)
 
 
 def tree_cost(cost: np.ndarray, parent: np.ndarray) -> float:

@@ -160,10 +160,11 @@ def simple_bounds(view: NetworkView) -> dict[str, float]:
     return {"volume": float(volume), "site": site, "cut": float(min(flows) / scale)}
 
 
-def _flow_lp(view: NetworkView, roots: Sequence[int],
-             phases: Sequence[str]) -> tuple[float, dict[int, float], np.ndarray]:
+def _flow_lp(view: NetworkView, roots: Sequence[int], phases: Sequence[str],
+             time_limit_s: float = np.inf) -> tuple[float, dict[int, float], np.ndarray] | None:
     """Solve the flow LP of DESIGN 4.3; return (rate in B/s, rate per root, capacity rows'
-    dual prices in the row order of :func:`netstorm.packing.resource_rows`)."""
+    dual prices in the row order of :func:`netstorm.packing.resource_rows`), or ``None``
+    when ``time_limit_s`` runs out first."""
     n = view.n
     us, vs = np.nonzero(view.capacity)
     m = len(us)
@@ -222,8 +223,12 @@ def _flow_lp(view: NetworkView, roots: Sequence[int],
                      shape=(ub_row, nvars))
     objective = np.zeros(nvars)
     objective[:nr] = -1.0
+    options = {"time_limit": max(time_limit_s, 0.0)} if np.isfinite(time_limit_s) else {}
     sol = linprog(objective, A_ub=a_ub.tocsr(), b_ub=np.concatenate(b_ub),
-                  A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, None), method="highs")
+                  A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, None), method="highs",
+                  options=options)
+    if sol.status == 1:  # iteration or time limit
+        return None
     if sol.status != 0:
         raise RuntimeError(f"bound LP failed: {sol.message}")
     y = sol.x[:nr] * scale
@@ -258,10 +263,13 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
         site is a worker (exact to its reported gap, and fast); with relay-only sites the
         flow LP while it has at most ``FLOW_LP_MAX_VARS`` variables, else the simple bounds.
     time_limit_s
-        Time budget of the tree packing's column generation. Stopped early, the bound is
-        still valid (its rate is the lower of the packing's dual bound and the simple
-        bounds) but looser: ``gap`` says how far the best packing found is below it. Large
-        full meshes close the gap slowly (random:32:1: 1 % after 5 s, 0.1 % after 20 s).
+        Time budget of the whole computation. The simple, latency and reach bounds come
+        first; the LP (the tree packing's column generation, or the flow LP) gets what is
+        left of it. Compiling (or loading) the tree packing's kernels does not count (see
+        :func:`netstorm.packing.pack_trees`). Stopped early, the bound is still valid (its
+        rate is the lower of the packing's dual bound and the simple bounds; a flow LP
+        that runs out of time leaves the simple bounds) but looser: ``gap`` says how far the
+        best packing found is below it. Large full meshes close the gap slowly.
 
     Notes
     -----
@@ -297,6 +305,8 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     if w < 2:
         return Bound(latency, np.inf, 0.0, latency, "trivial", True, 0.0, latency, 0.0, 0.0,
                      0.0, time.perf_counter() - started)
+    reach = reach_time(view, m_bytes) if phases == PHASES else 0.0  # all-reduce only
+    left = time_limit_s - (time.perf_counter() - started)  # the LP's share of the budget
     if method == "auto":
         method = _auto_method(view, roots, phases)
     per_root: dict[int, float] = {}
@@ -304,13 +314,17 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     simple_rate = min(simple.values())
     prices: np.ndarray | None = None
     if method == "flow-lp":
-        rate, per_root, prices = _flow_lp(view, roots, phases)
+        solved = _flow_lp(view, roots, phases, time_limit_s=left)
+        if solved is None:  # out of time: the simple bounds stand
+            method, rate, exact = "simple", simple_rate, False
+        else:
+            rate, per_root, prices = solved
     elif method == "tree-packing":
         if phases != PHASES:
             raise ValueError("tree-packing bounds both phases; use method='flow-lp'")
-        packing = pack_trees(view, roots, time_limit_s=time_limit_s)
-        rate, achieved, exact = packing.upper_bound, packing.rate, packing.certified
-        prices = packing.prices
+        packing = pack_trees(view, roots, time_limit_s=left)
+        rate, achieved, prices = packing.upper_bound, packing.rate, packing.prices
+        exact = packing.certified and bool(np.isfinite(rate))  # no prices in time: not exact
         if not packing.certified:
             rate = simple_rate
         for col in packing.columns:
@@ -328,7 +342,6 @@ def bound(view: NetworkView, job: Job, *, roots: Sequence[int] | None = None,
     if prices is not None:
         capacity, delay = resource_rows(view)
         priced = max(priced, priced_time(m_bytes, prices * capacity, delay))
-    reach = reach_time(view, m_bytes) if phases == PHASES else 0.0  # all-reduce only
     return Bound(time_s=max(priced, latency, reach), rate_Bps=rate, bandwidth_s=m_bytes / rate,
                  latency_s=latency, method=method, exact=exact, gap=gap,
                  simple_time_s=float(max(times.values())), volume_time_s=times["volume"],

@@ -6,6 +6,7 @@ networks too large for the flow LP, and the trees that ``treepack`` turns into s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,11 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from . import arborescence
 from .arborescence import budget_arborescence, min_arborescence, prune_leaves, tree_cost
 from .view import NetworkView
 
 __all__ = ["DelayBudget", "Masks", "Packing", "TreePair", "Variant", "pack_trees",
            "resource_rows", "solve_master", "star_columns"]
+
+
+#: The clock of :func:`pack_trees`' time limit (a module attribute so that tests can put a
+#: fake one in its place).
+_clock = time.perf_counter
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,7 +232,12 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     tol
         Stop when ``rate >= (1 - tol) * upper_bound``.
     max_rounds, time_limit_s
-        Safety limits; the result reports its gap either way.
+        Safety limits; the result reports its gap either way. The time limit counts solving
+        only: compiling (or loading) the kernels and loading HiGHS come first, outside it.
+        It is checked between the pricing step's trees and handed to HiGHS, so a call
+        returns about when it ends; a pricing round it cuts short neither bounds the rate
+        nor adds columns, and the solution is the last optimum of the master LP (a vertex
+        when there was time for the final simplex re-solve).
     smoothing
         Wentges dual smoothing factor in [0, 1) (0 turns it off).
     variants
@@ -261,7 +273,7 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     worker. Relay-only sites make pricing a Steiner problem: spanning trees are pruned of
     relay-only leaves, and the upper bound is not certified.
     """
-    started = time.perf_counter()
+    arborescence.warm_up(delay_budget=any(isinstance(v, DelayBudget) for v in variants))
     scale = float(view.capacity.max())
     res = _Resources(view, scale)
     keep = np.zeros(view.n, dtype=bool)
@@ -272,6 +284,11 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         start_cost = np.where(view.capacity > 0, scale / np.where(view.capacity > 0,
                                                                    view.capacity, 1), np.inf)
     master = _Master(res.capacity, solver)
+    deadline = _clock() + time_limit_s  # from here on, only solving counts
+
+    def left() -> float:
+        return deadline - _clock()
+
     columns: list[tuple[int, np.ndarray, np.ndarray]] = []
     seen: set[bytes] = set()
 
@@ -286,14 +303,20 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
 
     for masks in variants:
         for r in roots:
+            if columns and left() <= 0:
+                break
             add(r, *_trees(start_cost, r, keep, steiner, masks)[:2])
             if _star(view, r, keep, masks):  # direct stars: often optimal on dense meshes
                 add(r, *_star_tree(keep, r))
-    upper, center, rate, rounds = np.inf, None, 0.0, 0
+    upper, center, rounds = np.inf, None, 0
     feasible: np.ndarray | None = None
-    while rounds < max_rounds and time.perf_counter() - started < time_limit_s:
+    cut_short = False
+    while not cut_short and rounds < max_rounds and left() > 0:
         rounds += 1
-        rate, duals = master.solve()
+        solved = master.solve(left())
+        if solved is None:  # out of time inside the LP
+            break
+        rate, duals = solved
         if rate >= (1 - tol) * upper:
             break
         entered = False
@@ -303,7 +326,14 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
             cost = res.edge_cost(prices)
             improving: list[tuple[float, int, int, np.ndarray, np.ndarray]] = []
             for masks in variants:
-                priced = [(r, *_trees(cost, r, keep, steiner, masks)) for r in roots]
+                priced = []
+                for r in roots:
+                    if left() <= 0:
+                        break
+                    priced.append((r, *_trees(cost, r, keep, steiner, masks)))
+                if len(priced) < len(roots):
+                    cut_short = True
+                    break
                 cheapest = min(c for *_, c in priced)
                 if masks is None and cheapest > 0:  # only unrestricted prices bound the LP
                     bound_here = float(res.capacity @ prices) / cheapest
@@ -313,15 +343,17 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
                     reduced = tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down)
                     if reduced < 1 - 1e-9:
                         improving.append((reduced, len(improving), r, up, down))
+            if cut_short:
+                break
             # the most improving columns, at most one per root's worth: keeps the master small
             for *_, r, up, down in sorted(improving, key=lambda c: c[:2])[:len(roots)]:
                 entered |= add(r, up, down)
             if entered:
                 break
-        if not entered:  # no column improves the master: it is optimal
+        if not entered and not cut_short:  # no column improves the master: it is optimal
             upper = min(upper, rate)
             break
-    rate, x = master.vertex()
+    rate, x = master.vertex(left())
     upper = max(upper, rate)  # inf when no prices ever certified a bound
     pool = tuple(TreePair(r, up, down, float(x[i] * scale))
                  for i, (r, up, down) in enumerate(columns))
@@ -409,6 +441,7 @@ class _Master:
         self._h.addRows(m, np.full(m, -highspy.kHighsInf), capacity, 0,
                         np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0))
         self._n = 0
+        self._best: tuple[float, np.ndarray] = (0.0, np.zeros(0))  # last optimum: (objective, x)
 
     def add(self, rows: np.ndarray) -> None:
         """Add one column with objective 1 (we minimise -sum x) and these row loads."""
@@ -417,19 +450,28 @@ class _Master:
                         np.zeros(1, np.int32), idx.astype(np.int32), counts.astype(float))
         self._n += 1
 
-    def solve(self) -> tuple[float, np.ndarray]:
-        """Return (objective, row duals as non-negative prices)."""
+    def solve(self, time_limit: float = math.inf) -> tuple[float, np.ndarray] | None:
+        """Return (objective, row duals as non-negative prices), or ``None`` when
+        ``time_limit`` seconds ran out first."""
+        # HiGHS's time limit counts from the instance's first run: extend it by this run's
+        self._h.setOptionValue("time_limit", self._h.getRunTime() + max(time_limit, 0.0))
         self._h.run()
-        status = self._h.getModelStatus()
-        if self._h.modelStatusToString(status) != "Optimal":
-            raise RuntimeError(f"tree-packing master LP: {self._h.modelStatusToString(status)}")
+        status = self._h.modelStatusToString(self._h.getModelStatus())
+        if status == "Time limit reached":
+            return None
+        if status != "Optimal":
+            raise RuntimeError(f"tree-packing master LP: {status}")
         sol = self._h.getSolution()
-        return -self._h.getInfo().objective_function_value, np.maximum(
-            -np.asarray(sol.row_dual), 0.0)
+        self._best = (-self._h.getInfo().objective_function_value, np.asarray(sol.col_value))
+        return self._best[0], np.maximum(-np.asarray(sol.row_dual), 0.0)
 
-    def vertex(self) -> tuple[float, np.ndarray]:
-        """Re-solve by simplex; return (objective, a basic optimal x: few non-zeros)."""
-        self._h.setOptionValue("solver", "simplex")
-        self._h.setOptionValue("run_crossover", "on")
-        objective, _ = self.solve()
-        return objective, np.asarray(self._h.getSolution().col_value)
+    def vertex(self, time_limit: float = math.inf) -> tuple[float, np.ndarray]:
+        """Re-solve by simplex; return (objective, a basic optimal x: few non-zeros). When
+        ``time_limit`` runs out first, the last optimum :meth:`solve` found (zero rates for
+        the columns added since; objective 0 and no rates when it found none)."""
+        if time_limit > 0:
+            self._h.setOptionValue("solver", "simplex")
+            self._h.setOptionValue("run_crossover", "on")
+            self.solve(time_limit)
+        objective, x = self._best
+        return objective, np.concatenate([x, np.zeros(self._n - len(x))])
