@@ -61,8 +61,11 @@ def check_planner(planner: str | Planner, views: Iterable[NetworkView] | None = 
     name, func = get_planner(planner)
     job = job or Job(buckets=40_000_000, chunk_bytes=1_000_000)
     for view in conformance_views() if views is None else views:
-        first = plan(view, job, func, seed=1, **options)
-        second = plan(view, job, func, seed=1, **options)
+        try:
+            first = plan(view, job, func, seed=1, **options)
+            second = plan(view, job, func, seed=1, **options)
+        except PlanError as exc:
+            raise PlanError(f"{exc} (view {view.name!r})") from None
         if first.to_json() != second.to_json():  # plan() has already run check_plan
             raise PlanError(f"planner {name!r} is not deterministic on {view.name}")
         low = bound(view, job).time_s

@@ -292,3 +292,11 @@ def test_column_fills_equal_shard_fill(name: str) -> None:
     want = [shard_fill(Shard(1.0, c.root, module._tree(c.reduce_parent),
                              module._tree(c.broadcast_parent)), view, job) for c in pool]
     assert module.column_fills(view, job, pool) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_treepack_keeps_its_largest_tree_when_every_tree_is_under_min_fraction() -> None:
+    # cities packs many small trees: a threshold above every tree's share once left no shard
+    view, job = builtin("cities"), Job.from_model("resnet50")
+    alone = plan(view, job, "treepack", min_fraction=0.99)
+    assert len(alone.shards) == 1 and alone.shards[0].fraction == 1.0
+    assert alone.predicted_time_s >= plan(view, job, "treepack").predicted_time_s

@@ -43,6 +43,9 @@ def _shards(columns: tuple[TreePair, ...], min_fraction: float) -> list[Shard]:
         merged[key] = merged.get(key, 0.0) + col.rate
     total = sum(merged.values())
     kept = {k: r for k, r in merged.items() if r >= min_fraction * total}
+    if not kept:  # every tree under the threshold (many small ones): keep the largest
+        best = min(merged.items(), key=lambda kv: (-kv[1], kv[0]))
+        kept = {best[0]: best[1]}
     kept_total = sum(kept.values())
     shards = []
     for (root, up, down), rate in sorted(kept.items(), key=lambda kv: (-kv[1], kv[0])):
