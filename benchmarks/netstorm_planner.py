@@ -6,8 +6,8 @@ view of ``--views`` it times :func:`netstorm.plan` with ``planner="netstorm"`` (
 validation and prediction: the ``plan s`` column of ``netstorm compare``) and reports the
 predicted all-reduce time of ResNet-50. With ``--reference REV`` the planner module as it was
 at git revision REV runs the same cases in the same process, so a before/after comparison
-shares the machine's state; a reference run is abandoned after ``--limit`` seconds (reported
-as ``null``, with the limit). A warm-up plan on ``random:5:1`` runs first.
+shares the machine's state. Each case runs in its own process after a warm-up plan on
+``random:5:1`` and is abandoned after ``--limit`` seconds (reported as ``null``).
 """
 
 from __future__ import annotations
