@@ -360,7 +360,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="which bound: the flow LP, the tree-packing LP (both phases), the "
                         "simple closed forms, or auto (the tightest that fits the view)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
-                   help="stop the LP after this long; the bound stays valid, with its gap "
+                   help="seconds the bound may take (compiling kernels on a first run "
+                        "aside); the LP stops then, the bound stays valid, with its gap "
                         "shown (default 60)")
     p.set_defaults(func=_cmd_bound)
 
