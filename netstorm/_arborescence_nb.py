@@ -15,6 +15,23 @@ __all__ = ["budget_prim", "edmonds"]
 
 
 @numba.njit(cache=True)
+def _cheapest_in(w: np.ndarray, v: int, order: np.ndarray, live: int, best: np.ndarray,
+                 parent: np.ndarray, ties: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Site ``v``'s cheapest incoming edge among the level's ``live`` sites (``order``): the
+    first of equals in that order, and how many tie with it."""
+    for j in range(live):
+        u = order[j]
+        if w[u, v] < best[v]:
+            best[v] = w[u, v]
+            parent[v] = u
+            ties[v] = 1
+        elif w[u, v] == best[v]:
+            ties[v] += 1
+    if parent[v] < 0:
+        raise ValueError("a site cannot be reached from the root")
+
+
+@numba.njit(cache=True)
 def edmonds(w: np.ndarray, root: int) -> np.ndarray:  # pragma: no cover - compiled
     """Parents of a minimum spanning arborescence; ``w`` has inf on its diagonal and in the
     root's column, and is overwritten. Returns ``-1`` for the root; raises ValueError if a
@@ -49,17 +66,8 @@ def edmonds(w: np.ndarray, root: int) -> np.ndarray:  # pragma: no cover - compi
     best = np.full(n, np.inf)
     ties = np.zeros(n, np.int64)  # how many live sites offer that cost
     for v in range(n):
-        if v == root:
-            continue
-        for u in range(n):
-            if w[u, v] < best[v]:
-                best[v] = w[u, v]
-                parent[v] = u
-                ties[v] = 1
-            elif w[u, v] == best[v]:
-                ties[v] += 1
-        if parent[v] < 0:
-            raise ValueError("a site cannot be reached from the root")
+        if v != root:
+            _cheapest_in(w, v, order, live, best, parent, ties)
     best[root] = 0.0
     fid = np.arange(n)  # forest node of each slot; forest nodes < n are the sites
     fpar = np.full(2 * n, -1, np.int64)
@@ -193,16 +201,7 @@ def edmonds(w: np.ndarray, root: int) -> np.ndarray:  # pragma: no cover - compi
                 continue
             best[v] = np.inf
             parent[v] = -1
-            for j in range(live):
-                u = order[j]
-                if w[u, v] < best[v]:
-                    best[v] = w[u, v]
-                    parent[v] = u
-                    ties[v] = 1
-                elif w[u, v] == best[v]:
-                    ties[v] += 1
-            if parent[v] < 0:
-                raise ValueError("a site cannot be reached from the root")
+            _cheapest_in(w, v, order, live, best, parent, ties)
     stack = np.empty(2 * n, np.int64)
     top = 0
     for i in range(live):
