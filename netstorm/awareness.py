@@ -112,6 +112,34 @@ class BandwidthEstimator:
             return
         self._update(src, dst, nbytes / seconds, self._now(when))
 
+    def observe_many(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray,
+                     seconds: np.ndarray, when: np.ndarray) -> None:
+        """:meth:`observe` for arrays of observations, folded in in the order given.
+
+        The simulator's compiled core reports a batch of transfers at once; the result is
+        that of calling :meth:`observe` on each in turn (a subclass that overrides
+        :meth:`observe` or its update gets exactly those calls).
+        """
+        src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        nbytes, seconds = np.asarray(nbytes, dtype=float), np.asarray(seconds, dtype=float)
+        when = np.asarray(when, dtype=float)
+        cls = type(self)
+        if (cls.observe is not BandwidthEstimator.observe
+                or cls._update is not BandwidthEstimator._update):
+            for args in zip(src.tolist(), dst.tolist(), nbytes.tolist(), seconds.tolist(),
+                            when.tolist(), strict=True):
+                self.observe(*args)
+            return
+        bad = (nbytes < 0) | (seconds < 0) | ~np.isfinite(seconds)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"observation {src[i]}->{dst[i]}: bytes and seconds must be >= 0 "
+                             f"and finite, got {nbytes[i]}, {seconds[i]}")
+        from ._awareness_nb import fold
+
+        fold(self._rate, self._samples, self._last, src, dst, nbytes, seconds, when,
+             self.alpha, self.jump)
+
     def _update(self, src: int, dst: int, sample: float, now: float) -> None:
         """Fold one rate ``sample`` (B/s) of ``src -> dst`` into the estimate."""
         old = self._rate[src, dst]

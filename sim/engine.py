@@ -32,6 +32,8 @@ from netstorm.plan import Plan
 from netstorm.registry import Planner, plan, planner_info
 from netstorm.view import NetworkView
 
+from .compiled import CompiledNetwork
+from .flat import flatten
 from .interpreter import BACKWARD_FRACTION, run_iteration
 from .network import Network
 
@@ -203,7 +205,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
              progress: Callable[[int, float], None] | None = None,
              planner_options: Mapping[str, Any] | None = None,
              planner_view: NetworkView | None = None, overlap: bool = False,
-             backward_fraction: float = BACKWARD_FRACTION) -> SimResult:
+             backward_fraction: float = BACKWARD_FRACTION,
+             engine: str = "auto") -> SimResult:
     """Simulate ``iterations`` synchronous iterations of ``job`` on ``view``, or as many
     as it takes to cover ``duration_s`` of simulated time.
 
@@ -245,6 +248,12 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         ``backward_fraction`` of each site's compute time and produces the buckets in
         reverse model order, in time proportional to their bytes
         (:func:`~netstorm.sim.interpreter.bucket_ready_s`). A one-bucket job gains nothing.
+    engine
+        ``"compiled"``: the compiled core (:mod:`netstorm.sim.core`) runs each iteration's
+        programs and network; ``"executor"``: every site's
+        :class:`~netstorm.executor.Executor` does, one Python call per message. Both give
+        the same times; ``"auto"`` (the default) takes the compiled core unless ``record``
+        asks for every transfer.
 
     Notes
     -----
@@ -269,6 +278,12 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         rule = info.policy(policy)
     else:
         rule = policy
+    if engine not in ("auto", "compiled", "executor"):
+        raise InputError(f"simulate: engine must be 'auto', 'compiled' or 'executor', "
+                         f"got {engine!r}")
+    if engine == "compiled" and record:
+        raise InputError("simulate: record=True needs engine 'executor' (or 'auto')")
+    compiled = engine == "compiled" or (engine == "auto" and not record)
     started = time.perf_counter()
     env = simpy.Environment()
     estimator = BandwidthEstimator(view, clock=lambda: env.now) if aware else None
@@ -280,8 +295,13 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     control = Controller(planner_view or view, job, make_plan, policy=rule,
                          estimator=estimator, clock=lambda: env.now, workers=view.workers,
                          by_bucket=overlap)
-    net = Network(env, view, window_bytes=window_bytes,
-                  observe=estimator.observe if estimator else None, record=record)
+    net: Network | CompiledNetwork
+    if compiled:
+        net = CompiledNetwork(env, view, window_bytes=window_bytes,
+                              observe=estimator.observe_many if estimator else None)
+    else:
+        net = Network(env, view, window_bytes=window_bytes,
+                      observe=estimator.observe if estimator else None, record=record)
     predicted = predict(control.plan, view, job).time_s
     chunk_bytes = control.plan.job_for(job).chunk_bytes
     workers = list(view.workers)
@@ -291,23 +311,38 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
     max_compute = max((job.compute_time(w) for w in workers), default=0.0)
     probing = dynamics is not None and aware and probe_bytes > 0
 
-    def driver() -> Any:
+    def programs() -> Any:
         progs = index_programs(control.programs)
+        if not compiled:
+            return progs
+        return flatten(progs, view.n, job, workers, overlap=overlap,
+                       backward_fraction=backward_fraction)
+
+    def driver() -> Any:
+        progs = programs()
         it = 0
         while (env.now < duration_s) if duration_s is not None else (it < iterations):
             if control.boundary(it) is not None:
-                progs = index_programs(control.programs)
+                progs = programs()
             if probing:
                 for u, v in estimator.stale_links(probe_age_s):  # type: ignore[union-attr]
-                    if not net.busy(u, v):
+                    if net.busy(u, v):
+                        continue
+                    if isinstance(net, CompiledNetwork):
+                        net.probe(u, v, probe_bytes, progs)
+                    else:
                         net.send(u, v, probe_bytes, None, ("probe",))
-            t_start = env.now
-            done = run_iteration(env, net, progs, job, workers,
-                                 on_compute=(lambda s, a, b: computes.append((s, a, b)))
-                                 if record else None, tag=it, iteration=it, overlap=overlap,
-                                 backward_fraction=backward_fraction)
-            yield done
-            elapsed = env.now - t_start
+            if isinstance(net, CompiledNetwork):
+                t_start = net.now
+                done = env.process(net.iterate(progs, control.version))
+            else:
+                t_start = env.now
+                done = run_iteration(env, net, progs, job, workers,
+                                     on_compute=(lambda s, a, b: computes.append((s, a, b)))
+                                     if record else None, tag=it, iteration=it,
+                                     overlap=overlap, backward_fraction=backward_fraction)
+            end = yield done
+            elapsed = end - t_start
             out["it"].append(elapsed)
             out["comm"].append(max(0.0, elapsed - max_compute))
             out["start"].append(t_start)

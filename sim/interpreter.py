@@ -141,7 +141,10 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
 
     start = env.now
     for site, ex in execs.items():
+        before = ex.remaining
         emit(site, ex.start())
+        if before and not ex.remaining:
+            finished()
     bounds = bucket_bounds(job) if overlap else [0]
     for site in sites:
         seconds = job.compute_time(site)
@@ -160,6 +163,6 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
                 at(times[b], functools.partial(ready, site, groups[b]))
         else:
             at(seconds, functools.partial(ready, site, None))
-    if left[0] == 0:
+    if left[0] == 0 and not done.triggered:
         done.succeed(env.now)
     return done
