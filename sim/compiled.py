@@ -21,7 +21,7 @@ import simpy
 from netstorm.errors import NetstormError, ProtocolError
 from netstorm.view import NetworkView
 
-from . import core
+from . import core, tables
 from .flat import ALT_HI, ALT_LO, RULE, FlatPrograms
 from .heaps import POS
 
@@ -61,32 +61,32 @@ class CompiledNetwork:
                           if window_bytes else np.full((n, n), np.inf))
         self.observe = observe
         li = np.zeros((links, 9), dtype=np.int64)
-        li[:, [core.L_ACTIVE, core.L_QROOT, core.L_MROOT]] = -1
+        li[:, [tables.L_ACTIVE, tables.L_QROOT, tables.L_MROOT]] = -1
         lf = np.zeros((links, 4))
-        lf[:, core.L_LATENCY] = latency.ravel()
+        lf[:, tables.L_LATENCY] = latency.ravel()
         fi = np.zeros((links, 3), dtype=np.int64)
         fi[:, POS] = -1
-        self.k = core.Links(f=lf, i=li, fi=fi, ftime=np.zeros(links),
+        self.k = tables.Links(f=lf, i=li, fi=fi, ftime=np.zeros(links),
                             res_cap=np.full(2 * n, np.inf),
                             res=np.zeros((2 * n, 4), dtype=np.int64),
                             res_list=np.zeros((2 * n, n), dtype=np.int64))
         self.t = self._pool(0, 0)
         self.q = self._events(0)
-        self.c = core.counters(n, False, observe is not None)
+        self.c = tables.counters(n, False, observe is not None)
         self.clock = np.zeros(1)
-        self._iterations: dict[int, core.Iteration] = {}
+        self._iterations: dict[int, tables.Iteration] = {}
         self.set_capacity(view.capacity, view.egress, view.ingress)
 
     # -- state sizes ------------------------------------------------------------------------
     @staticmethod
-    def _pool(size: int, entries: int) -> core.Pool:
-        return core.Pool(f=np.zeros((size, 6)), i=np.full((size, 8), -1, dtype=np.int64),
+    def _pool(size: int, entries: int) -> tables.Pool:
+        return tables.Pool(f=np.zeros((size, 6)), i=np.full((size, 8), -1, dtype=np.int64),
                          free=np.arange(size, dtype=np.int64), ef=np.zeros((entries, 1)),
                          ei=np.zeros((entries, 4), dtype=np.int64))
 
     @staticmethod
-    def _events(size: int) -> core.Events:
-        return core.Events(time=np.zeros(size), i=np.zeros((size, 3), dtype=np.int64),
+    def _events(size: int) -> tables.Events:
+        return tables.Events(time=np.zeros(size), i=np.zeros((size, 3), dtype=np.int64),
                            obs=np.zeros((_OBSERVATIONS, 3)),
                            obs_link=np.zeros(_OBSERVATIONS, dtype=np.int64))
 
@@ -94,7 +94,7 @@ class CompiledNetwork:
         """Grow the tables so that ``transfers`` more transfers, ``entries`` route-rule move
         candidates and ``events`` pending events fit."""
         t, c = self.t, self.c
-        free = int(c[core.C_FREE])
+        free = int(c[tables.C_FREE])
         size = len(t.free)
         if free < transfers or len(t.ef) < entries:
             new = max(size + transfers - free, 2 * size) if free < transfers else size
@@ -103,7 +103,7 @@ class CompiledNetwork:
             pool.free[:free] = t.free[:free]
             pool.free[free:free + new - size] = np.arange(size, new)
             self.t = pool
-            c[core.C_FREE] = free + new - size
+            c[tables.C_FREE] = free + new - size
         if len(self.q.time) < events:
             q, grown = self.q, max(events, 2 * len(self.q.time))
             time, rows = np.zeros(grown), np.zeros((grown, 3), dtype=np.int64)
@@ -118,15 +118,15 @@ class CompiledNetwork:
 
     @property
     def link_bytes(self) -> np.ndarray:
-        return self.k.f[:, core.L_BYTES].reshape(self.n, self.n)
+        return self.k.f[:, tables.L_BYTES].reshape(self.n, self.n)
 
     @property
     def link_busy(self) -> np.ndarray:
-        return self.k.f[:, core.L_BUSY].reshape(self.n, self.n)
+        return self.k.f[:, tables.L_BUSY].reshape(self.n, self.n)
 
     @property
     def transfers(self) -> int:
-        return int(self.c[core.C_TRANSFERS])
+        return int(self.c[tables.C_TRANSFERS])
 
     def set_capacity(self, capacity: np.ndarray, egress: np.ndarray | None = None,
                      ingress: np.ndarray | None = None) -> None:
@@ -136,16 +136,16 @@ class CompiledNetwork:
         self.egress = np.full(n, np.inf) if egress is None else np.array(egress, dtype=float)
         self.ingress = np.full(n, np.inf) if ingress is None else np.array(ingress,
                                                                             dtype=float)
-        self.k.f[:, core.L_RATE_CAP] = np.minimum(self.capacity, self._wcap).ravel()
+        self.k.f[:, tables.L_RATE_CAP] = np.minimum(self.capacity, self._wcap).ravel()
         self.k.res_cap[:n], self.k.res_cap[n:] = self.egress, self.ingress
-        self.c[core.C_SHARED] = bool(np.isfinite(self.k.res_cap).any())
+        self.c[tables.C_SHARED] = bool(np.isfinite(self.k.res_cap).any())
         self.clock[0] = max(self.clock[0], self.env.now)
         core.flush_all(self.k, self.t, self.c, self.clock)
 
     def depth(self, src: int, dst: int) -> int:
         """Transfers on link ``src -> dst``: the one sending, if any, plus those queued."""
         link = src * self.n + dst
-        return int(self.k.i[link, core.L_QLEN]) + int(self.k.i[link, core.L_ACTIVE] >= 0)
+        return int(self.k.i[link, tables.L_QLEN]) + int(self.k.i[link, tables.L_ACTIVE] >= 0)
 
     def busy(self, src: int, dst: int) -> bool:
         """True while the link sends or has a queue."""
@@ -153,7 +153,7 @@ class CompiledNetwork:
 
     def probe(self, src: int, dst: int, nbytes: float, programs: FlatPrograms) -> None:
         """Send ``nbytes`` on ``src -> dst`` now, delivered nowhere (a bandwidth probe)."""
-        self._reserve(1, events=int(self.c[core.C_EVENTS]) + 2)
+        self._reserve(1, events=int(self.c[tables.C_EVENTS]) + 2)
         core.probe(programs.program, self.k, self.t, self.q, self.c, self.clock,
                    src * self.n + dst, float(nbytes))
 
@@ -164,7 +164,7 @@ class CompiledNetwork:
         p, env = programs, self.env
         it = self._iterations.get(version)
         if it is None:
-            self._iterations = {version: core.Iteration(
+            self._iterations = {version: tables.Iteration(
                 pending=np.zeros(len(p.program.steps), np.int64),
                 got=np.zeros(len(p.program.slot_step), np.bool_),
                 remaining=np.zeros(self.n, np.int64))}
@@ -173,31 +173,31 @@ class CompiledNetwork:
         rule = sends[:, RULE] != 0
         self._reserve(p.transfers + int(rule.sum()),
                       int((sends[rule, ALT_HI] - sends[rule, ALT_LO] - 1).sum()),
-                      int(self.c[core.C_EVENTS]) + p.transfers + len(p.group_site) + 4)
+                      int(self.c[tables.C_EVENTS]) + p.transfers + len(p.group_site) + 4)
         core.start_iteration(p, it, self.k, self.t, self.q, self.c, self.clock)
         while True:
             until = env.peek()
             status = core.run(p, it, self.k, self.t, self.q, self.c, self.clock, until)
             self._drain()
-            if status == core.DONE:
+            if status == tables.DONE:
                 if self.now > env.now:
                     yield env.timeout(self.now - env.now)
                 return self.now
-            if status == core.ERROR:
-                raise ProtocolError(f"compiled core: slot {int(self.c[core.C_ERROR_AT])} of plan "
+            if status == tables.ERROR:
+                raise ProtocolError(f"compiled core: slot {int(self.c[tables.C_ERROR_AT])} of plan "
                                     f"version {version} filled twice")
-            if status == core.IDLE and math.isinf(until):
+            if status == tables.IDLE and math.isinf(until):
                 raise NetstormError(f"simulation stalled at {self.now:.6g} s: transfers wait "
                                     f"on links of capacity 0 and no capacity change is due")
-            if status != core.OBS_FULL:
+            if status != tables.OBS_FULL:
                 yield env.timeout(max(until - env.now, 0.0))
 
     def _drain(self) -> None:
-        count = int(self.c[core.C_OBS])
+        count = int(self.c[tables.C_OBS])
         if not count or self.observe is None:
             return
         q = self.q
         link, obs = q.obs_link[:count], q.obs[:count]
-        self.observe(link // self.n, link % self.n, obs[:, core.O_BYTES].copy(),
-                     obs[:, core.O_SECS].copy(), obs[:, core.O_END].copy())
-        self.c[core.C_OBS] = 0
+        self.observe(link // self.n, link % self.n, obs[:, tables.O_BYTES].copy(),
+                     obs[:, tables.O_SECS].copy(), obs[:, tables.O_END].copy())
+        self.c[tables.C_OBS] = 0

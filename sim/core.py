@@ -24,13 +24,11 @@ Semantics, kept identical to the executor path so that both give the same times:
 - **Observations** (bytes, seconds, end time per transfer: what a sender measures) are
   buffered and handed to Python at the next return, in the order they happened.
 
-State lives in tables (:mod:`netstorm.sim.heaps` says why): a float and an int table per
-kind of row, with named columns.
+State lives in tables with named columns (:mod:`netstorm.sim.tables`); max-min sharing
+under site caps is :mod:`netstorm.sim.sharing`.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -53,94 +51,72 @@ from .flat import (
     Program,
 )
 from .heaps import ARG, CHILD, EID, FEID, HEAP, KEY, KIND, POS, SEQ, SIB
+from .sharing import coupled, maxmin
+from .tables import (
+    C_ACTIVE,
+    C_AUX_QUEUE,
+    C_BEGUN,
+    C_DIRTY,
+    C_EID,
+    C_ENTRIES,
+    C_ERROR_AT,
+    C_EVENTS,
+    C_FINISHES,
+    C_FREE,
+    C_LEFT,
+    C_N,
+    C_NDIRTY,
+    C_NFRESH,
+    C_OBS,
+    C_OBSERVE,
+    C_PRIMARY_BUSY,
+    C_SEQ,
+    C_SHARED,
+    C_TRANSFERS,
+    DELIVER,
+    DONE,
+    E_TID,
+    ERROR,
+    FINISHED,
+    FLUSH,
+    IDLE,
+    L_ACTIVE,
+    L_AT_OUT,
+    L_BEGUN,
+    L_BUSY,
+    L_BYTES,
+    L_FRESH,
+    L_LATENCY,
+    L_MROOT,
+    L_QLEN,
+    L_QROOT,
+    L_RATE_CAP,
+    LOCAL,
+    O_BYTES,
+    O_END,
+    O_SECS,
+    OBS_FULL,
+    R_COUNT,
+    R_DIRTY,
+    R_QUEUE,
+    T_LINK,
+    T_NBYTES,
+    T_QUEUED,
+    T_RATE,
+    T_RATED,
+    T_REMAINING,
+    T_SEND,
+    T_SINCE,
+    T_SLOT,
+    T_START,
+    UNTIL,
+    Events,
+    Iteration,
+    Links,
+    Pool,
+)
 
-__all__ = ["DONE", "ERROR", "IDLE", "OBS_FULL", "UNTIL", "Events", "Iteration", "Links",
-           "Pool", "counters", "flush_all", "probe", "run", "start_iteration"]
-
-# -- counters (``c``: one int64 array) ------------------------------------------------------
-(C_EID, C_SEQ, C_EVENTS, C_FINISHES, C_FREE, C_ENTRIES, C_OBS, C_LEFT, C_DIRTY, C_SHARED,
- C_TRANSFERS, C_BEGUN, C_N, C_OBSERVE, C_STAMP, C_ERROR_AT, C_NDIRTY, C_NFRESH, C_ACTIVE,
- C_AUX_QUEUE, C_PRIMARY_BUSY) = range(21)
-
-# -- link table columns ------------------------------------------------------------------------
-L_RATE_CAP, L_LATENCY, L_BYTES, L_BUSY = range(4)  # float: min(capacity, window / RTT), ...
-#: int: the transfer sending (-1: none), when it began (begin order), transfers waiting, the
-#: roots of the send queue and of the move candidates, a search mark, a link begun since the
-#: last flush (by position), and the link's place in its egress and ingress lists
-L_ACTIVE, L_BEGUN, L_QLEN, L_QROOT, L_MROOT, L_MARK, L_FRESH, L_AT_OUT, L_AT_IN = range(9)
-# -- site cap table columns (rows: egress caps, then ingress caps) ---------------------------
-#: (the dirty caps are listed in column R_QUEUE, rows 0 .. c[C_NDIRTY])
-R_COUNT, R_MARK, R_DIRTY, R_QUEUE = range(4)
-# -- transfer table columns (KEY, SEQ, CHILD, SIB are the pairing heap's) ----------------------
-T_NBYTES, T_REMAINING, T_RATE, T_SINCE, T_START = range(1, 6)
-T_LINK, T_SLOT, T_SEND, T_QUEUED, T_RATED = range(3, 8)
-#: int column of a move candidate: the transfer it may move
-E_TID = 3
-# -- observation columns -----------------------------------------------------------------------
-O_BYTES, O_SECS, O_END = range(3)
-
-# -- event kinds -----------------------------------------------------------------------------
-DELIVER, LOCAL, FLUSH, FINISHED = range(4)
-
-# -- what :func:`run` returns ----------------------------------------------------------------
-#: every site is done; the clock is the instant it happened
-DONE = 0
-#: the next event is at or after ``until``
-UNTIL = 1
-#: the observation buffer is full: drain it and call again
-OBS_FULL = 2
-#: no event is left but the iteration is not done (transfers stalled at rate 0)
-IDLE = 3
-#: a message arrived twice; ``c[C_ERROR_AT]`` is its slot (a flattening bug, never a plan's)
-ERROR = 4
-
-_EPS = 1e-12
-
-
-def counters(n: int, shared: bool, observe: bool) -> np.ndarray:
-    """A fresh counter array for ``n`` sites."""
-    c = np.zeros(21, dtype=np.int64)
-    c[C_N], c[C_SHARED], c[C_OBSERVE] = n, shared, observe
-    return c
-
-
-class Links(NamedTuple):
-    """Per directed link ``src * n + dst``, and per site cap, the network's state."""
-
-    f: np.ndarray  # f8[L, 4]
-    i: np.ndarray  # i8[L, 9]
-    fi: np.ndarray  # i8[L, 3] the finish heap (heaps.HEAP, POS, FEID)
-    ftime: np.ndarray  # f8[L] each active link's finish time
-    res_cap: np.ndarray  # f8[2n] egress caps, then ingress caps
-    res: np.ndarray  # i8[2n, 4]
-    res_list: np.ndarray  # i8[2n, n] the active links on each cap
-
-
-class Pool(NamedTuple):
-    """Transfers (queued or sending) and route-rule move candidates."""
-
-    f: np.ndarray  # f8[T, 6]
-    i: np.ndarray  # i8[T, 8]
-    free: np.ndarray  # i8[T] a stack of free rows
-    ef: np.ndarray  # f8[E, 1]
-    ei: np.ndarray  # i8[E, 4]
-
-
-class Events(NamedTuple):
-    """The event heap, and the buffer of observations."""
-
-    time: np.ndarray  # f8[V]
-    i: np.ndarray  # i8[V, 3] (heaps.EID, KIND, ARG)
-    obs: np.ndarray  # f8[O, 3]
-    obs_link: np.ndarray  # i8[O]
-
-
-class Iteration(NamedTuple):
-    """One iteration's executor state, sized for one plan version."""
-
-    pending: np.ndarray  # i8[G] events each step still waits for
-    got: np.ndarray  # bool[K] slots filled
-    remaining: np.ndarray  # i8[n] mandatory steps left per site
+__all__ = ["flush_all", "probe", "run", "start_iteration"]
 
 
 # -- events and finish times -----------------------------------------------------------------
@@ -421,127 +397,9 @@ def _finish(p: Program, it: Iteration, k: Links, t: Pool, q: Events, c: np.ndarr
 
 # -- max-min fair rates over the transfers coupled to a change -------------------------------
 @numba.njit(cache=True)
-def _component(k: Links, c: np.ndarray, everything: bool) -> np.ndarray:
-    """Active links whose rate may change, in begin order: every one, or those coupled
-    (through finite caps) to a dirty cap or a fresh transfer. Clears both lists."""
-    n = c[C_N]
-    c[C_STAMP] += 1
-    stamp = c[C_STAMP]
-    flows = np.empty(c[C_ACTIVE], dtype=np.int64)
-    m = 0
-    stack = np.empty(2 * n, dtype=np.int64)
-    top = 0
-    if everything:
-        for link in range(n * n):
-            if k.i[link, L_ACTIVE] >= 0:
-                flows[m] = link
-                m += 1
-    else:
-        for j in range(c[C_NDIRTY]):
-            r = k.res[j, R_QUEUE]
-            k.res[r, R_MARK] = stamp
-            stack[top] = r
-            top += 1
-        for j in range(c[C_NFRESH] + 1):
-            if j < c[C_NFRESH]:  # a fresh transfer is re-rated even if it shares no cap
-                link = k.i[j, L_FRESH]
-                if k.i[link, L_ACTIVE] < 0 or k.i[link, L_MARK] == stamp:
-                    continue
-                k.i[link, L_MARK] = stamp
-                flows[m] = link
-                m += 1
-                rs = (link // n, n + link % n)
-                for r in rs:
-                    if np.isfinite(k.res_cap[r]) and k.res[r, R_MARK] != stamp:
-                        k.res[r, R_MARK] = stamp
-                        stack[top] = r
-                        top += 1
-            while top > 0:
-                top -= 1
-                r = stack[top]
-                for x in range(k.res[r, R_COUNT]):
-                    link = k.res_list[r, x]
-                    if k.i[link, L_MARK] == stamp:
-                        continue
-                    k.i[link, L_MARK] = stamp
-                    flows[m] = link
-                    m += 1
-                    for r2 in (link // n, n + link % n):
-                        if np.isfinite(k.res_cap[r2]) and k.res[r2, R_MARK] != stamp:
-                            k.res[r2, R_MARK] = stamp
-                            stack[top] = r2
-                            top += 1
-    for j in range(c[C_NDIRTY]):
-        k.res[k.res[j, R_QUEUE], R_DIRTY] = 0
-    c[C_NDIRTY] = 0
-    c[C_NFRESH] = 0
-    flows = flows[:m]
-    return flows[np.argsort(k.i[flows, L_BEGUN], kind="mergesort")]
-
-
-@numba.njit(cache=True)
-def _maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
-    """Max-min fair rates of ``flows``: progressive filling over their finite site caps
-    and their own caps, as :func:`netstorm.sim.rates.maxmin_rates` does."""
-    n = c[C_N]
-    m = len(flows)
-    res = np.full((m, 2), -1, dtype=np.int64)
-    cap = np.empty(m)
-    count = np.zeros(2 * n, dtype=np.int64)
-    for f in range(m):
-        link = flows[f]
-        cap[f] = k.f[link, L_RATE_CAP]
-        for j in range(2):
-            r = link // n if j == 0 else n + link % n
-            if np.isfinite(k.res_cap[r]):
-                res[f, j] = r
-                count[r] += 1
-    rs = np.nonzero(count)[0]
-    remaining = k.res_cap.copy()
-    rate = np.zeros(m)
-    frozen = np.zeros(m, dtype=np.bool_)
-    left = m
-    level = 0.0
-    while left > 0:
-        inc = np.inf  # the next water level: a cap's fair share or a flow's own cap
-        for r in rs:
-            if count[r] > 0 and remaining[r] / count[r] < inc:
-                inc = remaining[r] / count[r]
-        for f in range(m):
-            if not frozen[f] and cap[f] - level < inc:
-                inc = cap[f] - level
-        if not np.isfinite(inc):
-            for f in range(m):
-                if not frozen[f]:
-                    rate[f] = np.inf
-            break
-        inc = max(inc, 0.0)
-        level += inc
-        for r in rs:
-            if count[r] > 0:
-                remaining[r] -= inc * count[r]
-        for f in range(m):  # freeze every flow at its own cap or on a saturated cap
-            if frozen[f]:
-                continue
-            hit = np.isfinite(cap[f]) and cap[f] - level <= _EPS * max(1.0, cap[f])
-            for j in range(2):
-                r = res[f, j]
-                if r >= 0 and remaining[r] <= _EPS * max(1.0, k.res_cap[r]):
-                    hit = True
-            if hit:
-                frozen[f] = True
-                rate[f] = level
-                left -= 1
-                for j in range(2):
-                    if res[f, j] >= 0:
-                        count[res[f, j]] -= 1
-    return rate
-
-
-@numba.njit(cache=True)
 def _resolve(k: Links, t: Pool, c: np.ndarray, now: float, everything: bool) -> None:
     """Re-rate the transfers a change may affect (all of them after a capacity change)."""
-    flows = _component(k, c, everything)
+    flows = coupled(k, c, everything)
     for link in flows:
         tid = k.i[link, L_ACTIVE]
         t.f[tid, T_REMAINING] -= t.f[tid, T_RATE] * (now - t.f[tid, T_SINCE])
@@ -550,7 +408,7 @@ def _resolve(k: Links, t: Pool, c: np.ndarray, now: float, everything: bool) -> 
         for link in flows:
             _set_rate(k, t, c, now, k.i[link, L_ACTIVE], k.f[link, L_RATE_CAP])
         return
-    rates = _maxmin(k, c, flows)
+    rates = maxmin(k, c, flows)
     for f in range(len(flows)):
         tid = k.i[flows[f], L_ACTIVE]
         if rates[f] != t.f[tid, T_RATE] or not t.i[tid, T_RATED]:

@@ -70,6 +70,9 @@ class SimResult:
         else the job's (:meth:`netstorm.Plan.job_for`).
     wall_s
         Wall-clock seconds the simulation took.
+    setup_s
+        The part of ``wall_s`` before the first iteration: the first plan, its prediction
+        and its compilation.
     log, computes
         Transfers ``(src, dst, start, end, tag)`` and compute spans ``(site, start, end)``
         when recorded (``record=True``), for traces.
@@ -104,6 +107,7 @@ class SimResult:
     overlap: bool = False
     chunk_bytes: int = 0
     duration_s: float | None = None
+    setup_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -150,7 +154,7 @@ class SimResult:
             "predicted_time_s": self.predicted_s,
             "chunk_bytes": self.chunk_bytes,
             "transfers": self.transfers,
-            "wall_s": self.wall_s,
+            "wall_s": self.wall_s, "setup_s": self.setup_s,
             "link_utilisation": {f"{self.sites[u]}->{self.sites[v]}": float(util[u, v])
                                  for u, v in zip(*np.nonzero(used), strict=True)},
             "estimate_error_after_change": (
@@ -318,8 +322,11 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         return flatten(progs, view.n, job, workers, overlap=overlap,
                        backward_fraction=backward_fraction)
 
+    setup: list[float] = []
+
     def driver() -> Any:
         progs = programs()
+        setup.append(time.perf_counter() - started)
         it = 0
         while (env.now < duration_s) if duration_s is not None else (it < iterations):
             if control.boundary(it) is not None:
@@ -332,6 +339,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                         net.probe(u, v, probe_bytes, progs)
                     else:
                         net.send(u, v, probe_bytes, None, ("probe",))
+            done: simpy.Event
             if isinstance(net, CompiledNetwork):
                 t_start = net.now
                 done = env.process(net.iterate(progs, control.version))
@@ -381,7 +389,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
         changes_s=tuple(changes), predicted_s=predicted,
         wall_s=time.perf_counter() - started, log=tuple(net.log), computes=tuple(computes),
         workers=tuple(workers), overlap=overlap, chunk_bytes=chunk_bytes,
-        duration_s=duration_s)
+        duration_s=duration_s, setup_s=setup[0])
 
 
 def simulate_many(view: NetworkView, job: Job, planners: Sequence[str],

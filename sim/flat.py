@@ -183,7 +183,8 @@ def _local_schedule(progs: Mapping[int, SiteProgram], step_base: list[int], job:
     """When each worker's local slices are ready, in the executor driver's order."""
     sites: list[int] = []
     delays: list[float] = []
-    ptr, steps = [0], []
+    ptr: list[int] = [0]
+    steps: list[int] = []
     bounds = bucket_bounds(job) if overlap else [0]
     for site in workers:
         prog = progs.get(site)

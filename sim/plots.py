@@ -10,7 +10,7 @@ import numpy as np
 
 from .engine import SimResult
 
-__all__ = ["IterationPlot", "plot_accuracy", "plot_iterations"]
+__all__ = ["IterationPlot", "plot_accuracy", "plot_iterations", "plot_scaling"]
 
 
 def _pyplot() -> Any:
@@ -161,3 +161,43 @@ def plot_accuracy(curves: Sequence[dict[str, Any]], path: str | Path, *, model: 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return xlabel, ylabel
+
+
+def plot_scaling(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[str, ...]:
+    """Simulation time per iteration and transfers per second against sites, one line per
+    planner and engine (``netstorm bench sim``'s ``scaling`` rows); returns the legend.
+
+    Both axes are logarithmic: a line's slope is the exponent of its cost in sites."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        lines.setdefault((row["planner"], row["engine"]), []).append(row)
+    planners = sorted({planner for planner, _ in lines})
+    labels = []
+    for (planner, engine), points in sorted(lines.items()):
+        sites = [p["sites"] for p in points]
+        style = "-o" if engine == "compiled" else "--s"
+        colour = f"C{planners.index(planner)}"
+        label = f"{planner}, {engine}"
+        left.plot(sites, [p["sim_s_per_iteration"] for p in points], style, color=colour,
+                  label=label)
+        right.plot(sites, [p["transfers_per_s"] for p in points], style, color=colour,
+                   label=label)
+        labels.append(label)
+    ticks = sorted({row["sites"] for row in rows})
+    left.set_ylabel("wall time per iteration (s, planning excluded)")
+    right.set_ylabel("hop transfers simulated per second")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sites (random:N:1 full mesh, ResNet-50)")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.25, which="both")
+    right.legend(fontsize=8)
+    fig.suptitle("netstorm sim: the compiled core against the executor path", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return tuple(labels)

@@ -204,6 +204,11 @@ BAD: list[tuple[list[str], str]] = [
     (["sim", "-t", T, "-n", "1", "-d", "redraw:abc"], "redraw"),
     (["sim", "-t", T, "-n", "1", "--policy", "nope"], "nope"),
     (["sim", "-t", T, "-n", "1", "-p", ","], "at least one planner"),
+    (["sim", "-t", T, "-n", "1", "--engine", "compiled", "--trace", "{dir}/x.json"],
+     "--engine executor"),
+    (["sim", "-t", T, "-n", "1", "--engine", "fast"], "--engine"),
+    (["bench", "planner", "--plot", "{dir}/x.png"], "--plot draws only for bench sim"),
+    (["bench", "sim", "--plot", "{dir}/no/x.png"], "--plot"),
     # the command line itself
     ([], "required: command"),
     (["frobnicate"], "invalid choice"),
@@ -266,6 +271,7 @@ GOOD: list[list[str]] = [
     ["compare", "-t", "{dir}/good.yaml", "--planners", "ring", "--plan", "{dir}/plan-good.json"],
     ["plan", "-t", T, "--model=64MB", "--chunk", "1MB"],
     ["sim", "-t", T, "-n", "1", "--window", "4MB", "--no-progress"],
+    ["sim", "-t", T, "-n", "1", "--engine", "executor", "--no-progress"],
     ["sim", "-t", "{dir}/good.yaml", "-n", "1", "--plan", "{dir}/plan-good.json",
      "--no-progress"],
 ]

@@ -29,8 +29,9 @@ def _bound_times(quick: bool) -> dict[str, Any]:
             "results": rows}
 
 
-def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
-    """Run one benchmark and return its JSON-serialisable figures."""
+def run(what: str = "bound", quick: bool = False, plot: str | None = None) -> dict[str, Any]:
+    """Run one benchmark and return its JSON-serialisable figures (``plot``: bench sim's
+    figure of simulation time against sites)."""
     if what == "bound":
         return _bound_times(quick)
     if what == "kernels":
@@ -60,7 +61,10 @@ def run(what: str = "bound", quick: bool = False) -> dict[str, Any]:
     if what == "sim":
         from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
 
-        return sim_bench.run(quick=quick)  # type: ignore[no-any-return]
+        from .bench_planner import FULL_VIEWS, QUICK_VIEWS
+
+        views = ("netstorm9", *(QUICK_VIEWS if quick else FULL_VIEWS))
+        return sim_bench.run(quick=quick, plot=plot, views=views)  # type: ignore[no-any-return]
     raise InputError(f"unknown benchmark {what!r} (bound, ddp, faults, kernels, planner, "
                      f"runtime, sim, soak)")
 

@@ -285,7 +285,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from . import bench
 
-    result = bench.run(args.what, quick=args.quick)
+    if args.plot is not None:
+        if args.what != "sim":
+            raise InputError(f"bench {args.what}: --plot draws only for bench sim")
+        check_writable(args.plot, "--plot")
+    result = bench.run(args.what, quick=args.quick, plot=args.plot)
     if args.json:
         _emit(result)
     else:
@@ -436,6 +440,8 @@ def _parser() -> argparse.ArgumentParser:
                             "soak"],
                    help="which benchmark (default bound)")
     p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="bench sim: draw simulation time against sites here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -89,6 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(as DDP does)")
     p.add_argument("--bucket-mb", type=float, default=25.0,
                    help="with --overlap: gradient bucket size in MB (DDP's default 25)")
+    p.add_argument("--engine", choices=["auto", "compiled", "executor"], default="auto",
+                   help="what runs the iterations: the compiled core, or every site's "
+                        "executor in Python (slow; the same times). Default auto: the "
+                        "compiled core, except for the planner --trace records")
     p.add_argument("--trace", metavar="FILE.json", help="Chrome trace of the first planner")
     p.add_argument("--plot", metavar="FILE.png",
                    help="iteration time and iterations finished against simulated time")
@@ -119,6 +123,9 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
         raise InputError(f"--iterations must be >= 1, got {args.iterations}")
     if not (math.isfinite(args.bucket_mb) and args.bucket_mb > 0):
         raise InputError(f"--bucket-mb must be a finite number of MB > 0, got {args.bucket_mb}")
+    if args.trace and args.engine == "compiled":
+        raise InputError("--trace records every transfer, which only --engine executor "
+                         "(or auto) does")
     for option in ("trace", "plot", "train"):
         check_writable(getattr(args, option), f"--{option}")
     given = args.planner if args.planner is not None else "" if args.plan else "treepack"
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace, view: Any, job: Job) -> dict[str, Any]:
                 dynamics=dynamics,
                 policy=args.policy, seed=args.seed, window_bytes=window,
                 record=bool(args.trace) and i == 0, overlap=args.overlap,
-                progress=lambda _it, _t: bar.update(1)))
+                engine=args.engine, progress=lambda _it, _t: bar.update(1)))
     finally:
         bar.close()
     doc: dict[str, Any] = {"topology": view.name, "model": job.label(),

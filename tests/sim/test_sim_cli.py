@@ -120,3 +120,27 @@ def test_sim_runs_a_plan_file_as_it_is(tmp_path, capsys) -> None:
     assert [r["planner"] for r in rows] == ["ring", f"{plan_file} (ring)"]
     # the file holds ring's plan: the same simulated time as planning it here
     assert rows[1]["iteration_time_s"] == rows[0]["iteration_time_s"]
+
+
+def test_sim_engines_agree_from_the_command_line(capsys) -> None:
+    """``--engine executor`` gives the compiled core's figures (the default)."""
+    docs = []
+    for engine in ("auto", "executor"):
+        assert main(["sim", "-t", "cities", "-m", "resnet18", "-p", "netstorm", "-n", "2",
+                     "--json", "--no-progress", "--engine", engine]) == 0
+        docs.append(json.loads(capsys.readouterr().out)["results"][0])
+    for key in ("iteration_time_s", "transfers", "link_utilisation", "total_time_s"):
+        assert docs[0][key] == docs[1][key]
+    assert 0 < docs[0]["setup_s"] <= docs[0]["wall_s"]
+
+
+def test_plot_scaling_draws_a_line_per_planner_and_engine(tmp_path) -> None:
+    from netstorm.sim.plots import plot_scaling
+
+    rows = [{"sites": n, "planner": p, "engine": e, "sim_s_per_iteration": n * 1e-3,
+             "transfers_per_s": 5e5} for n in (9, 32) for p in ("ps", "treepack")
+            for e in ("compiled", "executor")]
+    legend = plot_scaling(rows, tmp_path / "s.png")
+    assert legend == ("ps, compiled", "ps, executor", "treepack, compiled",
+                      "treepack, executor")
+    assert (tmp_path / "s.png").stat().st_size > 1000

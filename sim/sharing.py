@@ -1,0 +1,156 @@
+"""Max-min fair rates of the transfers a change couples (numba): SimGrid's partial
+invalidation over the compiled core's tables.
+
+With egress and ingress caps, a transfer's rate depends on every transfer it shares a
+finite cap with, and on theirs in turn. When transfers begin or end, only the transfers
+reachable from a touched cap through active transfers can change rate: :func:`coupled`
+finds them, :func:`maxmin` solves their allocation alone. Max-min fairness is unique, so
+that equals solving every active transfer at once.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .tables import (
+    C_ACTIVE,
+    C_N,
+    C_NDIRTY,
+    C_NFRESH,
+    C_STAMP,
+    L_ACTIVE,
+    L_BEGUN,
+    L_FRESH,
+    L_MARK,
+    L_RATE_CAP,
+    R_COUNT,
+    R_DIRTY,
+    R_MARK,
+    R_QUEUE,
+    Links,
+)
+
+__all__ = ["coupled", "maxmin"]
+
+_EPS = 1e-12
+
+
+@numba.njit(cache=True)
+def coupled(k: Links, c: np.ndarray, everything: bool) -> np.ndarray:
+    """Active links whose rate may change, in begin order: every one, or those coupled
+    (through finite caps) to a dirty cap or a fresh transfer. Clears both lists."""
+    n = c[C_N]
+    c[C_STAMP] += 1
+    stamp = c[C_STAMP]
+    flows = np.empty(c[C_ACTIVE], dtype=np.int64)
+    m = 0
+    stack = np.empty(2 * n, dtype=np.int64)
+    top = 0
+    if everything:
+        for link in range(n * n):
+            if k.i[link, L_ACTIVE] >= 0:
+                flows[m] = link
+                m += 1
+    else:
+        for j in range(c[C_NDIRTY]):
+            r = k.res[j, R_QUEUE]
+            k.res[r, R_MARK] = stamp
+            stack[top] = r
+            top += 1
+        for j in range(c[C_NFRESH] + 1):
+            if j < c[C_NFRESH]:  # a fresh transfer is re-rated even if it shares no cap
+                link = k.i[j, L_FRESH]
+                if k.i[link, L_ACTIVE] < 0 or k.i[link, L_MARK] == stamp:
+                    continue
+                k.i[link, L_MARK] = stamp
+                flows[m] = link
+                m += 1
+                rs = (link // n, n + link % n)
+                for r in rs:
+                    if np.isfinite(k.res_cap[r]) and k.res[r, R_MARK] != stamp:
+                        k.res[r, R_MARK] = stamp
+                        stack[top] = r
+                        top += 1
+            while top > 0:
+                top -= 1
+                r = stack[top]
+                for x in range(k.res[r, R_COUNT]):
+                    link = k.res_list[r, x]
+                    if k.i[link, L_MARK] == stamp:
+                        continue
+                    k.i[link, L_MARK] = stamp
+                    flows[m] = link
+                    m += 1
+                    for r2 in (link // n, n + link % n):
+                        if np.isfinite(k.res_cap[r2]) and k.res[r2, R_MARK] != stamp:
+                            k.res[r2, R_MARK] = stamp
+                            stack[top] = r2
+                            top += 1
+    for j in range(c[C_NDIRTY]):
+        k.res[k.res[j, R_QUEUE], R_DIRTY] = 0
+    c[C_NDIRTY] = 0
+    c[C_NFRESH] = 0
+    flows = flows[:m]
+    return flows[np.argsort(k.i[flows, L_BEGUN], kind="mergesort")]
+
+
+@numba.njit(cache=True)
+def maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
+    """Max-min fair rates of ``flows``: progressive filling over their finite site caps
+    and their own caps, as :func:`netstorm.sim.rates.maxmin_rates` does."""
+    n = c[C_N]
+    m = len(flows)
+    res = np.full((m, 2), -1, dtype=np.int64)
+    cap = np.empty(m)
+    count = np.zeros(2 * n, dtype=np.int64)
+    for f in range(m):
+        link = flows[f]
+        cap[f] = k.f[link, L_RATE_CAP]
+        for j in range(2):
+            r = link // n if j == 0 else n + link % n
+            if np.isfinite(k.res_cap[r]):
+                res[f, j] = r
+                count[r] += 1
+    rs = np.nonzero(count)[0]
+    remaining = k.res_cap.copy()
+    rate = np.zeros(m)
+    frozen = np.zeros(m, dtype=np.bool_)
+    left = m
+    level = 0.0
+    while left > 0:
+        inc = np.inf  # the next water level: a cap's fair share or a flow's own cap
+        for r in rs:
+            if count[r] > 0 and remaining[r] / count[r] < inc:
+                inc = remaining[r] / count[r]
+        for f in range(m):
+            if not frozen[f] and cap[f] - level < inc:
+                inc = cap[f] - level
+        if not np.isfinite(inc):
+            for f in range(m):
+                if not frozen[f]:
+                    rate[f] = np.inf
+            break
+        inc = max(inc, 0.0)
+        level += inc
+        for r in rs:
+            if count[r] > 0:
+                remaining[r] -= inc * count[r]
+        for f in range(m):  # freeze every flow at its own cap or on a saturated cap
+            if frozen[f]:
+                continue
+            hit = np.isfinite(cap[f]) and cap[f] - level <= _EPS * max(1.0, cap[f])
+            for j in range(2):
+                r = res[f, j]
+                if r >= 0 and remaining[r] <= _EPS * max(1.0, k.res_cap[r]):
+                    hit = True
+            if hit:
+                frozen[f] = True
+                rate[f] = level
+                left -= 1
+                for j in range(2):
+                    if res[f, j] >= 0:
+                        count[res[f, j]] -= 1
+    return rate
+
+
