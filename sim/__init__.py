@@ -5,6 +5,11 @@
 - :func:`allreduce` -- one static all-reduce of a given plan, optionally carrying real
   numpy gradients (payload mode).
 - :class:`Network`, :func:`maxmin_rates` -- the link model and its max-min fair solver.
+- :mod:`~netstorm.sim.core` (with :mod:`~netstorm.sim.flat`, :mod:`~netstorm.sim.tables`,
+  :mod:`~netstorm.sim.sharing`, :mod:`~netstorm.sim.heaps`), driven by
+  :class:`~netstorm.sim.compiled.CompiledNetwork` -- the compiled timing core that
+  :func:`simulate` runs by default: the executors' firing rule and the network over
+  arrays, held equal to the executor path by ``tests/sim/test_core.py``.
 - :func:`chrome_trace`, :func:`plot_iterations`, :func:`plot_accuracy`,
   :func:`train_digits` -- outputs and the hybrid accuracy-vs-time loop (torch, lazily).
 """

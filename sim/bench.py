@@ -99,10 +99,15 @@ def _command(args: list[str]) -> dict[str, Any]:
 
 
 def _targets() -> list[dict[str, Any]]:
-    return [_command(["--topology", "random:128:5", "--model", "resnet50", "--planner",
-                      "treepack", "--iterations", "20"]),
-            _command(["--topology", "random:512:1", "--model", "resnet50", "--planner", "ps",
-                      "--iterations", "5"])]
+    """The two commands, each by the compiled core and by the executor path (before)."""
+    rows = []
+    for args in (["--topology", "random:128:5", "--model", "resnet50", "--planner",
+                  "treepack", "--iterations", "20"],
+                 ["--topology", "random:512:1", "--model", "resnet50", "--planner", "ps",
+                  "--iterations", "5"]):
+        for engine in ("compiled", "executor"):
+            rows.append({**_command([*args, "--engine", engine]), "engine": engine})
+    return rows
 
 
 def _agreement(views: Sequence[str]) -> list[dict[str, Any]]:

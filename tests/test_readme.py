@@ -89,7 +89,7 @@ SKIP_BLOCKS: dict[str, str] = {}
 #: machine: each alone is over the test's budget or most of it.
 SLOW_BENCHES: dict[str, str] = {
     "planner": "13 s with --quick",
-    "sim": "9 s with --quick",
+    "sim": "26 s with --quick",
     "kernels": "11 s with --quick (numba compilation)",
     "runtime": "45 s with --quick",
     "ddp": "64 s with --quick",
