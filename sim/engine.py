@@ -180,20 +180,26 @@ def allreduce(plan_: Plan, view: NetworkView, job: Job, *,
 
     Returns the simulated time and, in payload mode (``payload[w]``: worker w's flat
     float32 gradient of ``gradient_bytes / element_size`` elements), every worker's result.
+    Timing mode runs on the compiled core; payload mode on the sites' executors, which
+    do the arithmetic.
     """
     check_plan(plan_, view, job)  # a hand-made plan that misses a worker: not a wrong time
     env = simpy.Environment()
-    net = Network(env, view, window_bytes=window_bytes)
     progs = index_programs(compile(plan_, job, view.workers, view=view))
     job0 = dataclasses.replace(job, compute_s=0.0)
-    result = None
-    if payload is not None:
-        elems = job.gradient_bytes // job.element_size
-        result = {w: np.full(elems, np.nan, dtype=np.float32) for w in view.workers}
+    if payload is None:
+        core = CompiledNetwork(env, view, window_bytes=window_bytes)
+        flat = flatten(progs, view.n, job0, view.workers)
+        finished = env.process(core.iterate(flat, plan_.version))
+        env.run(until=finished)
+        return float(finished.value or 0.0), {}
+    net = Network(env, view, window_bytes=window_bytes)
+    elems = job.gradient_bytes // job.element_size
+    result = {w: np.full(elems, np.nan, dtype=np.float32) for w in view.workers}
     done = run_iteration(env, net, progs, job0, list(view.workers), payload=payload,
                          result=result)
     env.run(until=done)
-    return float(env.now), result or {}
+    return float(env.now), result
 
 
 def _in_use(p: Plan, view: NetworkView, job: Job) -> np.ndarray:
