@@ -97,8 +97,16 @@ def coupled(k: Links, c: np.ndarray, everything: bool) -> np.ndarray:
 
 @numba.njit(cache=True)
 def maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
-    """Max-min fair rates of ``flows``: progressive filling over their finite site caps
-    and their own caps, as :func:`netstorm.sim.rates.maxmin_rates` does."""
+    """Max-min fair rates of ``flows`` over their finite site caps and their own caps.
+
+    Notes
+    -----
+    Progressive filling with the arithmetic of :func:`netstorm.sim.rates.maxmin_rates`
+    (the same water levels, the same tolerances, so the same rates to the last bit), but a
+    round costs O(caps + flows it freezes) instead of O(caps + flows): flows are kept in
+    order of their own cap, so the nearest own cap is the first unfrozen one, and a
+    saturated cap freezes the flows listed on it.
+    """
     n = c[C_N]
     m = len(flows)
     res = np.full((m, 2), -1, dtype=np.int64)
@@ -113,6 +121,18 @@ def maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
                 res[f, j] = r
                 count[r] += 1
     rs = np.nonzero(count)[0]
+    start = np.zeros(2 * n + 1, dtype=np.int64)  # flows on each cap, as CSR
+    start[1:] = np.cumsum(count)
+    on = np.empty(start[-1], dtype=np.int64)
+    fill = start[:-1].copy()
+    for f in range(m):
+        for j in range(2):
+            r = res[f, j]
+            if r >= 0:
+                on[fill[r]] = f
+                fill[r] += 1
+    order = np.argsort(cap, kind="mergesort")
+    nearest = 0  # order[nearest:] holds every unfrozen flow
     remaining = k.res_cap.copy()
     rate = np.zeros(m)
     frozen = np.zeros(m, dtype=np.bool_)
@@ -123,9 +143,10 @@ def maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
         for r in rs:
             if count[r] > 0 and remaining[r] / count[r] < inc:
                 inc = remaining[r] / count[r]
-        for f in range(m):
-            if not frozen[f] and cap[f] - level < inc:
-                inc = cap[f] - level
+        while frozen[order[nearest]]:
+            nearest += 1
+        if cap[order[nearest]] - level < inc:
+            inc = cap[order[nearest]] - level
         if not np.isfinite(inc):
             for f in range(m):
                 if not frozen[f]:
@@ -136,21 +157,27 @@ def maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
         for r in rs:
             if count[r] > 0:
                 remaining[r] -= inc * count[r]
-        for f in range(m):  # freeze every flow at its own cap or on a saturated cap
-            if frozen[f]:
-                continue
-            hit = np.isfinite(cap[f]) and cap[f] - level <= _EPS * max(1.0, cap[f])
-            for j in range(2):
-                r = res[f, j]
-                if r >= 0 and remaining[r] <= _EPS * max(1.0, k.res_cap[r]):
-                    hit = True
-            if hit:
-                frozen[f] = True
-                rate[f] = level
-                left -= 1
-                for j in range(2):
-                    if res[f, j] >= 0:
-                        count[res[f, j]] -= 1
+        for r in rs:  # freeze the flows on every cap this level saturates ...
+            if count[r] > 0 and remaining[r] <= _EPS * max(1.0, k.res_cap[r]):
+                for x in range(start[r], start[r + 1]):
+                    left -= _freeze(on[x], level, res, count, rate, frozen)
+        for x in range(nearest, m):  # ... and every flow at its own cap (a prefix)
+            f = order[x]
+            if not (np.isfinite(cap[f]) and cap[f] - level <= _EPS * max(1.0, cap[f])):
+                break
+            left -= _freeze(f, level, res, count, rate, frozen)
     return rate
 
 
+@numba.njit(cache=True)
+def _freeze(f: int, level: float, res: np.ndarray, count: np.ndarray, rate: np.ndarray,
+            frozen: np.ndarray) -> int:
+    """Freeze flow ``f`` at ``level``; 1 if it was not frozen yet."""
+    if frozen[f]:
+        return 0
+    frozen[f] = True
+    rate[f] = level
+    for j in range(2):
+        if res[f, j] >= 0:
+            count[res[f, j]] -= 1
+    return 1

@@ -188,3 +188,33 @@ def test_batched_observations_equal_one_call_each(estimator: type) -> None:
     np.testing.assert_array_equal(one.confidence(when[-1]), batch.confidence(when[-1]))
     with pytest.raises(ValueError, match="finite"):
         batch.observe_many(src[:1], dst[:1], nbytes[:1], np.array([np.inf]), when[:1])
+
+
+@settings(max_examples=60)
+@given(n=st.integers(2, 6), seed=st.integers(0, 10_000), share=st.sampled_from([0.3, 1.0]),
+       windowed=st.booleans())
+def test_maxmin_over_coupled_transfers_equals_the_reference_solver(
+        n: int, seed: int, share: float, windowed: bool) -> None:
+    """:func:`netstorm.sim.sharing.maxmin` gives :func:`maxmin_rates`' rates bit for bit,
+    on any set of active links under random caps (ties included: capacities repeat)."""
+    import simpy
+    from netstorm.sim import maxmin_rates
+    from netstorm.sim.compiled import CompiledNetwork
+    from netstorm.sim.sharing import maxmin
+    from netstorm.sim.tables import L_RATE_CAP
+
+    rng = np.random.default_rng(seed)
+    cap = rng.choice([1e6, 2e6, 5e6, 1e7], (n, n))
+    np.fill_diagonal(cap, 0)
+    caps = np.where(rng.random(n) < share, rng.choice([3e6, 6e6, 1.2e7], n), np.inf)
+    view = NetworkView(sites=tuple(f"s{i}" for i in range(n)), capacity=cap,
+                       latency=np.where(cap > 0, 0.01, 0.0), egress=caps,
+                       ingress=rng.permutation(caps))
+    net = CompiledNetwork(simpy.Environment(), view, window_bytes=5e4 if windowed else None)
+    links = np.array([u * n + v for u in range(n) for v in range(n) if u != v])
+    flows = np.sort(rng.choice(links, rng.integers(1, len(links) + 1), replace=False))
+    got = maxmin(net.k, net.c, flows)
+    res = np.stack([flows, n * n + flows // n, n * n + n + flows % n], axis=1)
+    want = maxmin_rates(res, np.concatenate([cap.ravel(), view.egress, view.ingress]),
+                        net.k.f[flows, L_RATE_CAP])
+    np.testing.assert_array_equal(got, want)
