@@ -50,13 +50,12 @@ class Drawing(NamedTuple):
     labelled: tuple[Link, ...]
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` of its own: no pyplot, so no backend is chosen or changed
+    (a notebook's inline backend keeps working) and nothing stays open after saving."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _layout(view: NetworkView) -> dict[int, np.ndarray]:
@@ -183,16 +182,17 @@ def _matrix(ax: Any, fig: Any, view: NetworkView, values: np.ndarray, *, label: 
             vmin: float | None = None, vmax: float | None = None,
             mark: Link | None = None) -> None:
     """Sender-by-receiver heat map of ``values``; cells without a link are left blank."""
+    from matplotlib import colormaps
     from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.patches import Rectangle
 
-    plt = _pyplot()
     shown = np.ma.masked_where(view.capacity <= 0, values)
     some = shown.count() > 0
     low = (float(shown.min()) if some else 0.0) if vmin is None else vmin
     high = (float(shown.max()) if some else 1.0) if vmax is None else vmax
     norm = (LogNorm(max(low, 1e-12), max(high, low * 1.0001, 1e-12)) if log
             else Normalize(low, high if high > low else low + 1))
-    colours = plt.get_cmap(cmap).with_extremes(bad="#F2F2F2")
+    colours = colormaps[cmap].with_extremes(bad="#F2F2F2")
     image = ax.imshow(shown, cmap=colours, norm=norm, interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     step = 1 if view.n <= 24 else math.ceil(view.n / 16)
@@ -210,7 +210,7 @@ def _matrix(ax: Any, fig: Any, view: NetworkView, values: np.ndarray, *, label: 
                     color="black" if bright else "white")
     if mark is not None:
         u, v = mark
-        ax.add_patch(plt.Rectangle((v - 0.5, u - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.add_patch(Rectangle((v - 0.5, u - 0.5), 1, 1, fill=False, ec="red", lw=2))
 
 
 def _caps_note(view: NetworkView) -> str:
@@ -222,12 +222,10 @@ def _caps_note(view: NetworkView) -> str:
 
 
 def _save(fig: Any, path: str | Path, caption: str) -> Path:
-    plt = _pyplot()
     out = Path(path)
     fig.text(0.01, 0.005, caption, fontsize=7.5, va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -244,12 +242,11 @@ def draw_topology(view: NetworkView, path: str | Path, *, top: int = TOP_LINKS) 
     top
         Most labelled links in the graph; a view with no more links shows them all.
     """
-    plt = _pyplot()
     values = {(u, v): float(view.capacity[u, v]) for u, v in view.links}
     labels = {e: f"{c * 8 / 1e6:.0f}" for e, c in values.items()}
     pos = _layout(view)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.8),
-                                      gridspec_kw={"width_ratios": [1.25, 1]})
+    fig = _figure(figsize=(14, 6.8))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
     title = f"{view.name}: {view.n} sites, {len(values)} directed links"
     fig.suptitle(title)
     high = max(values.values(), default=1.0)
@@ -353,14 +350,15 @@ def draw_plan(plan: Plan, view: NetworkView, job: Job, path: str | Path, *,
     A link's utilisation is its load time (bytes over capacity) over the plan's predicted
     bandwidth time, so the bottleneck is at 1.
     """
-    plt = _pyplot()
+    from matplotlib import colormaps
+
     pred = predict(plan, view, job)
     loads = pred.link_bytes
     busy = np.where(view.capacity > 0, loads / np.maximum(view.capacity, 1e-300), 0.0)
     util = busy / max(pred.bandwidth_s, 1e-12)
     used = {(u, v): float(util[u, v]) for u, v in view.links if loads[u, v] > 0}
     few = len(plan.shards) <= FEW_SHARDS
-    fig = plt.figure(figsize=(14, 10))
+    fig = _figure(figsize=(14, 10))
     grid = fig.add_gridspec(2, max(len(plan.shards), 1) if few else 1,
                             height_ratios=[1.7, 0.9 if few else 0.7])
     top_row = grid[0, :].subgridspec(1, 2, width_ratios=[1.25, 1])
@@ -370,7 +368,7 @@ def draw_plan(plan: Plan, view: NetworkView, job: Job, path: str | Path, *,
              f"chunk {plan.job_for(job).chunk_bytes / 1e6:.3g} MB")
     fig.suptitle(title, fontsize=11)
     pos = _layout(view)
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     high = max((float(loads[e]) for e in used), default=1.0)
     labels = {e: f"{loads[e] / 1e6:.3g}" for e in used}
 

@@ -160,12 +160,10 @@ def format_table(doc: dict[str, Any]) -> str:
 def plot(doc: dict[str, Any], path: Path) -> None:
     """Accuracy against training time, one line per planner (the paper's figure): solid the
     real processes, dashed the simulator's prediction."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend chosen or changed
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     for i, r in enumerate(doc["runs"]):
         color = f"C{i}"
         pts = [(t, a) for t, a in zip(r["time_s"], r["accuracy"], strict=True) if a is not None]
@@ -186,4 +184,3 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

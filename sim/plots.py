@@ -13,13 +13,12 @@ from .engine import SimResult
 __all__ = ["IterationPlot", "plot_accuracy", "plot_iterations", "plot_scaling"]
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` of its own: no pyplot, so no backend is chosen or changed
+    (a notebook's inline backend keeps working) and nothing stays open after saving."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 class IterationPlot(NamedTuple):
@@ -60,7 +59,6 @@ def plot_iterations(results: Sequence[SimResult], path: str | Path) -> Iteration
     iterations may not: the title then states each run's span instead, so a planner whose
     iterations all ended before the first change does not pass for one immune to it.
     """
-    plt = _pyplot()
     from matplotlib.lines import Line2D
 
     first = results[0]
@@ -71,8 +69,8 @@ def plot_iterations(results: Sequence[SimResult], path: str | Path) -> Iteration
     minutes = max(longest, span or 0.0) >= 300
     scale, unit = (60.0, "min") if minutes else (1.0, "s")
     changes = sorted({t for r in results for t in r.changes_s if 0 < t <= longest})
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
+    fig = _figure(figsize=(8, 7.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     for t in changes:
         for ax in (top, bottom):
             ax.axvline(t / scale, color="#999999", ls=":", lw=0.9, zorder=0)
@@ -128,7 +126,6 @@ def plot_iterations(results: Sequence[SimResult], path: str | Path) -> Iteration
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.022 * rows + 0.015, 1, 1))
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return IterationPlot(title=title, legend=tuple(labels), span_s=span,
                          changes=len(changes))
 
@@ -146,8 +143,8 @@ def plot_accuracy(curves: Sequence[dict[str, Any]], path: str | Path, *, model: 
     tuple of str
         The x and y axis labels drawn.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
     for c in curves:
         ax.plot([t / 60 for t in c["time_s"]], c["accuracy"], label=c["planner"])
     xlabel = (f"simulated training time (min), charged with {model} gradient traffic "
@@ -159,7 +156,6 @@ def plot_accuracy(curves: Sequence[dict[str, Any]], path: str | Path, *, model: 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return xlabel, ylabel
 
 
@@ -168,8 +164,8 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[str,
     planner and engine (``netstorm bench sim``'s ``scaling`` rows); returns the legend.
 
     Both axes are logarithmic: a line's slope is the exponent of its cost in sites."""
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = _figure(figsize=(10, 4.2))
+    left, right = fig.subplots(1, 2)
     lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         lines.setdefault((row["planner"], row["engine"]), []).append(row)
@@ -199,5 +195,4 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[str,
     fig.suptitle("netstorm sim: the compiled core against the executor path", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return tuple(labels)

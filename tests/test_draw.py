@@ -103,3 +103,28 @@ def test_a_plan_of_few_shards_draws_each_tree(figures: list[Any], tmp_path: Path
         [f"shard {i}" for i in range(len(made.shards))]
     used = int((predict(made, view, job).link_bytes > 0).sum())
     assert drawn.caption.startswith(f"Top left: all {used} links in use")
+
+
+def test_drawing_leaves_pyplot_and_its_backend_alone(tmp_path: Path) -> None:
+    """Figures are made without pyplot: a notebook's backend is not switched to Agg and
+    no figure stays open in pyplot's registry."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from netstorm.sim.plots import plot_scaling
+
+    original = matplotlib.get_backend()
+    matplotlib.use("pdf")  # stands for a notebook's backend: anything but Agg
+    try:
+        opened = plt.get_fignums()
+        view = builtin("netstorm9")
+        draw.draw_topology(view, tmp_path / "t.png")
+        draw.draw_plan(plan(view, Job.from_model("resnet18"), "ring"), view,
+                       Job.from_model("resnet18"), tmp_path / "p.png")
+        plot_scaling([{"sites": 9, "planner": "ps", "engine": "compiled",
+                       "sim_s_per_iteration": 1e-3, "transfers_per_s": 5e5}],
+                     tmp_path / "s.png")
+        assert matplotlib.get_backend() == "pdf" and plt.get_fignums() == opened
+    finally:
+        matplotlib.use(original)
+    for name in ("t.png", "p.png", "s.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG)
