@@ -24,6 +24,7 @@ from netstorm.view import NetworkView
 from . import core, tables
 from .flat import ALT_HI, ALT_LO, RULE, FlatPrograms
 from .heaps import POS
+from .network import true_capacities
 
 __all__ = ["BatchObserver", "CompiledNetwork"]
 
@@ -132,10 +133,7 @@ class CompiledNetwork:
                      ingress: np.ndarray | None = None) -> None:
         """Change the true capacities now; transfers in flight continue at the new rates."""
         n = self.n
-        self.capacity = np.array(capacity, dtype=float)
-        self.egress = np.full(n, np.inf) if egress is None else np.array(egress, dtype=float)
-        self.ingress = np.full(n, np.inf) if ingress is None else np.array(ingress,
-                                                                            dtype=float)
+        self.capacity, self.egress, self.ingress = true_capacities(n, capacity, egress, ingress)
         self.k.f[:, tables.L_RATE_CAP] = np.minimum(self.capacity, self._wcap).ravel()
         self.k.res_cap[:n], self.k.res_cap[n:] = self.egress, self.ingress
         self.c[tables.C_SHARED] = bool(np.isfinite(self.k.res_cap).any())

@@ -9,7 +9,6 @@ the job and on overlap, so one value serves every iteration of a plan version.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -19,7 +18,7 @@ from netstorm.executor import SiteProgram
 from netstorm.job import Job
 from netstorm.layout import bucket_bounds
 
-from .interpreter import bucket_ready_s
+from .interpreter import local_schedule
 
 __all__ = ["ALT_HI", "ALT_LO", "LINK", "NBYTES", "OPTIONAL", "PRIORITY", "RULE", "SEND_HI",
            "SEND_LO", "SITE", "SLOT", "WAITS", "FlatPrograms", "Program", "flatten"]
@@ -188,20 +187,11 @@ def _local_schedule(progs: Mapping[int, SiteProgram], step_base: list[int], job:
     bounds = bucket_bounds(job) if overlap else [0]
     for site in workers:
         prog = progs.get(site)
-        if prog is None or not prog.local:
+        if prog is None:
             continue
-        seconds = job.compute_time(site)
         base = step_base[site]
-        if overlap and len(bounds) > 2:
-            times = bucket_ready_s(job, seconds, backward_fraction)
-            groups: dict[int, list[int]] = {}
-            for g in prog.local:
-                b = bisect.bisect_right(bounds, prog.steps[g].ref.offset) - 1
-                groups.setdefault(b, []).append(g)
-            order = [(times[b], groups[b]) for b in sorted(groups, reverse=True)]
-        else:
-            order = [(seconds, prog.local)]
-        for delay, local in order:
+        for delay, local in local_schedule(prog, job, job.compute_time(site), bounds,
+                                           backward_fraction):
             sites.append(site)
             delays.append(delay)
             steps.extend(base + g for g in local)

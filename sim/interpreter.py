@@ -22,7 +22,7 @@ from netstorm.layout import bucket_bounds
 
 from .network import Divert, Network
 
-__all__ = ["BACKWARD_FRACTION", "bucket_ready_s", "run_iteration"]
+__all__ = ["BACKWARD_FRACTION", "bucket_ready_s", "local_schedule", "run_iteration"]
 
 #: Share of an iteration's compute spent in the backward pass (backward ~ 2x forward).
 BACKWARD_FRACTION = 2 / 3
@@ -53,6 +53,29 @@ def bucket_ready_s(job: Job, compute_s: float,
         done += sizes[b]
         ready[b] = compute_s if b == 0 else forward + backward_fraction * compute_s * done / total
     return ready
+
+
+def local_schedule(prog: SiteProgram, job: Job, compute_s: float, bounds: list[int],
+                   backward_fraction: float = BACKWARD_FRACTION
+                   ) -> list[tuple[float, list[int]]]:
+    """When a worker's local slices are ready: ``(seconds after compute starts, steps)``,
+    in the order a driver sets them up.
+
+    ``bounds`` are the job's bucket bounds (:func:`~netstorm.layout.bucket_bounds`) when
+    communication overlaps the backward pass, else ``[0]``: then every slice is ready when
+    the compute ends. With overlap, each bucket's slices are ready at
+    :func:`bucket_ready_s`, last bucket first.
+    """
+    if not prog.local:
+        return []
+    if len(bounds) <= 2:
+        return [(compute_s, list(prog.local))]
+    times = bucket_ready_s(job, compute_s, backward_fraction)
+    groups: dict[int, list[int]] = {}
+    for g in prog.local:
+        b = bisect.bisect_right(bounds, prog.steps[g].ref.offset) - 1
+        groups.setdefault(b, []).append(g)
+    return [(times[b], groups[b]) for b in sorted(groups, reverse=True)]
 
 
 def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, SiteProgram],
@@ -151,18 +174,10 @@ def run_iteration(env: simpy.Environment, net: Network, progs: Mapping[int, Site
         if on_compute is not None:
             at(seconds, functools.partial(computed, on_compute, site))
         prog = progs.get(site)
-        if prog is None or not prog.local:
+        if prog is None:
             continue
-        if overlap and len(bounds) > 2:
-            times = bucket_ready_s(job, seconds, backward_fraction)
-            groups: dict[int, list[int]] = {}
-            for g in prog.local:
-                b = bisect.bisect_right(bounds, prog.steps[g].ref.offset) - 1
-                groups.setdefault(b, []).append(g)
-            for b in sorted(groups, reverse=True):
-                at(times[b], functools.partial(ready, site, groups[b]))
-        else:
-            at(seconds, functools.partial(ready, site, None))
+        for delay, steps in local_schedule(prog, job, seconds, bounds, backward_fraction):
+            at(delay, functools.partial(ready, site, steps))
     if left[0] == 0 and not done.triggered:
         done.succeed(env.now)
     return done

@@ -23,13 +23,22 @@ from netstorm.view import NetworkView
 
 from .rates import maxmin_rates
 
-__all__ = ["Network"]
+__all__ = ["Network", "true_capacities"]
 
 Observer = Callable[[int, int, float, float, float], None]
 
 
 #: ``(rule, [(auxiliary first hop, deliver over that path), ...])``: see :meth:`Network.send`.
 Divert = tuple[Any, list[tuple[int, Callable[[], None]]]]  # (QueueRule, ...)
+
+
+def true_capacities(n: int, capacity: np.ndarray, egress: np.ndarray | None,
+                    ingress: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Private float copies of a change's capacities; a missing site cap is no cap."""
+    def caps(values: np.ndarray | None) -> np.ndarray:
+        return np.full(n, np.inf) if values is None else np.array(values, dtype=float)
+
+    return np.array(capacity, dtype=float), caps(egress), caps(ingress)
 
 
 class _Transfer:
@@ -109,11 +118,8 @@ class Network:
     def set_capacity(self, capacity: np.ndarray, egress: np.ndarray | None = None,
                      ingress: np.ndarray | None = None) -> None:
         """Change the true capacities now; transfers in flight continue at the new rates."""
-        n = self.n
-        self.capacity = np.array(capacity, dtype=float)
-        self.egress = np.full(n, np.inf) if egress is None else np.array(egress, dtype=float)
-        self.ingress = np.full(n, np.inf) if ingress is None else np.array(ingress,
-                                                                            dtype=float)
+        self.capacity, self.egress, self.ingress = true_capacities(self.n, capacity, egress,
+                                                                   ingress)
         self._shared = bool(np.isfinite(self.egress).any() or np.isfinite(self.ingress).any())
         self._link_rate = np.minimum(self.capacity, self._wcap).ravel()
         self._res_cap = np.concatenate([self.capacity.ravel(), self.egress, self.ingress])
