@@ -13,7 +13,7 @@ __all__ = ["fold"]
 @numba.njit(cache=True)
 def fold(rate: np.ndarray, samples: np.ndarray, last: np.ndarray, src: np.ndarray,
          dst: np.ndarray, nbytes: np.ndarray, seconds: np.ndarray, when: np.ndarray,
-         alpha: float, jump: float) -> None:  # pragma: no cover
+         capped: np.ndarray, alpha: float, jump: float) -> None:  # pragma: no cover
     """Fold the observations in, in order (zero-byte or zero-time ones are ignored)."""
     for i in range(len(src)):
         if nbytes[i] == 0 or seconds[i] == 0:
@@ -21,7 +21,9 @@ def fold(rate: np.ndarray, samples: np.ndarray, last: np.ndarray, src: np.ndarra
         u, v = src[i], dst[i]
         sample = nbytes[i] / seconds[i]
         old = rate[u, v]
-        if samples[u, v] == 0 or abs(sample - old) > jump * old:
+        if capped[i] and sample < old:  # a lower bound below the estimate: keep it
+            pass
+        elif samples[u, v] == 0 or abs(sample - old) > jump * old:
             rate[u, v] = sample
         else:
             rate[u, v] += alpha * (sample - rate[u, v])

@@ -102,18 +102,30 @@ class BandwidthEstimator:
         return float(self.clock())
 
     def observe(self, src: int, dst: int, nbytes: float, seconds: float,
-                when: float | None = None) -> None:
+                when: float | None = None, capped: bool = False) -> None:
         """Record that ``nbytes`` went from ``src`` to ``dst`` in ``seconds`` (ending at
-        ``when``). Zero-byte or zero-time observations are ignored."""
+        ``when``). Zero-byte or zero-time observations are ignored.
+
+        ``capped``: a shared egress or ingress cap slowed the transfer (other transfers
+        took part of its site's cap), so its rate bounds the link's from below. Such a
+        sample raises the estimate if it is above it, and never lowers it: it still counts
+        as a sample and refreshes the link's age.
+        """
         if nbytes < 0 or seconds < 0 or not math.isfinite(seconds):
             raise InputError(f"observation {src}->{dst}: bytes and seconds must be >= 0 and "
                              f"finite, got {nbytes}, {seconds}")
         if nbytes == 0 or seconds == 0:
             return
-        self._update(src, dst, nbytes / seconds, self._now(when))
+        sample, now = nbytes / seconds, self._now(when)
+        if capped and sample < self._rate[src, dst]:
+            self._samples[src, dst] += 1
+            self._last[src, dst] = now
+            return
+        self._update(src, dst, sample, now)
 
     def observe_many(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray,
-                     seconds: np.ndarray, when: np.ndarray) -> None:
+                     seconds: np.ndarray, when: np.ndarray,
+                     capped: np.ndarray | None = None) -> None:
         """:meth:`observe` for arrays of observations, folded in in the order given.
 
         The simulator's compiled core reports a batch of transfers at once; the result is
@@ -123,11 +135,13 @@ class BandwidthEstimator:
         src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
         nbytes, seconds = np.asarray(nbytes, dtype=float), np.asarray(seconds, dtype=float)
         when = np.asarray(when, dtype=float)
+        capped = (np.zeros(len(src), dtype=np.bool_) if capped is None
+                  else np.asarray(capped, dtype=np.bool_))
         cls = type(self)
         if (cls.observe is not BandwidthEstimator.observe
                 or cls._update is not BandwidthEstimator._update):
             for args in zip(src.tolist(), dst.tolist(), nbytes.tolist(), seconds.tolist(),
-                            when.tolist(), strict=True):
+                            when.tolist(), capped.tolist(), strict=True):
                 self.observe(*args)
             return
         bad = (nbytes < 0) | (seconds < 0) | ~np.isfinite(seconds)
@@ -137,7 +151,7 @@ class BandwidthEstimator:
                              f"and finite, got {nbytes[i]}, {seconds[i]}")
         from ._awareness_nb import fold
 
-        fold(self._rate, self._samples, self._last, src, dst, nbytes, seconds, when,
+        fold(self._rate, self._samples, self._last, src, dst, nbytes, seconds, when, capped,
              self.alpha, self.jump)
 
     def _update(self, src: int, dst: int, sample: float, now: float) -> None:

@@ -28,9 +28,11 @@ from .network import true_capacities
 
 __all__ = ["BatchObserver", "CompiledNetwork"]
 
-#: ``observe(src, dst, nbytes, seconds, end_time)`` over arrays, in the order they happened
+#: ``observe(src, dst, nbytes, seconds, end_time, capped)`` over arrays, in the order they
+#: happened
 #: (:meth:`netstorm.awareness.BandwidthEstimator.observe_many`).
-BatchObserver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+BatchObserver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                          np.ndarray], None]
 
 _OBSERVATIONS = 1 << 16
 
@@ -81,14 +83,14 @@ class CompiledNetwork:
     # -- state sizes ------------------------------------------------------------------------
     @staticmethod
     def _pool(size: int, entries: int) -> tables.Pool:
-        return tables.Pool(f=np.zeros((size, 6)), i=np.full((size, 8), -1, dtype=np.int64),
+        return tables.Pool(f=np.zeros((size, 6)), i=np.full((size, 9), -1, dtype=np.int64),
                          free=np.arange(size, dtype=np.int64), ef=np.zeros((entries, 1)),
                          ei=np.zeros((entries, 4), dtype=np.int64))
 
     @staticmethod
     def _events(size: int) -> tables.Events:
         return tables.Events(time=np.zeros(size), i=np.zeros((size, 3), dtype=np.int64),
-                           obs=np.zeros((_OBSERVATIONS, 3)),
+                           obs=np.zeros((_OBSERVATIONS, 4)),
                            obs_link=np.zeros(_OBSERVATIONS, dtype=np.int64))
 
     def _reserve(self, transfers: int, entries: int = 0, events: int = 0) -> None:
@@ -197,5 +199,6 @@ class CompiledNetwork:
         q = self.q
         link, obs = q.obs_link[:count], q.obs[:count]
         self.observe(link // self.n, link % self.n, obs[:, tables.O_BYTES].copy(),
-                     obs[:, tables.O_SECS].copy(), obs[:, tables.O_END].copy())
+                     obs[:, tables.O_SECS].copy(), obs[:, tables.O_END].copy(),
+                     obs[:, tables.O_CAPPED] != 0)
         self.c[tables.C_OBS] = 0

@@ -51,6 +51,7 @@ from .flat import (
     Program,
 )
 from .heaps import ARG, CHILD, EID, FEID, HEAP, KEY, KIND, POS, SEQ, SIB
+from .network import CAP_BOUND
 from .sharing import coupled, maxmin
 from .tables import (
     C_ACTIVE,
@@ -93,12 +94,14 @@ from .tables import (
     L_RATE_CAP,
     LOCAL,
     O_BYTES,
+    O_CAPPED,
     O_END,
     O_SECS,
     OBS_FULL,
     R_COUNT,
     R_DIRTY,
     R_QUEUE,
+    T_CAPPED,
     T_LINK,
     T_NBYTES,
     T_QUEUED,
@@ -168,7 +171,7 @@ def _alloc(t: Pool, c: np.ndarray, link: int, nbytes: float, slot: int, send: in
     f[tid, T_RATE], f[tid, T_SINCE], f[tid, T_START] = 0.0, 0.0, 0.0
     i[tid, SEQ], i[tid, CHILD], i[tid, SIB] = seq, -1, -1
     i[tid, T_LINK], i[tid, T_SLOT], i[tid, T_SEND] = link, slot, send
-    i[tid, T_QUEUED], i[tid, T_RATED] = 0, 0
+    i[tid, T_QUEUED], i[tid, T_RATED], i[tid, T_CAPPED] = 0, 0, 0
     return tid
 
 
@@ -183,6 +186,8 @@ def _set_rate(k: Links, t: Pool, c: np.ndarray, now: float, tid: int, rate: floa
     t.f[tid, T_RATE] = rate
     t.i[tid, T_RATED] = 1
     link = t.i[tid, T_LINK]
+    if rate < k.f[link, L_RATE_CAP] * CAP_BOUND:  # a shared site cap holds it back
+        t.i[tid, T_CAPPED] = 1
     if rate > 0:
         _finish_at(k, c, link, now + t.f[tid, T_REMAINING] / rate)
     else:
@@ -369,6 +374,7 @@ def _finish(p: Program, it: Iteration, k: Links, t: Pool, q: Events, c: np.ndarr
         o = c[C_OBS]
         q.obs_link[o] = link
         q.obs[o, O_BYTES], q.obs[o, O_SECS], q.obs[o, O_END] = t.f[tid, T_NBYTES], seconds, now
+        q.obs[o, O_CAPPED] = t.i[tid, T_CAPPED]
         c[C_OBS] = o + 1
     root = k.i[link, L_QROOT]
     while root >= 0 and not t.i[root, T_QUEUED]:  # moved to an auxiliary path meanwhile

@@ -25,7 +25,10 @@ from .rates import maxmin_rates
 
 __all__ = ["Network", "true_capacities"]
 
-Observer = Callable[[int, int, float, float, float], None]
+Observer = Callable[[int, int, float, float, float, bool], None]
+
+#: A rate this far below a transfer's own cap was set by a shared site cap.
+CAP_BOUND = 1 - 1e-9
 
 
 #: ``(rule, [(auxiliary first hop, deliver over that path), ...])``: see :meth:`Network.send`.
@@ -42,14 +45,15 @@ def true_capacities(n: int, capacity: np.ndarray, egress: np.ndarray | None,
 
 
 class _Transfer:
-    __slots__ = ("deliver", "divert", "link", "nbytes", "queued", "rate", "remaining",
-                 "since", "start", "tag", "token")
+    __slots__ = ("capped", "deliver", "divert", "link", "nbytes", "queued", "rate",
+                 "remaining", "since", "start", "tag", "token")
 
     def __init__(self, link: int, nbytes: float, deliver: Callable[[], None] | None,
                  tag: Any, divert: Divert | None = None) -> None:
         self.link = link
         self.divert = divert
         self.queued = False
+        self.capped = False
         self.nbytes = nbytes
         self.remaining = nbytes
         self.deliver = deliver
@@ -73,8 +77,10 @@ class Network:
         Optional TCP window: a transfer on ``u -> v`` runs at most at
         ``window_bytes / (latency[u, v] + latency[v, u])``.
     observe
-        Called ``observe(src, dst, nbytes, seconds, end_time)`` after every transfer's last
-        byte leaves (what a sender measures); e.g. a bandwidth estimator.
+        Called ``observe(src, dst, nbytes, seconds, end_time, capped)`` after every
+        transfer's last byte leaves (what a sender measures); e.g. a bandwidth estimator.
+        ``capped``: a shared site cap held the transfer below its link's rate at some
+        point, so its rate is only a lower bound on the link's.
     record
         If true, keep ``(src, dst, start, end, tag)`` of every transfer in :attr:`log`.
 
@@ -198,6 +204,8 @@ class Network:
     def _set_rate(self, t: _Transfer, rate: float) -> None:
         t.rate = rate
         t.token += 1
+        if rate < self._link_rate[t.link] * CAP_BOUND:
+            t.capped = True
         if rate <= 0:
             return  # stalled until the capacity changes
         token = t.token
@@ -256,7 +264,7 @@ class Network:
         if self.record:
             self.log.append((src, dst, t.start, now, t.tag))
         if self.observe is not None:
-            self.observe(src, dst, t.nbytes, seconds, now)
+            self.observe(src, dst, t.nbytes, seconds, now, t.capped)
         queue = self._queues[t.link]
         while queue and not queue[0][2].queued:
             heapq.heappop(queue)  # moved to an auxiliary path while it waited

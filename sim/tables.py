@@ -31,11 +31,11 @@ L_ACTIVE, L_BEGUN, L_QLEN, L_QROOT, L_MROOT, L_MARK, L_FRESH, L_AT_OUT, L_AT_IN 
 R_COUNT, R_MARK, R_DIRTY, R_QUEUE = range(4)
 # -- transfer table columns (KEY, SEQ, CHILD, SIB are the pairing heap's) ----------------------
 T_NBYTES, T_REMAINING, T_RATE, T_SINCE, T_START = range(1, 6)
-T_LINK, T_SLOT, T_SEND, T_QUEUED, T_RATED = range(3, 8)
+T_LINK, T_SLOT, T_SEND, T_QUEUED, T_RATED, T_CAPPED = range(3, 9)
 #: int column of a move candidate: the transfer it may move
 E_TID = 3
 # -- observation columns -----------------------------------------------------------------------
-O_BYTES, O_SECS, O_END = range(3)
+O_BYTES, O_SECS, O_END, O_CAPPED = range(4)
 
 # -- event kinds -----------------------------------------------------------------------------
 DELIVER, LOCAL, FLUSH, FINISHED = range(4)
@@ -77,7 +77,7 @@ class Pool(NamedTuple):
     """Transfers (queued or sending) and route-rule move candidates."""
 
     f: np.ndarray  # f8[T, 6]
-    i: np.ndarray  # i8[T, 8]
+    i: np.ndarray  # i8[T, 9]
     free: np.ndarray  # i8[T] a stack of free rows
     ef: np.ndarray  # f8[E, 1]
     ei: np.ndarray  # i8[E, 4]
@@ -88,7 +88,7 @@ class Events(NamedTuple):
 
     time: np.ndarray  # f8[V]
     i: np.ndarray  # i8[V, 3] (heaps.EID, KIND, ARG)
-    obs: np.ndarray  # f8[O, 3]
+    obs: np.ndarray  # f8[O, 4]
     obs_link: np.ndarray  # i8[O]
 
 

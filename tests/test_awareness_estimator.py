@@ -130,3 +130,16 @@ def test_confidence_grows_with_samples_and_decays_with_age(k: float, half_life: 
     assert view.confidence[1, 0] == pytest.approx(confidence_formula(5, k, half_life,
                                                                      half_life))
     assert view.capacity[1, 0] == pytest.approx(10 * MB)
+
+
+def test_a_cap_bound_sample_raises_the_estimate_but_never_lowers_it() -> None:
+    """A transfer slowed by a shared site cap says the link is at least that fast."""
+    view = NetworkView(sites=("a", "b"), capacity=np.array([[0, 100 * MB], [100 * MB, 0]]))
+    est = BandwidthEstimator(view)
+    est.observe(0, 1, 30 * MB, 1.0, when=1.0, capped=True)
+    assert est.estimate()[0, 1] == 100 * MB  # 30 MB/s under a cap: no news about the link
+    assert est.samples()[0, 1] == 1 and est.stale_links(0.5, when=1.2) == [(1, 0)]
+    est.observe(0, 1, 150 * MB, 1.0, when=2.0, capped=True)
+    assert est.estimate()[0, 1] == 150 * MB  # faster than believed: believed
+    est.observe(0, 1, 30 * MB, 1.0, when=3.0)
+    assert est.estimate()[0, 1] == 30 * MB  # not capped: a level shift, taken at once

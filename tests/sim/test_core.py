@@ -179,10 +179,11 @@ def test_batched_observations_equal_one_call_each(estimator: type) -> None:
     nbytes = rng.choice([0.0, 1e5, 4e6], count)
     seconds = rng.uniform(0, 2, count) * rng.choice([0, 1, 1, 1], count)
     when = np.cumsum(rng.uniform(0, 1, count))
+    capped = rng.random(count) < 0.3
     one, batch = estimator(view), estimator(view)
-    for args in zip(src, dst, nbytes, seconds, when, strict=True):
+    for args in zip(src, dst, nbytes, seconds, when, capped, strict=True):
         one.observe(*args)
-    batch.observe_many(src, dst, nbytes, seconds, when)
+    batch.observe_many(src, dst, nbytes, seconds, when, capped)
     np.testing.assert_array_equal(one.estimate(), batch.estimate())
     np.testing.assert_array_equal(one.samples(), batch.samples())
     np.testing.assert_array_equal(one.confidence(when[-1]), batch.confidence(when[-1]))
