@@ -23,7 +23,6 @@ from netstorm.view import NetworkView
 
 from . import core, tables
 from .flat import ALT_HI, ALT_LO, RULE, FlatPrograms
-from .heaps import POS
 from .network import true_capacities
 
 __all__ = ["BatchObserver", "CompiledNetwork"]
@@ -56,43 +55,21 @@ class CompiledNetwork:
                  ) -> None:
         self.env = env
         self.n = n = view.n
-        links = n * n
         latency = np.array(view.latency, dtype=float)
         rtt = latency + latency.T
         with np.errstate(divide="ignore"):
             self._wcap = (np.where(rtt > 0, window_bytes / np.where(rtt > 0, rtt, 1), np.inf)
                           if window_bytes else np.full((n, n), np.inf))
         self.observe = observe
-        li = np.zeros((links, 9), dtype=np.int64)
-        li[:, [tables.L_ACTIVE, tables.L_QROOT, tables.L_MROOT]] = -1
-        lf = np.zeros((links, 4))
-        lf[:, tables.L_LATENCY] = latency.ravel()
-        fi = np.zeros((links, 3), dtype=np.int64)
-        fi[:, POS] = -1
-        self.k = tables.Links(f=lf, i=li, fi=fi, ftime=np.zeros(links),
-                            res_cap=np.full(2 * n, np.inf),
-                            res=np.zeros((2 * n, 4), dtype=np.int64),
-                            res_list=np.zeros((2 * n, n), dtype=np.int64))
-        self.t = self._pool(0, 0)
-        self.q = self._events(0)
+        self.k = tables.Links.new(latency)
+        self.t = tables.Pool.new(0, 0)
+        self.q = tables.Events.new(0, _OBSERVATIONS)
         self.c = tables.counters(n, False, observe is not None)
         self.clock = np.zeros(1)
         self._iterations: dict[int, tables.Iteration] = {}
         self.set_capacity(view.capacity, view.egress, view.ingress)
 
     # -- state sizes ------------------------------------------------------------------------
-    @staticmethod
-    def _pool(size: int, entries: int) -> tables.Pool:
-        return tables.Pool(f=np.zeros((size, 6)), i=np.full((size, 9), -1, dtype=np.int64),
-                         free=np.arange(size, dtype=np.int64), ef=np.zeros((entries, 1)),
-                         ei=np.zeros((entries, 4), dtype=np.int64))
-
-    @staticmethod
-    def _events(size: int) -> tables.Events:
-        return tables.Events(time=np.zeros(size), i=np.zeros((size, 3), dtype=np.int64),
-                           obs=np.zeros((_OBSERVATIONS, 4)),
-                           obs_link=np.zeros(_OBSERVATIONS, dtype=np.int64))
-
     def _reserve(self, transfers: int, entries: int = 0, events: int = 0) -> None:
         """Grow the tables so that ``transfers`` more transfers, ``entries`` route-rule move
         candidates and ``events`` pending events fit."""
@@ -101,17 +78,10 @@ class CompiledNetwork:
         size = len(t.free)
         if free < transfers or len(t.ef) < entries:
             new = max(size + transfers - free, 2 * size) if free < transfers else size
-            pool = self._pool(new, max(entries, len(t.ef)))
-            pool.f[:size], pool.i[:size] = t.f, t.i
-            pool.free[:free] = t.free[:free]
-            pool.free[free:free + new - size] = np.arange(size, new)
-            self.t = pool
+            self.t = t.grown(free, new, max(entries, len(t.ef)))
             c[tables.C_FREE] = free + new - size
         if len(self.q.time) < events:
-            q, grown = self.q, max(events, 2 * len(self.q.time))
-            time, rows = np.zeros(grown), np.zeros((grown, 3), dtype=np.int64)
-            time[:len(q.time)], rows[:len(q.time)] = q.time, q.i
-            self.q = q._replace(time=time, i=rows)
+            self.q = self.q.grown(max(events, 2 * len(self.q.time)))
 
     # -- the Network interface ----------------------------------------------------------------
     @property

@@ -33,7 +33,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import heaps
+from . import flat, heaps, network, sharing, tables
+from .cache import drop_stale
 from .flat import (
     ALT_HI,
     ALT_LO,
@@ -120,6 +121,8 @@ from .tables import (
 )
 
 __all__ = ["flush_all", "probe", "run", "start_iteration"]
+
+drop_stale(__file__, flat, heaps, network, sharing, tables)  # numba checks this file only
 
 
 # -- events and finish times -----------------------------------------------------------------

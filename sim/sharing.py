@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import tables
+from .cache import drop_stale
 from .tables import (
     C_ACTIVE,
     C_N,
@@ -32,6 +34,8 @@ from .tables import (
 )
 
 __all__ = ["coupled", "maxmin"]
+
+drop_stale(__file__, tables)  # numba checks this file only
 
 _EPS = 1e-12
 

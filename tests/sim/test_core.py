@@ -41,7 +41,8 @@ def _same(a: SimResult, b: SimResult) -> None:
     assert a.versions == b.versions
     assert [(s.iteration, s.version) for s in a.switches] == \
         [(s.iteration, s.version) for s in b.switches]
-    np.testing.assert_allclose(a.estimate_error, b.estimate_error, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(a.estimate_error, b.estimate_error, rtol=1e-9, atol=1e-12,
+                               equal_nan=True)
 
 
 def _both(view: NetworkView, job: Job, planner: str | Planner, **kwargs: object
@@ -67,7 +68,17 @@ _CASES = {
                        Job(buckets=(20_000_000,) * 4, chunk_bytes=2_000_000,
                            compute_s=tuple(0.05 + 0.01 * i for i in range(10))),
                        {"overlap": True, "iterations": 3}),
+    # two relay-only sites (they forward, never compute), one with a site cap
+    "relays": (lambda: _with_relays(builtin("random:8:3")), Job.from_model("resnet50"),
+               {"iterations": 3}),
 }
+
+
+def _with_relays(view: NetworkView) -> NetworkView:
+    caps = np.full(view.n, np.inf)
+    caps[7] = 200e6 / 8
+    return dataclasses.replace(view, workers=tuple(range(6)), egress=caps, ingress=caps,
+                               name="random:8:3 with relays r6, r7")
 
 
 @pytest.mark.parametrize("case", sorted(_CASES))
@@ -219,3 +230,28 @@ def test_maxmin_over_coupled_transfers_equals_the_reference_solver(
     want = maxmin_rates(res, np.concatenate([cap.ravel(), view.egress, view.ingress]),
                         net.k.f[flows, L_RATE_CAP])
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_cache_older_than_what_it_compiles_in_is_dropped(tmp_path, monkeypatch) -> None:
+    """numba checks a cached function's own file only: a newer dependency must drop the
+    cache instead of letting machine code built from its old version load."""
+    import os
+    import types
+
+    from netstorm.sim.cache import drop_stale
+
+    monkeypatch.setattr("numba.config.CACHE_DIR", "")
+    me, dep, cache = tmp_path / "core.py", tmp_path / "tables.py", tmp_path / "__pycache__"
+    cache.mkdir()
+    files = [cache / "core.run-10.py311.nbi", cache / "core.run-10.py311.1.nbc",
+             cache / "corelike.run-3.py311.nbi"]
+    for f in (me, dep, *files):
+        f.write_text("")
+        os.utime(f, (200, 200))
+    module = types.ModuleType("tables")
+    module.__file__ = str(dep)
+    os.utime(dep, (100, 100))
+    assert drop_stale(str(me), module) == 0  # the cache is newer: kept
+    os.utime(dep, (300, 300))
+    assert drop_stale(str(me), module) == 2  # tables changed since: core's files go
+    assert [f.exists() for f in files] == [False, False, True]
