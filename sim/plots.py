@@ -164,6 +164,8 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[str,
     planner and engine (``netstorm bench sim``'s ``scaling`` rows); returns the legend.
 
     Both axes are logarithmic: a line's slope is the exponent of its cost in sites."""
+    from matplotlib.ticker import NullLocator
+
     fig = _figure(figsize=(10, 4.2))
     left, right = fig.subplots(1, 2)
     lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -189,7 +191,7 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[str,
         ax.set_yscale("log")
         ax.set_xlabel("sites (random:N:1 full mesh, ResNet-50)")
         ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(alpha=0.25, which="both")
     right.legend(fontsize=8)
     fig.suptitle("netstorm sim: the compiled core against the executor path", fontsize=10)
