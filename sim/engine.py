@@ -329,6 +329,7 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                        backward_fraction=backward_fraction)
 
     setup: list[float] = []
+    in_use: dict[int, np.ndarray] = {}
 
     def driver() -> Any:
         progs = programs()
@@ -362,7 +363,10 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
             out["start"].append(t_start)
             out["ver"].append(control.version)
             if estimator is not None:
-                use = _in_use(control.plan, view, job)
+                if control.version not in in_use:  # one plan's links, once
+                    in_use.clear()
+                    in_use[control.version] = _in_use(control.plan, view, job)
+                use = in_use[control.version]
                 truth = net.capacity[use]
                 err = np.abs(estimator.estimate()[use] - truth) / truth
                 out["err"].append((float(err.mean()), float(err.max())) if err.size
