@@ -39,7 +39,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from netstorm.runtime.ports import free_ports
 
 from netstorm.cost import link_loads
 from netstorm.errors import NetstormError
@@ -87,19 +87,6 @@ def _log(msg: str) -> None:
     print(f"bench runtime: {msg}", file=sys.stderr, flush=True)
 
 
-def _free_ports(k: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(k):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     """SIGKILL every process group (each site and whatever it started), then reap."""
     for p in procs:
@@ -133,7 +120,7 @@ def launch(n: int, phases: list[dict[str, Any]], *, timeout_s: float,
         A site exited non-zero (its output's tail in the message) or the launch ran past
         ``timeout_s``; every site process group is killed before this returns or raises.
     """
-    ports = _free_ports(len(phases))
+    ports = free_ports(len(phases))
     phases = [dict(ph, port=ph.get("port") or port) for ph, port in zip(phases, ports,
                                                                         strict=True)]
     workdir = Path(tempfile.mkdtemp(prefix="netstorm-bench-"))

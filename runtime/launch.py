@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from netstorm.registry import planner_info
 from netstorm.topology import load_topology
 
 from .netns import NetnsWAN, check_available
+from .ports import free_ports
 
 __all__ = ["add_arguments", "execute", "format_summary", "is_experiment", "options", "run",
            "summary"]
@@ -103,15 +103,6 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="netstorm run")
     add_arguments(parser)
     return parser.parse_args(argv)
-
-
-def _free_ports(k: int) -> list[int]:
-    """``k`` distinct free loopback ports (held open together while picked)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(k)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
@@ -187,7 +178,7 @@ def _launch(args: argparse.Namespace, view: Any, command: list[str],
     threads = str(max(1, (os.cpu_count() or 1) // (view.n * args.procs_per_site)))
     # torchrun's layout: torch's store (a training script's init_process_group) on
     # MASTER_PORT, the runtime's coordinator on its own port
-    store_port, coordinator_port = _free_ports(2)
+    store_port, coordinator_port = free_ports(2)
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store_port),
                 NETSTORM_COORD_PORT=str(coordinator_port),
                 WORLD_SIZE=str(view.n * args.procs_per_site), NETSTORM_SECRET=secrets.token_hex(32),

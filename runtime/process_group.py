@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
-import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from netstorm.errors import NetstormError
 from netstorm.topology import load_topology
 
 from .config import RuntimeConfig, _loopback
+from .ports import free_ports
 from .site import Site
 from .site_group import SiteGroup, check_all_workers, layout
 
@@ -229,12 +229,6 @@ for _name in UNSUPPORTED:
 del _name
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _create(store: dist.Store, rank: int, world_size: int,
             timeout: datetime.timedelta) -> ProcessGroupNetstorm:
     """The backend's constructor (``Backend.register_backend``'s contract)."""
@@ -255,7 +249,7 @@ def _create(store: dist.Store, rank: int, world_size: int,
     given: dict[str, Any] = {"rank": where.site, "world_size": where.sites}
     if rank == 0:
         store.set("netstorm/coordinator",
-                  str(_free_port(os.environ.get("MASTER_ADDR") or "127.0.0.1")))
+                  str(free_ports(1, os.environ.get("MASTER_ADDR") or "127.0.0.1")[0]))
     given["master_port"] = int(store.get("netstorm/coordinator").decode())
     shared = _secret(store, rank)
     site = None

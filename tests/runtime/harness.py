@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from netstorm.runtime import RuntimeConfig, Site
+from netstorm.runtime.ports import free_ports
 
 from netstorm import NetworkView
 
@@ -15,9 +15,7 @@ __all__ = ["SECRET", "config", "free_port", "in_threads", "run_sites"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def in_threads(n: int, one: Callable[[int], Any], *, timeout: float = 90) -> dict[int, Any]:
