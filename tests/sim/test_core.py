@@ -144,11 +144,22 @@ def test_random_capped_meshes_with_changes_mid_iteration(
     _same(fast, slow)
 
 
-def test_the_compiled_engine_is_the_default_and_record_takes_the_executor() -> None:
+def test_the_compiled_engine_is_the_default_and_record_takes_the_executor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import netstorm.sim.engine as engine
+
     view, job = builtin("netstorm9"), Job.from_model("resnet50")
     recorded = simulate(view, job, "ring", iterations=1, record=True)
     assert recorded.log  # only the executor path records transfers
-    assert not simulate(view, job, "ring", iterations=1).log
+
+    def executor_path(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the default ran the executor path")
+
+    monkeypatch.setattr(engine, "run_iteration", executor_path)
+    assert simulate(view, job, "ring", iterations=2).transfers > 0
+    with pytest.raises(AssertionError, match="executor path"):
+        simulate(view, job, "ring", iterations=1, engine="executor")
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="engine"):
         simulate(view, job, "ring", iterations=1, engine="fast")
     with pytest.raises(ValueError, match="record"):
