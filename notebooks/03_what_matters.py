@@ -253,6 +253,34 @@ def bounds(name):
     return part.set_index("x")["bound_s"]
 
 
+def lines(table, xlabel, *, columns=PLANNERS, ylabel="simulated all-reduce (s)",
+          logx=False, suffix=""):
+    """One line per column of ``table`` against its index, log time axis; the table's
+    ``bound`` column, if it has one, dashed."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    x = table.index.astype(float) if logx else table.index
+    for p in columns:
+        ax.plot(x, table[p], marker="o", color=COLORS[p], label=p + suffix)
+    if "bound" in table:
+        ax.plot(x, table["bound"], "k--", label="bound")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig, ax
+
+
+def over_bound(table, name):
+    """A line of each planner's time over the bound, per row named by ``name(row)``."""
+    over = table[PLANNERS].div(table["bound"], axis=0)
+    display(Markdown("Time over the bound: " + "; ".join(
+        f"{name(i)}: " + ", ".join(f"`{p}` {over.loc[i, p]:.2f}x" for p in PLANNERS)
+        for i in over.index)))
+
+
 # %% [markdown]
 # ## 1. Site caps
 #
@@ -264,20 +292,9 @@ def bounds(name):
 caps = study("caps")[PLANNERS]
 caps["bound"] = bounds("caps")
 display(caps.round(3))
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for p in PLANNERS:
-    ax.plot(caps.index, caps[p], marker="o", color=COLORS[p], label=p)
-ax.plot(caps.index, caps["bound"], "k--", label="bound")
-ax.set_yscale("log")
-ax.set_xlabel(f"egress and ingress cap of every site ({CAPS_TOPOLOGY})")
-ax.set_ylabel("simulated all-reduce (s)")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+fig, _ = lines(caps, f"egress and ingress cap of every site ({CAPS_TOPOLOGY})")
 show(fig, "03_site_caps.png")
-over = caps[PLANNERS].div(caps["bound"], axis=0)
-display(Markdown("Time over the bound, per cap: " + "; ".join(
-    f"{i}: " + ", ".join(f"`{p}` {over.loc[i, p]:.2f}x" for p in PLANNERS)
-    for i in over.index)))
+over_bound(caps, str)
 
 # %% [markdown]
 # ## 2. Latency
@@ -289,20 +306,9 @@ display(Markdown("Time over the bound, per cap: " + "; ".join(
 lat = study("latency")[PLANNERS]
 lat["bound"] = bounds("latency")
 display(lat.round(3))
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for p in PLANNERS:
-    ax.plot(lat.index, lat[p], marker="o", color=COLORS[p], label=p)
-ax.plot(lat.index, lat["bound"], "k--", label="bound")
-ax.set_yscale("log")
-ax.set_xlabel(f"latency scale ({MESH}; 1 = as measured)")
-ax.set_ylabel("simulated all-reduce (s)")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+fig, _ = lines(lat, f"latency scale ({MESH}; 1 = as measured)")
 show(fig, "03_latency.png")
-ratio = lat[PLANNERS].div(lat["bound"], axis=0)
-display(Markdown("Time over the bound: " + "; ".join(
-    f"x{k:g}: " + ", ".join(f"`{p}` {ratio.loc[k, p]:.2f}" for p in PLANNERS)
-    for k in ratio.index)))
+over_bound(lat, lambda k: f"x{k:g}")
 
 # %% [markdown]
 # ## 3. Chunk size
@@ -316,16 +322,8 @@ display(Markdown("Time over the bound: " + "; ".join(
 chunk = study("chunk")[PLANNERS]
 own = study("chunk-auto").loc["auto", "treepack"]
 display(chunk.round(3))
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for p in PLANNERS:
-    ax.plot(chunk.index.astype(float), chunk[p], marker="o", color=COLORS[p],
-            label=f"{p} at this chunk")
+fig, ax = lines(chunk, f"chunk (MB, {MESH})", logx=True, suffix=" at this chunk")
 ax.axhline(own, color=COLORS["treepack"], ls=":", label="treepack, its own chunk")
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel(f"chunk (MB, {MESH})")
-ax.set_ylabel("simulated all-reduce (s)")
-ax.grid(alpha=0.3, which="both")
 ax.legend(fontsize=8)
 show(fig, "03_chunk.png")
 best = chunk.idxmin()
@@ -434,15 +432,8 @@ display(Markdown(f"Mean iteration time (s) over {SPAN_S} s of simulated time:"))
 display(period.round(2))
 display(Markdown("Re-plans:"))
 display(replans)
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for p in period.columns:
-    ax.plot(period.index.astype(float), period[p], marker="o", color=COLORS[p], label=p)
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel("redraw period P (s)")
-ax.set_ylabel("mean iteration time (s)")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+fig, _ = lines(period, "redraw period P (s)", columns=period.columns, logx=True,
+               ylabel="mean iteration time (s)")
 show(fig, "03_dynamics_period.png")
 
 # %% [markdown]
