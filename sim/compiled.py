@@ -23,7 +23,7 @@ from netstorm.view import NetworkView
 
 from . import core, tables
 from .flat import ALT_HI, ALT_LO, RULE, FlatPrograms
-from .network import true_capacities
+from .network import true_capacities, window_caps
 
 __all__ = ["BatchObserver", "CompiledNetwork"]
 
@@ -56,10 +56,7 @@ class CompiledNetwork:
         self.env = env
         self.n = n = view.n
         latency = np.array(view.latency, dtype=float)
-        rtt = latency + latency.T
-        with np.errstate(divide="ignore"):
-            self._wcap = (np.where(rtt > 0, window_bytes / np.where(rtt > 0, rtt, 1), np.inf)
-                          if window_bytes else np.full((n, n), np.inf))
+        self._wcap = window_caps(latency, window_bytes)
         self.observe = observe
         self.k = tables.Links.new(latency)
         self.t = tables.Pool.new(0, 0)

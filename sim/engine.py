@@ -329,9 +329,9 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                        backward_fraction=backward_fraction)
 
     setup: list[float] = []
-    in_use: dict[int, np.ndarray] = {}
 
     def driver() -> Any:
+        in_use: tuple[int, np.ndarray] = (0, np.zeros(0, dtype=bool))
         progs = programs()
         setup.append(time.perf_counter() - started)
         it = 0
@@ -340,12 +340,8 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
                 progs = programs()
             if probing:
                 for u, v in estimator.stale_links(probe_age_s):  # type: ignore[union-attr]
-                    if net.busy(u, v):
-                        continue
-                    if isinstance(net, CompiledNetwork):
+                    if not net.busy(u, v):
                         net.probe(u, v, probe_bytes, progs)
-                    else:
-                        net.send(u, v, probe_bytes, None, ("probe",))
             done: simpy.Event
             if isinstance(net, CompiledNetwork):
                 t_start = net.now
@@ -363,10 +359,9 @@ def simulate(view: NetworkView, job: Job, planner: str | Planner = "treepack", *
             out["start"].append(t_start)
             out["ver"].append(control.version)
             if estimator is not None:
-                if control.version not in in_use:  # one plan's links, once
-                    in_use.clear()
-                    in_use[control.version] = _in_use(control.plan, view, job)
-                use = in_use[control.version]
+                if in_use[0] != control.version:  # one plan's links, once
+                    in_use = (control.version, _in_use(control.plan, view, job))
+                use = in_use[1]
                 truth = net.capacity[use]
                 err = np.abs(estimator.estimate()[use] - truth) / truth
                 out["err"].append((float(err.mean()), float(err.max())) if err.size

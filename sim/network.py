@@ -23,7 +23,7 @@ from netstorm.view import NetworkView
 
 from .rates import maxmin_rates
 
-__all__ = ["Network", "true_capacities"]
+__all__ = ["Network", "true_capacities", "window_caps"]
 
 Observer = Callable[[int, int, float, float, float, bool], None]
 
@@ -42,6 +42,16 @@ def true_capacities(n: int, capacity: np.ndarray, egress: np.ndarray | None,
         return np.full(n, np.inf) if values is None else np.array(values, dtype=float)
 
     return np.array(capacity, dtype=float), caps(egress), caps(ingress)
+
+
+def window_caps(latency: np.ndarray, window_bytes: float | None) -> np.ndarray:
+    """Each link's rate cap from a TCP window: ``window / (l(u, v) + l(v, u))``; ``inf``
+    without a window or a round trip."""
+    rtt = latency + latency.T
+    if not window_bytes:
+        return np.full(rtt.shape, np.inf)
+    with np.errstate(divide="ignore"):
+        return np.where(rtt > 0, window_bytes / np.where(rtt > 0, rtt, 1), np.inf)
 
 
 class _Transfer:
@@ -114,10 +124,7 @@ class Network:
         self.transfers = 0
         self._dirty = False
         self._cache: dict[bytes, np.ndarray] = {}
-        rtt = self.latency + self.latency.T
-        with np.errstate(divide="ignore"):
-            self._wcap = (np.where(rtt > 0, window_bytes / np.where(rtt > 0, rtt, 1), np.inf)
-                          if window_bytes else np.full((n, n), np.inf))
+        self._wcap = window_caps(self.latency, window_bytes)
         self.set_capacity(view.capacity, view.egress, view.ingress)
 
     # -- capacities -------------------------------------------------------------------------
@@ -156,6 +163,11 @@ class Network:
                     heapq.heappush(self._movable.setdefault(src * self.n + hop, []), entry)
         else:
             self._begin(transfer)
+
+    def probe(self, src: int, dst: int, nbytes: float, programs: object = None) -> None:
+        """Send ``nbytes`` on ``src -> dst`` now, delivered nowhere (a bandwidth probe);
+        ``programs`` is for :class:`~netstorm.sim.compiled.CompiledNetwork`'s signature."""
+        self.send(src, dst, nbytes, None, ("probe",))
 
     def depth(self, src: int, dst: int) -> int:
         """Transfers on link ``src -> dst``: the one sending, if any, plus those queued."""
