@@ -63,7 +63,9 @@ class CompiledNetwork:
         self.q = tables.Events.new(0, _OBSERVATIONS)
         self.c = tables.counters(n, False, observe is not None)
         self.clock = np.zeros(1)
-        self._iterations: dict[int, tables.Iteration] = {}
+        #: the programs last run, their executor state, and the transfers (each send, and a
+        #: copy per route-rule move) and move candidates an iteration of them may need
+        self._prepared: tuple[FlatPrograms, tables.Iteration, int, int] | None = None
         self.set_capacity(view.capacity, view.egress, view.ingress)
 
     # -- state sizes ------------------------------------------------------------------------
@@ -129,17 +131,16 @@ class CompiledNetwork:
         """The SimPy process of one iteration of ``programs`` (plan ``version``), starting
         at the core's clock; its value is the time every site was done."""
         p, env = programs, self.env
-        it = self._iterations.get(version)
-        if it is None:
-            self._iterations = {version: tables.Iteration(
-                pending=np.zeros(len(p.program.steps), np.int64),
-                got=np.zeros(len(p.program.slot_step), np.bool_),
-                remaining=np.zeros(self.n, np.int64))}
-            it = self._iterations[version]
-        sends = p.program.sends
-        rule = sends[:, RULE] != 0
-        self._reserve(p.transfers + int(rule.sum()),
-                      int((sends[rule, ALT_HI] - sends[rule, ALT_LO] - 1).sum()),
+        if self._prepared is None or self._prepared[0] is not p:  # a new plan version
+            sends = p.program.sends
+            rule = sends[:, RULE] != 0
+            state = tables.Iteration(pending=np.zeros(len(p.program.steps), np.int64),
+                                     got=np.zeros(len(p.program.slot_step), np.bool_),
+                                     remaining=np.zeros(self.n, np.int64))
+            moves = int((sends[rule, ALT_HI] - sends[rule, ALT_LO] - 1).sum())
+            self._prepared = (p, state, p.transfers + int(rule.sum()), moves)
+        _, it, transfers, moves = self._prepared
+        self._reserve(transfers, moves,
                       int(self.c[tables.C_EVENTS]) + p.transfers + len(p.group_site) + 4)
         core.start_iteration(p, it, self.k, self.t, self.q, self.c, self.clock)
         while True:

@@ -156,7 +156,6 @@ def flatten(progs: Mapping[int, SiteProgram], n: int, job: Job, workers: Sequenc
     group_site, group_delay, group_steps, group_list = _local_schedule(
         progs, step_base, job, workers, overlap, backward_fraction)
 
-    ints = np.asarray
     steps = np.zeros((len(step_site), 5), dtype=np.int64)
     steps[:, SITE], steps[:, WAITS], steps[:, OPTIONAL] = step_site, step_waits, step_optional
     steps[:, SEND_LO], steps[:, SEND_HI] = step_sends[:-1], step_sends[1:]
@@ -167,13 +166,15 @@ def flatten(progs: Mapping[int, SiteProgram], n: int, job: Job, workers: Sequenc
     alts = np.zeros((len(alt_link), 2), dtype=np.int64)
     alts[:, LINK], alts[:, SLOT] = alt_link, alt_slot
     program = Program(steps=steps, values=values, sends=sends, alts=alts,
-                      slot_step=ints(slot_step, dtype=np.int64))
+                      slot_step=np.asarray(slot_step, dtype=np.int64))
+
+    def ints(values: Sequence[int]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int64)
+
     return FlatPrograms(
-        program=program, mandatory=mandatory, initial=ints(initial, dtype=np.int64),
-        group_site=ints(group_site, dtype=np.int64),
-        group_delay=ints(group_delay, dtype=np.float64),
-        group_steps=ints(group_steps, dtype=np.int64),
-        group_list=ints(group_list, dtype=np.int64), rule=ints(rule, dtype=np.int64))
+        program=program, mandatory=mandatory, initial=ints(initial),
+        group_site=ints(group_site), group_delay=np.asarray(group_delay, dtype=np.float64),
+        group_steps=ints(group_steps), group_list=ints(group_list), rule=ints(rule))
 
 
 def _local_schedule(progs: Mapping[int, SiteProgram], step_base: list[int], job: Job,
