@@ -105,11 +105,11 @@ def maxmin(k: Links, c: np.ndarray, flows: np.ndarray) -> np.ndarray:
 
     Notes
     -----
-    Progressive filling with the arithmetic of :func:`netstorm.sim.rates.maxmin_rates`
-    (the same water levels, the same tolerances, so the same rates to the last bit), but a
-    round costs O(caps + flows it freezes) instead of O(caps + flows): flows are kept in
-    order of their own cap, so the nearest own cap is the first unfrozen one, and a
-    saturated cap freezes the flows listed on it.
+    Progressive filling as :func:`netstorm.sim.rates.maxmin_rates` does it (the same water
+    levels and tolerances; that solver also carries each link as a resource of one flow, so
+    a level can differ in its last bit), but a round costs O(caps + flows it freezes)
+    instead of O(caps + flows): flows are kept in order of their own cap, so the nearest own
+    cap is the first unfrozen one, and a saturated cap freezes the flows listed on it.
     """
     n = c[C_N]
     m = len(flows)
