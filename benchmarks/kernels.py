@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/kernels.py [--n N] [--inputs K] [--repeat R] [--json]
 
-Prints a table (or, with --json, the dict from ``netstorm.kernels.bench.run``). Bytes are
-counted STREAM-style; see ``netstorm.kernels.bench`` for the conventions.
+Prints a table (or, with --json, the dict from ``netstorm.cli.bench.kernels.run``). Bytes are
+counted STREAM-style; see ``netstorm.cli.bench.kernels`` for the conventions.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from netstorm.kernels import bench
+from netstorm.cli.bench import kernels as bench
 
 
 def main(argv: list[str] | None = None) -> int:

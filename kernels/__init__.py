@@ -4,8 +4,8 @@
   accumulation, for fp32, fp16 and bf16 inputs.
 - :func:`pack` / :func:`unpack_accumulate` -- fp16/bf16 wire codecs; the decode is fused
   into the accumulation.
-- :mod:`netstorm.kernels.reference` -- numpy oracle; :mod:`netstorm.kernels.bench` --
-  bandwidth figures (``run()``).
+- :mod:`netstorm.kernels.reference` -- numpy oracle (``netstorm bench kernels``,
+  :mod:`netstorm.cli.bench.kernels`, measures their bandwidth).
 
 Back end by buffer location: numpy arrays and CPU tensors use numba parallel loops; CUDA
 tensors and ``__cuda_array_interface__`` arrays use numba CUDA kernels. Importing this

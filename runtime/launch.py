@@ -1,4 +1,6 @@
-"""``netstorm run``: one process per site on this machine, torchrun-style (DESIGN 9, 11).
+"""One process per site on this machine, torchrun-style (DESIGN 9, 11): the library half of
+``netstorm run``, configured by a :class:`LaunchConfig` (the command line lives in
+:mod:`netstorm.cli.run`).
 
 Every child gets ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and the
 ``NETSTORM_*`` settings (:mod:`netstorm.runtime.config`), so the same script runs here, under
@@ -8,287 +10,261 @@ name; the first child that fails stops the others and its status is the run's.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from netstorm.dynamics import parse_dynamics
-from netstorm.errors import InputError, NetstormError
+from netstorm.errors import InputError
 from netstorm.plan_files import load_plan
 from netstorm.registry import planner_info
 from netstorm.topology import load_topology
+from netstorm.view import NetworkView
 
+from .config import EMULATE_MODES, WIRE_DTYPES
+from .deadlines import launcher_grace
 from .netns import NetnsWAN, check_available
 from .ports import free_ports
+from .procs import describe_exit, pump, shell_status, stop
 
-__all__ = ["add_arguments", "execute", "format_summary", "is_experiment", "options", "run",
-           "summary"]
+__all__ = ["LaunchConfig", "run", "summary"]
 
-
-#: Seconds, beyond the runtime's timeout, that sites get to stop by themselves after one
-#: failed (a dead peer is seen at once; a silent one after the timeout).
-GRACE_S = 5.0
+#: The script sites run when the launch names none: the built-in training.
+BUILTIN_TRAINING = ("-m", "netstorm.runtime.train")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``run`` options; the script and its arguments follow ``--``."""
-    p.add_argument("--topology", "-t", required=True,
-                   help="topology file or built-in name (one site per process)")
-    p.add_argument("--planner", "-p", default="treepack",
-                   help="planner; several, comma-separated, run the experiment: the "
-                        "built-in training once per planner, time to --target accuracy "
-                        "beside the simulator's prediction")
-    p.add_argument("--policy", default=None,
-                   choices=["hysteresis", "any-change", "every-iteration", "static"],
-                   help="when to re-plan (default: the planner's own; NETSTORM_POLICY)")
-    p.add_argument("--emulate", default="inprocess", choices=["inprocess", "netns", "none"],
-                   help="shape every link as the topology says in the site processes "
-                        "(default), in the kernel (netns: a network namespace per site, "
-                        "tc htb per link; root only), or run unshaped")
-    p.add_argument("--dynamics", "-d", default=None,
-                   help="capacity changes applied live (as netstorm sim --dynamics)")
-    p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
-                   help="emulated rates times K, delays and dynamics times 1/K")
-    p.add_argument("--iterations", "-n", type=int, default=5,
-                   help="steps of the built-in training")
-    p.add_argument("--mbytes", type=float, default=16.0,
-                   help="all-reduce size, MB, of the all-reduce check "
-                        "(-- python -m netstorm.runtime.demo)")
-    p.add_argument("--procs-per-site", type=int, default=1, metavar="L",
-                   help="processes per site (LOCAL_RANK, LOCAL_WORLD_SIZE): they reduce "
-                        "inside the site, one leader per site takes part in the plan")
-    p.add_argument("--wire", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="how gradients travel between sites (sums stay float32)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds before a silent peer is an error (NETSTORM_TIMEOUT)")
-    p.add_argument("--elastic", action="store_true",
-                   help="a site that dies leaves the run: the others re-plan without it, "
-                        "redo the interrupted all-reduce and go on (NETSTORM_ELASTIC)")
-    p.add_argument("--rejoin", action="store_true",
-                   help="with --elastic: restart a site killed by a signal (once); it joins "
-                        "again at the workers' next iteration boundary, with their state "
-                        "(NETSTORM_JOIN)")
-    p.add_argument("--plan", default=None, metavar="FILE.json",
-                   help="run this plan (netstorm plan --json writes one), checked against the "
-                        "topology, instead of planning; it is never re-planned "
-                        "(NETSTORM_PLAN)")
-    p.add_argument("--log-dir", default=None,
-                   help="write one JSON lines file per site (per collective, switches)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object: per-iteration times, plan versions, "
-                        "accuracy, failures")
-    p.add_argument("--target", type=float, default=None, metavar="ACC",
-                   help="experiment: report each planner's time to this test accuracy")
-    p.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="experiment: plot accuracy against time, one line per planner")
-    p.add_argument("script", nargs=argparse.REMAINDER,
-                   help="-- python script.py ARGS (default: the built-in training, "
-                        "python -m netstorm.runtime.train)")
+@dataclass(frozen=True)
+class LaunchConfig:
+    """What ``netstorm run`` starts (the options of the same names; see its ``--help``).
+
+    Attributes
+    ----------
+    topology
+        A topology file or built-in name: one site (``procs_per_site`` processes) each.
+    planner, policy, plan
+        The planner every site plans with, the re-plan policy (``None``: the planner's
+        own), or a plan file to run as it is.
+    command
+        The site script and its arguments; empty: the built-in training.
+    emulate, time_scale, dynamics
+        How the WAN is emulated (``inprocess``, ``netns``, ``none``), K, capacity changes.
+    iterations, mbytes
+        Steps of the built-in training; size of the all-reduce check's buffer (MB).
+    procs_per_site, wire, timeout_s
+        Processes per site, the wire encoding, the runtime's timeout.
+    elastic, rejoin
+        A site that dies leaves the run; a killed site is restarted (once) and joins again.
+    log_dir
+        Keep the sites' JSON lines logs here (``None``: in a temporary folder, removed).
+    env
+        More environment for every site.
+    sites_to_stderr
+        Stream the sites' output to stderr instead of stdout (``--json``: stdout carries
+        only the summary).
+    """
+
+    topology: str
+    planner: str = "treepack"
+    command: tuple[str, ...] = ()
+    policy: str | None = None
+    plan: str | None = None
+    emulate: str = "inprocess"
+    time_scale: float = 1.0
+    dynamics: str | None = None
+    iterations: int = 5
+    mbytes: float = 16.0
+    procs_per_site: int = 1
+    wire: str = "fp32"
+    timeout_s: float = 120.0
+    elastic: bool = False
+    rejoin: bool = False
+    log_dir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    sites_to_stderr: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.time_scale > 0 or not self.mbytes > 0 or self.iterations < 1:
+            raise InputError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
+        if self.procs_per_site < 1:
+            raise InputError(f"--procs-per-site must be >= 1, got {self.procs_per_site}")
+        if not self.timeout_s > 0:
+            raise InputError(f"--timeout must be > 0 seconds, got {self.timeout_s:g}")
+        if self.emulate not in EMULATE_MODES:
+            raise InputError(f"--emulate must be one of {', '.join(EMULATE_MODES)}, got "
+                             f"{self.emulate!r}")
+        if self.wire not in WIRE_DTYPES:
+            raise InputError(f"--wire must be one of {', '.join(WIRE_DTYPES)}, got "
+                             f"{self.wire!r}")
+        if self.rejoin and not self.elastic:
+            raise InputError("--rejoin needs --elastic (only an elastic run takes a site back)")
+        if self.elastic and self.procs_per_site > 1:
+            raise InputError("--elastic runs one process per site (--procs-per-site 1)")
+        if self.plan and self.elastic:
+            raise InputError("--plan with --elastic: a plan file is for one membership, and "
+                             "an elastic run re-plans when a site leaves or joins")
 
 
-def options(argv: list[str]) -> argparse.Namespace:
-    """``netstorm run``'s options from ``argv`` (its defaults for the rest)."""
-    parser = argparse.ArgumentParser(prog="netstorm run")
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        out.write(f"[{prefix}] {raw.decode(errors='replace')}")
-        out.flush()
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            p.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only when resumed
-    deadline = time.monotonic() + 5
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+def run(config: LaunchConfig) -> tuple[int, dict[str, Any]]:
     """Start the sites, wait for them; return ``(exit status, summary)``.
 
     Raises
     ------
     NetstormError
-        Bad input (unknown topology, nothing to run): the CLI exits 2.
+        Bad input (unknown topology or planner, a plan file or dynamics that do not fit
+        the topology): the CLI exits 2.
     """
-    view = load_topology(args.topology)
-    script = list(args.script)
-    if script and script[0] == "--":
-        script = script[1:]
-    if args.time_scale <= 0 or args.iterations < 1 or args.mbytes <= 0:
-        raise InputError("--time-scale and --mbytes must be > 0 and --iterations >= 1")
-    if args.procs_per_site < 1:
-        raise InputError(f"--procs-per-site must be >= 1, got {args.procs_per_site}")
-    if not args.timeout > 0:
-        raise InputError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
-    if getattr(args, "rejoin", False) and not args.elastic:
-        raise InputError("--rejoin needs --elastic (only an elastic run takes a site back)")
-    if args.elastic and args.procs_per_site > 1:
-        raise InputError("--elastic runs one process per site (--procs-per-site 1)")
-    planner_info(args.planner)  # every site would fail alike: say it once, here
-    if getattr(args, "plan", None):
-        if args.elastic:
-            raise InputError("--plan with --elastic: a plan file is for one membership, and "
-                             "an elastic run re-plans when a site leaves or joins")
-        load_plan(args.plan, view)  # every site would fail alike: say it once, here
-    dynamics = parse_dynamics(args.dynamics)
+    view = load_topology(config.topology)
+    planner_info(config.planner)  # every site would fail alike: say it once, here
+    if config.plan:
+        load_plan(config.plan, view)
+    dynamics = parse_dynamics(config.dynamics)
     if dynamics is not None:
         dynamics.validate(view)
-    command = script or [sys.executable, "-m", "netstorm.runtime.train"]
-    if args.emulate == "netns":
+    if config.emulate == "netns":
         check_available()
     with contextlib.ExitStack() as keep:
-        if args.log_dir:
-            logs = Path(args.log_dir)
+        if config.log_dir:
+            logs = Path(config.log_dir)
             logs.mkdir(parents=True, exist_ok=True)
         else:  # the summary is all that is kept: the logs go with the run
             logs = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="netstorm-")))
         for name in view.sites:
             (logs / f"{name}.jsonl").unlink(missing_ok=True)
-        status, doc = _launch(args, view, command, logs)
-        if not args.log_dir:
+        status, doc = _Launch(config, view, logs).run()
+        if not config.log_dir:
             doc["log_dir"] = None
         return status, doc
 
 
-def _launch(args: argparse.Namespace, view: Any, command: list[str],
-            logs: Path) -> tuple[int, dict[str, Any]]:
-    threads = str(max(1, (os.cpu_count() or 1) // (view.n * args.procs_per_site)))
+def _base_env(config: LaunchConfig, view: NetworkView) -> dict[str, str]:
+    """Every site's environment but its rank's own variables."""
+    threads = str(max(1, (os.cpu_count() or 1) // (view.n * config.procs_per_site)))
     # torchrun's layout: torch's store (a training script's init_process_group) on
     # MASTER_PORT, the runtime's coordinator on its own port
     store_port, coordinator_port = free_ports(2)
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store_port),
                 NETSTORM_COORD_PORT=str(coordinator_port),
-                WORLD_SIZE=str(view.n * args.procs_per_site), NETSTORM_SECRET=secrets.token_hex(32),
-                NETSTORM_TOPOLOGY=str(args.topology), NETSTORM_PLANNER=args.planner,
-                NETSTORM_EMULATE=args.emulate, NETSTORM_TIME_SCALE=str(args.time_scale),
-                NETSTORM_TIMEOUT=str(args.timeout), NETSTORM_WIRE=args.wire,
-                NETSTORM_ITERATIONS=str(args.iterations),
-                NETSTORM_MBYTES=str(args.mbytes), NUMBA_NUM_THREADS=threads,
+                WORLD_SIZE=str(view.n * config.procs_per_site),
+                NETSTORM_SECRET=secrets.token_hex(32),
+                NETSTORM_TOPOLOGY=str(config.topology), NETSTORM_PLANNER=config.planner,
+                NETSTORM_EMULATE=config.emulate, NETSTORM_TIME_SCALE=str(config.time_scale),
+                NETSTORM_TIMEOUT=str(config.timeout_s), NETSTORM_WIRE=config.wire,
+                NETSTORM_ITERATIONS=str(config.iterations),
+                NETSTORM_MBYTES=str(config.mbytes), NUMBA_NUM_THREADS=threads,
                 OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
-    base.update(getattr(args, "env", None) or {})
-    if args.policy:
-        base["NETSTORM_POLICY"] = args.policy
-    if args.elastic:
+    base.update(config.env)
+    if config.policy:
+        base["NETSTORM_POLICY"] = config.policy
+    if config.elastic:
         base["NETSTORM_ELASTIC"] = "1"
-    if getattr(args, "plan", None):
-        base["NETSTORM_PLAN"] = str(Path(args.plan).resolve())
-    if args.dynamics:
-        base["NETSTORM_DYNAMICS"] = args.dynamics
-    out = sys.stderr if args.json else sys.stdout
-    dynamics = parse_dynamics(args.dynamics) if args.emulate == "netns" else None
-    procs: list[subprocess.Popen[bytes]] = []
-    names: list[str] = []
-    failure: dict[str, Any] | None = None
-    lost: list[dict[str, Any]] = []  # elastic: sites that died while the others went on
-    rejoined: list[dict[str, Any]] = []  # --rejoin: sites restarted to join again
-    pumps = []
-    started = time.perf_counter()
-    status = 0
-    with contextlib.ExitStack() as stack:
-        wan = None
-        try:
-            if args.emulate == "netns":
-                wan = stack.enter_context(NetnsWAN(view, args.time_scale))
-            stop = threading.Event()
-            stack.callback(stop.set)
-            per = args.procs_per_site
-            layout = list(itertools.product(range(view.n), range(per)))
-
-            def start(rank: int, join: bool = False) -> subprocess.Popen[bytes]:
-                site, local = layout[rank]
-                name = view.sites[site]
-                env = dict(base, RANK=str(rank), LOCAL_RANK=str(local if per > 1 else rank),
-                           NETSTORM_LOG=str(logs / f"{name}.jsonl"))
-                if join:
-                    env["NETSTORM_JOIN"] = "1"
-                if per > 1:
-                    env["LOCAL_WORLD_SIZE"] = str(per)
-                    name = f"{name}/{local}"
-                argv = command
-                if wan is not None:
-                    env.update(MASTER_ADDR=wan.addresses[0], NETSTORM_BIND=wan.addresses[site],
-                               NETSTORM_ADVERTISE=wan.addresses[site],
-                               GLOO_SOCKET_IFNAME="eth0")  # gloo's too, not loopback
-                    argv = ["ip", "netns", "exec", wan.namespaces[site], *command]
-                proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)
-                pump = threading.Thread(target=_pump, args=(proc.stdout, name, out),
-                                        daemon=True)
-                pump.start()
-                pumps.append(pump)
-                return proc
-
-            for rank, (site, local) in enumerate(layout):
-                procs.append(start(rank))
-                name = view.sites[site] if per == 1 else f"{view.sites[site]}/{local}"
-                names.append(f"site {name} (rank {rank})")
-            if wan is not None and dynamics is not None:
-                wan.follow(dynamics, time.time(), stop)
-
-            def restart(rank: int) -> subprocess.Popen[bytes]:
-                rejoined.append({"site": names[rank], "at": time.time()})
-                print(f"netstorm run: {names[rank]} restarted: it joins again at the "
-                      "workers' next iteration boundary", file=sys.stderr, flush=True)
-                return start(rank, join=True)
-
-            failure = _watch(procs, names, grace=args.timeout + GRACE_S,
-                             lost=lost if args.elastic else None,
-                             rejoin=restart if getattr(args, "rejoin", False) else None)
-            if failure is not None:
-                status = failure["status"]
-                print(f"netstorm run: {failure['message']}", file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            status = 130
-            failure = None
-        finally:
-            _stop(procs)  # before the namespaces go (ExitStack unwinds after this)
-            for pump in pumps:
-                pump.join(timeout=2)
-    doc = summary(view.sites, logs, getattr(args, "plan", None) or args.planner,
-                  time.perf_counter() - started)
-    if failure is not None:
-        doc["failure"] = failure
-    if args.elastic:
-        doc["lost"] = lost
-        doc["rejoined"] = rejoined
-    return status, doc
+    if config.plan:
+        base["NETSTORM_PLAN"] = str(Path(config.plan).resolve())
+    if config.dynamics:
+        base["NETSTORM_DYNAMICS"] = config.dynamics
+    return base
 
 
-def _status(code: int) -> int:
-    """A child's exit status as a shell reports it (a signal ``k`` is ``128 + k``)."""
-    return 128 - code if code < 0 else code
+class _Launch:
+    """One launch: its processes, what it saw of them, and the summary."""
 
+    def __init__(self, config: LaunchConfig, view: NetworkView, logs: Path) -> None:
+        self.config = config
+        self.view = view
+        self.logs = logs
+        self.command = list(config.command) or [sys.executable, *BUILTIN_TRAINING]
+        self.layout = list(itertools.product(range(view.n), range(config.procs_per_site)))
+        self.names = [f"site {self._label(rank)} (rank {rank})"
+                      for rank in range(len(self.layout))]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pumps: list[threading.Thread] = []
+        self.lost: list[dict[str, Any]] = []  # elastic: sites that died, the others went on
+        self.rejoined: list[dict[str, Any]] = []  # --rejoin: sites restarted to join again
+        self.wan: NetnsWAN | None = None
+        self.base = _base_env(config, view)
 
-def _how(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
+    def _label(self, rank: int) -> str:
+        site, local = self.layout[rank]
+        name = self.view.sites[site]
+        return name if self.config.procs_per_site == 1 else f"{name}/{local}"
+
+    def start(self, rank: int, join: bool = False) -> subprocess.Popen[bytes]:
+        """Start rank ``rank``'s process (``join``: it joins an elastic run under way)."""
+        site, local = self.layout[rank]
+        per = self.config.procs_per_site
+        env = dict(self.base, RANK=str(rank), LOCAL_RANK=str(local if per > 1 else rank),
+                   NETSTORM_LOG=str(self.logs / f"{self.view.sites[site]}.jsonl"))
+        if join:
+            env["NETSTORM_JOIN"] = "1"
+        if per > 1:
+            env["LOCAL_WORLD_SIZE"] = str(per)
+        argv = self.command
+        if self.wan is not None:
+            address = self.wan.addresses[site]
+            env.update(MASTER_ADDR=self.wan.addresses[0], NETSTORM_BIND=address,
+                       NETSTORM_ADVERTISE=address,
+                       GLOO_SOCKET_IFNAME="eth0")  # gloo's too, not loopback
+            argv = ["ip", "netns", "exec", self.wan.namespaces[site], *self.command]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        out = sys.stderr if self.config.sites_to_stderr else sys.stdout
+        self.pumps.append(pump(proc.stdout, self._label(rank), out))
+        return proc
+
+    def restart(self, rank: int) -> subprocess.Popen[bytes]:
+        self.rejoined.append({"site": self.names[rank], "at": time.time()})
+        print(f"netstorm run: {self.names[rank]} restarted: it joins again at the "
+              "workers' next iteration boundary", file=sys.stderr, flush=True)
+        return self.start(rank, join=True)
+
+    def run(self) -> tuple[int, dict[str, Any]]:
+        config = self.config
+        started = time.perf_counter()
+        status = 0
+        failure: dict[str, Any] | None = None
+        with contextlib.ExitStack() as stack:
+            try:
+                if config.emulate == "netns":
+                    self.wan = stack.enter_context(NetnsWAN(self.view, config.time_scale))
+                halt = threading.Event()
+                stack.callback(halt.set)
+                self.procs = [self.start(rank) for rank in range(len(self.layout))]
+                dynamics = parse_dynamics(config.dynamics)
+                if self.wan is not None and dynamics is not None:
+                    self.wan.follow(dynamics, time.time(), halt)
+                failure = _watch(self.procs, self.names,
+                                 grace=launcher_grace(config.timeout_s),
+                                 lost=self.lost if config.elastic else None,
+                                 rejoin=self.restart if config.rejoin else None)
+                if failure is not None:
+                    status = failure["status"]
+                    print(f"netstorm run: {failure['message']}", file=sys.stderr, flush=True)
+            except KeyboardInterrupt:
+                status = 130
+                failure = None
+            finally:
+                stop(self.procs)  # before the namespaces go (ExitStack unwinds after this)
+                for thread in self.pumps:
+                    thread.join(timeout=2)
+        doc = summary(self.view.sites, self.logs, config.plan or config.planner,
+                      time.perf_counter() - started)
+        if failure is not None:
+            doc["failure"] = failure
+        if config.elastic:
+            doc["lost"] = self.lost
+            doc["rejoined"] = self.rejoined
+        return status, doc
 
 
 def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: float,
@@ -299,11 +275,11 @@ def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: flo
 
     After the first failure the others get ``grace`` seconds (the runtime's timeout and a
     margin) to notice and stop by themselves, so each reports the failure in its own words,
-    naming the site it lost; the rest are then stopped (:func:`_stop`). With ``lost`` (an
-    elastic run) a site other than rank 0 (the coordinator) killed by a signal while others
-    run is appended there instead: the others go on without it, and only another failure
-    ends the run. With ``rejoin``, such a site is restarted once (``rejoin(i)`` is its new
-    process, in ``procs[i]``).
+    naming the site it lost; the rest are then stopped (:func:`~.procs.stop`). With ``lost``
+    (an elastic run) a site other than rank 0 (the coordinator) killed by a signal while
+    others run is appended there instead: the others go on without it, and only another
+    failure ends the run. With ``rejoin``, such a site is restarted once (``rejoin(i)`` is
+    its new process, in ``procs[i]``).
     """
     gone: set[int] = set()
     restarted: set[int] = set()
@@ -315,9 +291,9 @@ def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: flo
             for i in killed:
                 code = codes[i]
                 assert code is not None
-                lost.append({"site": names[i], "status": _status(code), "at": time.time()})
-                print(f"netstorm run: {names[i]} {_how(code)}; the others go on without it "
-                      "(elastic)", file=sys.stderr, flush=True)
+                lost.append({"site": names[i], "status": shell_status(code), "at": time.time()})
+                print(f"netstorm run: {names[i]} {describe_exit(code)}; the others go on "
+                      "without it (elastic)", file=sys.stderr, flush=True)
                 if rejoin is not None and i not in restarted:
                     restarted.add(i)  # watched again from the next look on
                     procs[i] = rejoin(i)
@@ -341,13 +317,13 @@ def _watch(procs: list[subprocess.Popen[bytes]], names: list[str], *, grace: flo
         time.sleep(0.02)
     waited = time.monotonic() - seen
     left = [names[i] for i, p in enumerate(procs) if p.poll() is None]
-    message = f"{names[first]} {_how(code)}"
+    message = f"{names[first]} {describe_exit(code)}"
     if left:
         message += (f"; {', '.join(left)} still running after {grace:.0f} s "
                     "(stopped by the launcher)")
     else:
         message += f"; every other site stopped within {waited:.2f} s"
-    return {"site": names[first], "status": _status(code), "message": message,
+    return {"site": names[first], "status": shell_status(code), "message": message,
             "others_stopped_s": None if left else waited, "stopped_by_launcher": left}
 
 
@@ -400,50 +376,3 @@ def summary(sites: tuple[str, ...], logs: Path, planner: str, wall_s: float) -> 
     return {"planner": planner, "iterations": [chosen[i] for i in sorted(chosen)],
             "accuracy": accuracy, "switches": [switches[v] for v in sorted(switches)],
             "bytes": links, "wall_s": wall_s, "log_dir": str(logs)}
-
-
-def is_experiment(args: argparse.Namespace) -> bool:
-    """Several planners, ``--target`` or ``--plot``: the experiment, not one run."""
-    return "," in args.planner or args.target is not None or args.plot is not None
-
-
-def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
-    """``netstorm run``: one run or the experiment; ``(status, summary, its text)``."""
-    for name in args.planner.split(","):  # before the first planner's run, not after it
-        planner_info(name)
-    if is_experiment(args):
-        from . import experiment
-
-        if args.target is None:
-            args.target = 0.9
-        status, doc = experiment.run(args)
-        return status, doc, experiment.format_table(doc)
-    status, doc = run(args)
-    return status, doc, format_summary(doc)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m netstorm.runtime.launch`` (the same as ``netstorm run``)."""
-    args = options(sys.argv[1:] if argv is None else argv)
-    try:
-        status, doc, text = execute(args)
-    except NetstormError as exc:
-        print(f"netstorm run: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(doc) if args.json else text)
-    return status
-
-
-def format_summary(doc: dict[str, Any]) -> str:
-    """The readable summary of :func:`run`."""
-    lines = [f"{doc['planner']}: {len(doc['iterations'])} iterations in {doc['wall_s']:.1f} s"]
-    for i, row in enumerate(doc["iterations"]):
-        lines.append(f"  iteration {i}: {row['time_s']:.3f} s (plan v{row['plan_version']})")
-    for sw in doc["switches"]:
-        lines.append(f"  plan v{sw['version']} from collective {sw['from_seq']}: "
-                     f"{sw['reason']}")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ import pytest
 
 from netstorm import builtin_topologies
 from netstorm.cli.bench import format_table
-from netstorm.cli.bench_planner import PLANNERS, noisy, redraw
+from netstorm.cli.bench.planner import PLANNERS, noisy, redraw
 
 TOL = 1e-6
 

@@ -13,7 +13,7 @@ import netstorm
 from netstorm import Job, Plan, Shard, compile, plan, predict
 from netstorm.builtin_topologies import builtin
 from netstorm.cli import main
-from netstorm.cli.bench_planner import redraw
+from netstorm.cli.bench.planner import redraw
 from netstorm.layout import chunk_layout, shard_elements
 
 RESNET50 = Job.from_model("resnet50")

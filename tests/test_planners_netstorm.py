@@ -17,7 +17,7 @@ from hypothesis import given, settings
 
 from netstorm import Job, NetworkView, link_loads
 from netstorm.builtin_topologies import builtin
-from netstorm.cli.bench_planner import redraw
+from netstorm.cli.bench.planner import redraw
 from netstorm.plan import Plan, Route, Shard
 from netstorm.planners._routing import out_tree
 from tests.strategies import views

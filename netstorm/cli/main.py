@@ -297,9 +297,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from netstorm.runtime import launch
+    from .run import execute
 
-    status, doc, text = launch.execute(args)
+    status, doc, text = execute(args)
     if args.json:
         _emit(doc)
     else:
@@ -311,6 +311,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     import os
 
     from netstorm.runtime import launch, measure
+    from netstorm.runtime.launch import LaunchConfig
 
     if os.environ.get("RANK") is not None:  # one rank of a run on several hosts
         return measure.main(["--out", args.out, "--seconds", str(args.seconds)])
@@ -318,12 +319,11 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         raise InputError("netstorm measure: run it on every host with RANK, WORLD_SIZE, "
                          "MASTER_ADDR, MASTER_PORT and NETSTORM_SECRET set, or give "
                          "--topology T to measure T emulated on this machine")
-    script = [sys.executable, "-m", "netstorm.runtime.measure", "--out", args.out,
-              "--seconds", str(args.seconds), "--emulate-topology", args.topology]
-    run = launch.options(["--topology", args.topology, "--planner", "ring", "--time-scale",
-                          str(args.time_scale), *(["--json"] if args.json else []), "--",
-                          *script])
-    status, _ = launch.run(run)
+    script = (sys.executable, "-m", "netstorm.runtime.measure", "--out", args.out,
+              "--seconds", str(args.seconds), "--emulate-topology", args.topology)
+    status, _ = launch.run(LaunchConfig(topology=args.topology, planner="ring",
+                                        time_scale=args.time_scale, command=script,
+                                        sites_to_stderr=args.json))
     if status:
         return status
     truth, got = load_topology(args.topology), load_topology(args.out)
@@ -417,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one process per site on an emulated WAN "
                                    "(the built-in demo, or -- python script.py ARGS)")
-    from netstorm.runtime.launch import add_arguments as run_arguments
+    from .run import add_arguments as run_arguments
 
     run_arguments(p)
     p.set_defaults(func=_cmd_run)

@@ -8,7 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from netstorm.kernels import _cpu, bench, codec_error, pack, reference, unpack_accumulate
+from netstorm.kernels import _cpu, codec_error, pack, reference, unpack_accumulate
+
+from netstorm.cli.bench import kernels as bench
 
 SIZES = [1, 127, 128, 129, 1023, 1024, 1025, 2**20]
 SPECIALS = np.array(

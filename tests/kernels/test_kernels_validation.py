@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from netstorm.kernels import bench, fused_reduce, pack, unpack_accumulate
+from netstorm.kernels import fused_reduce, pack, unpack_accumulate
+
+from netstorm.cli.bench import kernels as bench
 
 
 def f32(*shape: int) -> np.ndarray:

@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 import pytest
-from netstorm.runtime import bench
 
 from netstorm.cli.bench import format_table
+from netstorm.cli.bench import runtime as bench
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -109,9 +109,9 @@ def test_a_failing_site_fails_the_launch_with_its_message(children: list[int]) -
 
 
 def test_bench_ddp_reports_each_comm_against_gloo() -> None:
-    from netstorm.runtime import bench_ddp
+    from netstorm.cli.bench import ddp
 
-    result = bench_ddp.run(quick=True, sites=2)
+    result = ddp.run(quick=True, sites=2)
     rows = result["results"]
     assert [r["comm"] for r in rows] == ["gloo", "hook", "backend"]
     assert rows[0]["vs_gloo"] == 1.0

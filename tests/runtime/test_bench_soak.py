@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 
 import pytest
-from netstorm.runtime import bench_soak
+from netstorm.runtime.procs import sample
+
+from netstorm.cli.bench import soak as bench_soak
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_sample_and_time_scale() -> None:
-    got = bench_soak.sample(os.getpid())
+    got = sample(os.getpid())
     assert got is not None and got[0] > 1 and got[1] >= 3  # MB, stdin/out/err at least
-    assert bench_soak.sample(2**22 + 12345) is None  # above pid_max's default: no such pid
+    assert sample(2**22 + 12345) is None  # above pid_max's default: no such pid
     small, large = (bench_soak.time_scale("random:3:1", mb) for mb in (1, 16))
     assert 0 < small < large  # more bytes, the same wall time: a faster emulated network
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 from netstorm.runtime import Site
-from netstorm.runtime.bench_faults import children
 from netstorm.runtime.elastic import ElasticSite, without
+from netstorm.runtime.procs import children
 
 from netstorm import NetworkView
 from netstorm.builtin_topologies import builtin

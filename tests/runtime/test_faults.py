@@ -10,7 +10,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from netstorm.runtime.bench_faults import Trial, trial
+
+from netstorm.cli.bench.faults import Trial, trial
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +29,7 @@ links:
 
 def lose_a_site(tmp_path: Path, victim: int, how: signal.Signals) -> Trial:
     """Run the all-reduce check on 3 sites, send ``how`` to rank ``victim`` once iterations
-    are going (:func:`netstorm.runtime.bench_faults.trial`); no site process may be left."""
+    are going (:func:`netstorm.cli.bench.faults.trial`); no site process may be left."""
     topo = tmp_path / "triangle.yaml"
     topo.write_text(TRIANGLE)
     record = trial(str(topo), victim, how, timeout_s=TIMEOUT_S, planner="ring", mbytes=0.5,

@@ -276,14 +276,16 @@ def test_a_signalled_launcher_stops_the_sites_and_tears_down(sig: int, tmp_path:
 @pytest.mark.parametrize("lack", ["root", "tc"])
 def test_without_root_or_iproute2_netns_mode_is_one_line_and_exit_2(
         lack: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from netstorm.runtime import launch, netns
+    from netstorm.runtime import netns
+
+    from netstorm.cli import main
 
     if lack == "root":
         monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
     else:
         real = shutil.which
         monkeypatch.setattr(netns.shutil, "which", lambda t: None if t == "tc" else real(t))
-    status = launch.main(["--topology", "random:2:1", "--emulate", "netns"])
+    status = main(["run", "--topology", "random:2:1", "--emulate", "netns"])
     err = capsys.readouterr().err
     assert status == 2 and err.strip().count("\n") == 0
     assert "needs root and iproute2" in err and ("not running as root" if lack == "root"

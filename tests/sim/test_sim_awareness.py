@@ -133,7 +133,7 @@ def test_a_plan_made_from_wrong_estimates_is_mended_by_one_replan(planner: str) 
     # Start from capacities off by up to 30 % (the planner benchmark's robustness view):
     # one iteration's measurements must correct the links in use, and the re-plan must run
     # as fast as the plan made from the true capacities (simulated, the oracle).
-    from netstorm.cli.bench_planner import noisy, redraw
+    from netstorm.cli.bench.planner import noisy, redraw
 
     view = redraw(builtin("netstorm9"), 2)
     job = Job.from_model("resnet50")

@@ -1,14 +1,19 @@
-"""Benchmarks behind ``netstorm bench``: figures to report, never pass/fail."""
+"""Benchmarks behind ``netstorm bench``: figures to report, never pass/fail.
+
+One module per benchmark: :mod:`.planner`, :mod:`.sim`, :mod:`.kernels`, :mod:`.runtime`
+(with the site script :mod:`.runtime_worker`), :mod:`.ddp`, :mod:`.faults`, :mod:`.soak`;
+the bound's solve times are here.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from ..bound import bound
-from ..builtin_topologies import builtin
-from ..errors import InputError
-from ..job import Job
+from ...bound import bound
+from ...builtin_topologies import builtin
+from ...errors import InputError
+from ...job import Job
 
 __all__ = ["format_table", "run"]
 
@@ -35,36 +40,35 @@ def run(what: str = "bound", quick: bool = False, plot: str | None = None) -> di
     if what == "bound":
         return _bound_times(quick)
     if what == "kernels":
-        from netstorm.kernels import bench as kernel_bench  # type: ignore[attr-defined]
+        from .kernels import run as kernels_bench
 
-        return kernel_bench.run(n=2**20 if quick else 2**24)  # type: ignore[no-any-return]
+        return kernels_bench(n=2**20 if quick else 2**24)
     if what == "planner":
-        from .bench_planner import run as planner_bench
+        from .planner import run as planner_bench
 
         return planner_bench(quick=quick)
     if what == "runtime":
-        from netstorm.runtime import bench as runtime_bench
+        from .runtime import run as runtime_bench
 
-        return runtime_bench.run(quick=quick)
+        return runtime_bench(quick=quick)
     if what == "ddp":
-        from netstorm.runtime import bench_ddp
+        from .ddp import run as ddp_bench
 
-        return bench_ddp.run(quick=quick)
+        return ddp_bench(quick=quick)
     if what == "faults":
-        from netstorm.runtime import bench_faults
+        from .faults import run as faults_bench
 
-        return bench_faults.run(quick=quick)
+        return faults_bench(quick=quick)
     if what == "soak":
-        from netstorm.runtime import bench_soak
+        from .soak import run as soak_bench
 
-        return bench_soak.run(quick=quick)
+        return soak_bench(quick=quick)
     if what == "sim":
-        from netstorm.sim import bench as sim_bench  # type: ignore[attr-defined]
-
-        from .bench_planner import FULL_VIEWS, QUICK_VIEWS
+        from .planner import FULL_VIEWS, QUICK_VIEWS
+        from .sim import run as sim_bench
 
         views = ("netstorm9", *(QUICK_VIEWS if quick else FULL_VIEWS))
-        return sim_bench.run(quick=quick, plot=plot, views=views)  # type: ignore[no-any-return]
+        return sim_bench(quick=quick, plot=plot, views=views)
     raise InputError(f"unknown benchmark {what!r} (bound, ddp, faults, kernels, planner, "
                      f"runtime, sim, soak)")
 

@@ -1,6 +1,6 @@
-"""One site process of ``netstorm bench runtime`` (:mod:`netstorm.runtime.bench`).
+"""One site process of ``netstorm bench runtime`` (:mod:`netstorm.cli.bench.runtime`).
 
-``python -m netstorm.runtime.bench_worker SPEC OUT`` reads the phases to run from the JSON
+``python -m netstorm.cli.bench.runtime_worker SPEC OUT`` reads the phases to run from the JSON
 file ``SPEC`` and writes this rank's figures to the JSON file ``OUT``. Rank and world size
 come from the torchrun-style environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``); every
 phase brings its own coordinator port. Phases, in the order given:
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .exits import exit_now
+from netstorm.runtime.exits import exit_now
 
 __all__ = ["main"]
 
@@ -182,7 +182,7 @@ def _memory(spec: dict[str, Any], rank: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m netstorm.runtime.bench_worker SPEC.json OUT.json",
+        print("usage: python -m netstorm.cli.bench.runtime_worker SPEC.json OUT.json",
               file=sys.stderr)
         return 2
     spec = json.loads(Path(args[0]).read_text())

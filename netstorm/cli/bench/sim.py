@@ -30,8 +30,7 @@ from netstorm.errors import NetstormError
 from netstorm.job import Job
 from netstorm.plan_files import fixed_planner
 from netstorm.registry import plan, planner_names
-
-from .engine import SimResult, simulate
+from netstorm.sim import SimResult, simulate
 
 __all__ = ["run"]
 
@@ -178,7 +177,7 @@ def run(quick: bool = False, plot: str | Path | None = None,
     scaling = _scaling(quick)
     results = scaling + ([] if quick else _targets()) + _agreement(views) + _headline(quick)
     if plot is not None:
-        from .plots import plot_scaling
+        from netstorm.sim.plots import plot_scaling
 
         plot_scaling(scaling, plot)
     changes = [abs(r["change"]) for r in results if "change" in r]

@@ -27,7 +27,7 @@ something on a noisy machine:
 
 Times are the median over the timed repetitions of the slowest site's time of each call
 (every call after a barrier: a one-element all-reduce, or gloo's barrier).
-Site processes run ``python -m netstorm.runtime.bench_worker`` with the environment
+Site processes run ``python -m netstorm.cli.bench.runtime_worker`` with the environment
 ``netstorm run`` sets, one thread for numba and OpenMP each; each launch has a deadline and
 its process groups are killed when it ends, whatever happened.
 """
@@ -38,7 +38,6 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,13 +49,14 @@ from typing import Any
 
 import numpy as np
 import yaml
-from netstorm.runtime.ports import free_ports
 
 from netstorm.cost import link_loads
 from netstorm.errors import NetstormError
 from netstorm.job import Job
 from netstorm.plan import Plan
 from netstorm.registry import plan as make_plan
+from netstorm.runtime.ports import free_ports
+from netstorm.runtime.procs import clean_env, kill_groups
 from netstorm.topology import load_topology
 from netstorm.view import NetworkView
 
@@ -87,20 +87,6 @@ def _log(msg: str) -> None:
     print(f"bench runtime: {msg}", file=sys.stderr, flush=True)
 
 
-def _kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """SIGKILL every process group (each site and whatever it started), then reap."""
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
-            pass
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -110,7 +96,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def launch(n: int, phases: list[dict[str, Any]], *, timeout_s: float,
            env: dict[str, str] | None = None, label: str = "") -> list[dict[str, Any]]:
-    """Run ``phases`` (see :mod:`netstorm.runtime.bench_worker`) in ``n`` site processes.
+    """Run ``phases`` (see :mod:`netstorm.cli.bench.runtime_worker`) in ``n`` site processes.
 
     Every phase without a ``port`` gets a free one. Returns each rank's figures (rank order).
 
@@ -126,9 +112,7 @@ def launch(n: int, phases: list[dict[str, Any]], *, timeout_s: float,
     workdir = Path(tempfile.mkdtemp(prefix="netstorm-bench-"))
     spec = workdir / "spec.json"
     spec.write_text(json.dumps({"phases": phases}))
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("NETSTORM_", "MASTER_", "TORCHELASTIC_"))
-            and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    base = clean_env()
     base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(phases[0]["port"]),
                 WORLD_SIZE=str(n), NETSTORM_SECRET=secrets.token_hex(32),
                 NETSTORM_TIMEOUT=str(min(120.0, timeout_s)), NETSTORM_EMULATE="none",
@@ -143,7 +127,7 @@ def launch(n: int, phases: list[dict[str, Any]], *, timeout_s: float,
         for rank in range(n):
             with open(logs[rank], "wb") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "netstorm.runtime.bench_worker", str(spec),
+                    [sys.executable, "-m", "netstorm.cli.bench.runtime_worker", str(spec),
                      str(outs[rank])],
                     env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -166,7 +150,7 @@ def launch(n: int, phases: list[dict[str, Any]], *, timeout_s: float,
             time.sleep(0.05)
         return [json.loads(o.read_text()) for o in outs]
     finally:
-        _kill(procs)
+        kill_groups(procs)
         for path in (*logs, *outs, spec):
             path.unlink(missing_ok=True)
         workdir.rmdir()

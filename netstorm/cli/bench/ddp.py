@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .bench import loopback_topology
+from .runtime import loopback_topology
 
 __all__ = ["run"]
 
@@ -24,6 +24,7 @@ COMMS = ("gloo", "hook", "backend")
 def run(quick: bool = False, *, sites: int = 4, device: str = "cpu") -> dict[str, Any]:
     """Median DDP step time per comm and the ratio to gloo's (steps after the 10th)."""
     from netstorm.runtime import launch
+    from netstorm.runtime.launch import LaunchConfig
     from netstorm.runtime.train import make_model
 
     width, steps = (512, 20) if quick else (1600, 40)
@@ -32,11 +33,10 @@ def run(quick: bool = False, *, sites: int = 4, device: str = "cpu") -> dict[str
     with tempfile.TemporaryDirectory(prefix="netstorm-bench-ddp-") as tmp:
         topo = loopback_topology(Path(tmp), sites)
         for comm in COMMS:
-            args = launch.options(["--topology", topo, "--emulate", "none", "-n", str(steps),
-                                   "--json", "--", sys.executable, "-m", "netstorm.runtime.train",
-                                   "--comm", comm, "--width", str(width), "--device", device,
-                                   "--eval-every", "0"])
-            status, doc = launch.run(args)
+            status, doc = launch.run(LaunchConfig(
+                topology=topo, emulate="none", iterations=steps, sites_to_stderr=True,
+                command=(sys.executable, "-m", "netstorm.runtime.train", "--comm", comm,
+                         "--width", str(width), "--device", device, "--eval-every", "0")))
             if status:
                 raise RuntimeError(f"bench ddp: the {comm} run failed with status {status}")
             times = [r["time_s"] for r in doc["iterations"]][steps // 4:]

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _cpu, reference
-from .api import fused_reduce, pack, unpack_accumulate
+from netstorm.kernels import _cpu, reference
+from netstorm.kernels.api import fused_reduce, pack, unpack_accumulate
 
 __all__ = ["codec_errors", "run"]
 

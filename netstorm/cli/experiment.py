@@ -12,21 +12,24 @@ alone (the curve against steps is the same: same seeds, same model).
 
 from __future__ import annotations
 
-import argparse
-import copy
+import dataclasses
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from netstorm.dynamics import parse_dynamics
-from netstorm.errors import InputError, NetstormError
-from netstorm.job import Job
-from netstorm.topology import load_topology
+from netstorm.runtime import launch
+from netstorm.runtime.launch import LaunchConfig
 
-__all__ = ["format_table", "run", "sim_time_axis", "time_to"]
+from ..dynamics import parse_dynamics
+from ..errors import InputError, NetstormError
+from ..job import Job
+from ..topology import load_topology
+
+__all__ = ["draw", "format_table", "run", "sim_time_axis", "time_to"]
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -41,7 +44,7 @@ def time_to(times: list[float], accuracy: list[float | None], target: float) -> 
     return None
 
 
-def sim_time_axis(args: argparse.Namespace, planner: str, buckets: list[int],
+def sim_time_axis(config: LaunchConfig, planner: str, buckets: list[int],
                   compute_s: float, steps: int) -> list[float]:
     """Wall seconds after each of ``steps`` DDP steps, as the simulator predicts them.
 
@@ -51,24 +54,21 @@ def sim_time_axis(args: argparse.Namespace, planner: str, buckets: list[int],
     """
     from netstorm.sim import simulate
 
-    view = load_topology(args.topology)
-    scale = float(args.time_scale)
+    view = load_topology(config.topology)
+    scale = float(config.time_scale)
     job = Job(buckets=tuple(buckets), compute_s=compute_s * scale)
     result = simulate(view, job, planner, iterations=steps, dynamics=parse_dynamics(
-        args.dynamics), policy=args.policy, overlap=len(buckets) > 1)
+        config.dynamics), policy=config.policy, overlap=len(buckets) > 1)
     return list(np.cumsum(result.iteration_s) / scale)
 
 
-def _one(args: argparse.Namespace, planner: str, logs: Path) -> dict[str, Any]:
-    from . import launch
-
-    a = copy.copy(args)
-    a.planner, a.log_dir = planner, str(logs)
-    a.env = {"NETSTORM_EVAL_EVERY": "1"}  # the accuracy after every step
-    status, doc = launch.run(a)
+def _one(config: LaunchConfig, planner: str, target: float, logs: Path) -> dict[str, Any]:
+    one = dataclasses.replace(config, planner=planner, log_dir=str(logs),
+                              env={**config.env, "NETSTORM_EVAL_EVERY": "1"})  # every step
+    status, doc = launch.run(one)
     if status:
         raise NetstormError(f"planner {planner}: the run failed with status {status}")
-    view = load_topology(args.topology)
+    view = load_topology(config.topology)
     first = _records(logs / f"{view.sites[view.workers[0]]}.jsonl")
     steps = [r for r in first if "iteration" in r]
     times = [float(r["elapsed_s"]) for r in steps]
@@ -77,7 +77,7 @@ def _one(args: argparse.Namespace, planner: str, logs: Path) -> dict[str, Any]:
         "planner": planner, "steps": len(steps), "wall_s": doc["wall_s"],
         "step_s": float(np.median([r["time_s"] for r in steps])) if steps else None,
         "time_s": times, "accuracy": accuracy, "switches": len(doc["switches"]),
-        "time_to_target_s": time_to(times, accuracy, args.target)}
+        "time_to_target_s": time_to(times, accuracy, target)}
     compute = [r["compute_s"] for s in view.sites for r in _records(logs / f"{s}.jsonl")
                if "compute_s" in r]
     warmup = next((int(r["warmup"]) for r in first if "warmup" in r), 0)
@@ -88,33 +88,33 @@ def _one(args: argparse.Namespace, planner: str, logs: Path) -> dict[str, Any]:
         # the last step's buckets (after DDP rebuilt them), in model order
         buckets = [4 * int(r["numel"]) for r in colls[-per_step:]][::-1]
         compute_s = float(np.median(compute))
-        sim = sim_time_axis(args, planner, buckets, compute_s, len(steps))
-        row.update(sim_time_s=sim, sim_time_to_target_s=time_to(sim, accuracy, args.target),
+        sim = sim_time_axis(config, planner, buckets, compute_s, len(steps))
+        row.update(sim_time_s=sim, sim_time_to_target_s=time_to(sim, accuracy, target),
                    buckets=buckets, compute_s=compute_s)
     return row
 
 
-def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
-    """Run every planner of ``args.planner`` (comma-separated) in turn; the experiment's
-    summary (and ``args.plot`` written)."""
-    planners = [p.strip() for p in args.planner.split(",") if p.strip()]
+def run(config: LaunchConfig, planners: Sequence[str], *, target: float,
+        plot: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Run the built-in training once per planner of ``planners``, in turn, as ``config``
+    says otherwise; the experiment's summary (and the figure written to ``plot``)."""
     if not planners:
         raise InputError("--planner: no planner given")
-    if not 0 < args.target <= 1:
-        raise InputError(f"--target must be an accuracy in (0, 1], got {args.target}")
-    if args.script:
+    if not 0 < target <= 1:
+        raise InputError(f"--target must be an accuracy in (0, 1], got {target}")
+    if config.command:
         raise InputError("an experiment (several planners, --plot or --target) runs the "
                          "built-in training: give no script")
     rows = []
     with tempfile.TemporaryDirectory(prefix="netstorm-exp-") as tmp:
-        base = Path(args.log_dir) if args.log_dir else Path(tmp)
+        base = Path(config.log_dir) if config.log_dir else Path(tmp)
         for planner in planners:
-            rows.append(_one(args, planner, base / planner))
-    doc = {"topology": args.topology, "dynamics": args.dynamics,
-           "time_scale": args.time_scale, "target": args.target, "runs": rows,
+            rows.append(_one(config, planner, target, base / planner))
+    doc = {"topology": config.topology, "dynamics": config.dynamics,
+           "time_scale": config.time_scale, "target": target, "runs": rows,
            "ratios": _ratios(rows)}
-    if args.plot:
-        plot(doc, Path(args.plot))
+    if plot:
+        draw(doc, Path(plot))
     return 0, doc
 
 
@@ -157,7 +157,7 @@ def format_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(doc: dict[str, Any], path: Path) -> None:
+def draw(doc: dict[str, Any], path: Path) -> None:
     """Accuracy against training time, one line per planner (the paper's figure): solid the
     real processes, dashed the simulator's prediction."""
     from matplotlib.figure import Figure  # no pyplot: no backend chosen or changed

@@ -30,26 +30,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from netstorm.dynamics import Redraw, parse_dynamics
-from netstorm.job import Job
-from netstorm.registry import plan as make_plan
-from netstorm.topology import load_topology
+from netstorm.runtime.procs import children, clean_env, kill_groups, rank_of, sample
 
-from .bench_faults import children, end_group, rank_of
+from ...dynamics import Redraw, parse_dynamics
+from ...job import Job
+from ...registry import plan as make_plan
+from ...topology import load_topology
 
-__all__ = ["SoakError", "run", "sample", "time_scale"]
+__all__ = ["SoakError", "run", "time_scale"]
 
 #: The redraw range (the NetStorm paper's emulation).
 LOW = "20Mbit/s"
@@ -95,20 +93,6 @@ def time_scale(topology: str, mbytes: float, *, planner: str = "treepack", low: 
     job = Job(buckets=int(mbytes * 1e6) // 4 * 4, chunk_bytes=4_000_000)
     predicted = float(make_plan(view, job, planner, seed=0).predicted_time_s or network_s)
     return float(f"{predicted / network_s:.2g}")
-
-
-def sample(pid: int) -> tuple[float, int] | None:
-    """``(RSS in MB, open file descriptors)`` of process ``pid``; ``None`` when it is gone
-    (or a zombie: no memory left to count)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.MULTILINE)
-    if found is None:
-        return None
-    return int(found.group(1)) / 1024, fds
 
 
 def _site_row(name: str, rank: int, samples: list[tuple[float, int, float, int]],
@@ -189,87 +173,32 @@ def run(quick: bool = False, sites_topology: str | None = None, iterations: int 
                planner, "--emulate", "inprocess", "--time-scale", f"{k:g}", "--dynamics",
                dynamics, "--timeout", f"{timeout_s:g}", "-n", str(n_iter), "--mbytes",
                f"{mbytes:g}", "--json", "--", sys.executable, "-m", "netstorm.runtime.demo"]
-    env = {key: v for key, v in os.environ.items()
-           if not key.startswith(("NETSTORM_", "MASTER_", "TORCHELASTIC_"))
-           and key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    env["PYTHONUNBUFFERED"] = "1"
     print(f"bench soak: {' '.join(command[3:-4])}", file=sys.stderr, flush=True)
     try:
         launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env,
+                                    stderr=subprocess.PIPE, text=True,
+                                    env=dict(clean_env(), PYTHONUNBUFFERED="1"),
                                     start_new_session=True)
     except OSError as exc:
         raise SoakError(f"bench soak: cannot start netstorm run: {exc}") from exc
-    state: dict[str, Any] = {"iteration": -1, "max_error": None, "tail": [], "at": {}}
-    out: list[str] = []
-    pattern = re.compile(r"^\[[^\]]+\] iteration (\d+):.*max \|error\| ([0-9.eE+-]+)")
-
-    def read_err() -> None:
-        assert launcher.stderr is not None
-        for line in launcher.stderr:
-            line = line.rstrip("\n")
-            state["tail"] = [*state["tail"][-19:], line]
-            found = pattern.match(line)
-            if found:
-                state["iteration"] = int(found.group(1))
-                state["at"][state["iteration"]] = time.monotonic()
-                err = float(found.group(2))
-                state["max_error"] = max(err, state["max_error"] or 0.0)
-                if state["iteration"] % 50 == 0:
-                    print(f"bench soak: iteration {state['iteration']}", file=sys.stderr,
-                          flush=True)
-
-    def read_out() -> None:
-        assert launcher.stdout is not None
-        out.append(launcher.stdout.read())
-
-    readers = [threading.Thread(target=read_err, daemon=True),
-               threading.Thread(target=read_out, daemon=True)]
-    for r in readers:
-        r.start()
-    samples: dict[int, list[tuple[float, int, float, int]]] = {}
-    pids: dict[int, int] = {}  # rank -> pid
+    output = _Output(launcher)
     started = time.monotonic()
-    status: int | None = None
     try:
-        while time.monotonic() - started < deadline:
-            if launcher.poll() is not None:
-                status = launcher.returncode
-                break
-            if len(pids) < len(sites):
-                for pid in children(launcher.pid):
-                    rank = rank_of(pid)
-                    if rank is not None:
-                        pids.setdefault(rank, pid)
-            now = time.monotonic() - started
-            for rank, pid in pids.items():
-                got = sample(pid)
-                if got is not None:
-                    samples.setdefault(rank, []).append((now, state["iteration"], *got))
-            time.sleep(interval_s)
+        status, samples = _sample_sites(launcher, len(sites), output, deadline, interval_s)
     finally:
-        end_group(launcher)
-        for r in readers:
-            r.join(10)
-        for stream in (launcher.stdout, launcher.stderr):
-            if stream is not None:
-                stream.close()
+        kill_groups([launcher])
+        output.close()
     wall = time.monotonic() - started
-    doc: dict[str, Any] = {}
-    if out and out[0].strip():
-        try:
-            doc = json.loads(out[0].strip().splitlines()[-1])
-        except ValueError:
-            doc = {}
+    doc = output.summary()
     times = [row["time_s"] for row in doc.get("iterations", [])]
-    at: dict[int, float] = state["at"]
+    at = output.at
     settled, last = SETTLED_ITERATION, max(at, default=-1)
     per_iteration = ((at[last] - at[settled]) / (last - settled)
                      if settled in at and last > settled else None)
     rows = [_site_row(name, rank, samples.get(rank, []), n_iter) for rank, name in enumerate(sites)]
     run_row = {"benchmark": "soak-run", "topology": topology, "status": status,
-               "iterations": n_iter, "iterations_done": state["iteration"] + 1,
-               "switches": len(doc.get("switches", [])), "max_error": state["max_error"],
+               "iterations": n_iter, "iterations_done": output.iteration + 1,
+               "switches": len(doc.get("switches", [])), "max_error": output.max_error,
                "median_allreduce_s": statistics.median(times) if times else None,
                "wall_per_iteration_s": per_iteration,
                "wall_s": round(wall, 1), "time_scale": k, "mbytes": mbytes,
@@ -280,5 +209,84 @@ def run(quick: bool = False, sites_topology: str | None = None, iterations: int 
                     f"/proc/PID/fd; at_10 is the first sample after the first worker "
                     f"printed iteration {SETTLED_ITERATION}"}
     if status != 0:
-        result["tail"] = state["tail"]
+        result["tail"] = output.tail
     return result
+
+
+class _Output:
+    """The launcher's output, read on two threads: its sites' lines (stderr, under
+    ``--json``: the iteration each worker printed, its error, the last lines) and the
+    run's JSON summary (stdout)."""
+
+    PATTERN = re.compile(r"^\[[^\]]+\] iteration (\d+):.*max \|error\| ([0-9.eE+-]+)")
+
+    def __init__(self, launcher: subprocess.Popen[str]) -> None:
+        self.launcher = launcher
+        self.iteration = -1
+        self.max_error: float | None = None
+        self.tail: list[str] = []
+        self.at: dict[int, float] = {}  # iteration -> when its line came
+        self._out: list[str] = []
+        self.threads = [threading.Thread(target=self._read_err, daemon=True),
+                        threading.Thread(target=self._read_out, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def _read_err(self) -> None:
+        assert self.launcher.stderr is not None
+        for line in self.launcher.stderr:
+            line = line.rstrip("\n")
+            self.tail = [*self.tail[-19:], line]
+            found = self.PATTERN.match(line)
+            if found:
+                self.iteration = int(found.group(1))
+                self.at[self.iteration] = time.monotonic()
+                self.max_error = max(float(found.group(2)), self.max_error or 0.0)
+                if self.iteration % 50 == 0:
+                    print(f"bench soak: iteration {self.iteration}", file=sys.stderr,
+                          flush=True)
+
+    def _read_out(self) -> None:
+        assert self.launcher.stdout is not None
+        self._out.append(self.launcher.stdout.read())
+
+    def summary(self) -> dict[str, Any]:
+        """``netstorm run --json``'s object (empty when it printed none)."""
+        text = self._out[0].strip() if self._out else ""
+        try:
+            return dict(json.loads(text.splitlines()[-1])) if text else {}
+        except ValueError:
+            return {}
+
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.join(10)
+        for stream in (self.launcher.stdout, self.launcher.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _sample_sites(launcher: subprocess.Popen[str], n: int, output: _Output, deadline: float,
+                  interval_s: float,
+                  ) -> tuple[int | None, dict[int, list[tuple[float, int, float, int]]]]:
+    """Sample every site process each ``interval_s`` until the launcher exits or
+    ``deadline`` seconds passed: its exit status (``None``: still running) and, per rank,
+    ``(seconds, iteration seen, RSS MB, fds)`` samples."""
+    samples: dict[int, list[tuple[float, int, float, int]]] = {}
+    pids: dict[int, int] = {}  # rank -> pid
+    started = time.monotonic()
+    while time.monotonic() - started < deadline:
+        if launcher.poll() is not None:
+            return launcher.returncode, samples
+        if len(pids) < n:
+            for pid in children(launcher.pid):
+                rank = rank_of(pid)
+                if rank is not None:
+                    pids.setdefault(rank, pid)
+        now = time.monotonic() - started
+        for rank, pid in pids.items():
+            got = sample(pid)
+            if got is not None:
+                samples.setdefault(rank, []).append((now, output.iteration, *got))
+        time.sleep(interval_s)
+    return None, samples

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..bound import bound
-from ..builtin_topologies import builtin
-from ..cost import predict
-from ..job import Job
-from ..registry import plan
-from ..view import NetworkView
+from ...bound import bound
+from ...builtin_topologies import builtin
+from ...cost import predict
+from ...job import Job
+from ...registry import plan
+from ...view import NetworkView
 
 __all__ = ["PLANNERS", "noisy", "redraw", "run"]
 

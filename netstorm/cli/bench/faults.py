@@ -9,7 +9,7 @@ in an iteration, then sends the signal to one site process:
 ``SIGKILL``  the site is gone; its peers see their connections closed at once.
 ``SIGSTOP``  the site is alive and holds its sockets open but says nothing; its peers find
              it only by the control plane's heartbeats (silent for half the timeout, at
-             least 2 s; :func:`netstorm.runtime.control.silence_limit`). The launcher then
+             least 2 s; :func:`netstorm.runtime.deadlines.silence_limit`). The launcher then
              waits out its grace (timeout + 5 s) for the stopped one and kills it.
 
 What a trial measures (:class:`Trial`): the launcher's exit status and its one ``netstorm
@@ -39,14 +39,14 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from netstorm.topology import load_topology
+from netstorm.runtime.deadlines import STOP_GRACE_S, launcher_grace
+from netstorm.runtime.procs import alive, children, clean_env, kill_groups, rank_of, start_time
 
-from .launch import GRACE_S
+from ...topology import load_topology
 
-__all__ = ["Trial", "TrialError", "children", "end_group", "rank_of", "run", "trial"]
+__all__ = ["Trial", "TrialError", "run", "trial"]
 
 #: The benchmark's settings (DESIGN/issue 15: 4 sites, unshaped, 5 s timeout, 4 MB).
 TOPOLOGY = "random:4:1"
@@ -57,8 +57,6 @@ SEED = 15
 
 #: Seconds a launch gets to print the iteration a trial waits for.
 START_DEADLINE_S = 120.0
-#: Seconds the launcher may need beyond its grace to stop what is left (``launch._stop``).
-STOP_S = 5.0
 
 
 class TrialError(RuntimeError):
@@ -137,56 +135,6 @@ class Trial:
         return doc
 
 
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid``'s main thread (``netstorm run`` starts its sites
-    there)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """``(state, start time in clock ticks)`` of ``pid``; ``None`` when there is none."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[19])
-
-
-def end_group(launcher: subprocess.Popen[str]) -> None:
-    """Kill a launcher started in its own session, with every process of its group, unless
-    it already exited; then reap it."""
-    if launcher.poll() is None:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        launcher.wait(30)
-
-
-def rank_of(pid: int) -> int | None:
-    """The ``RANK`` ``netstorm run`` gave process ``pid`` (``None``: unreadable)."""
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for item in env:
-        if item.startswith(b"RANK="):
-            return int(item[5:])
-    return None
-
-
-def _alive(pid: int, started: int) -> bool:
-    """``pid`` is still the process that started at ``started`` and has not exited (a
-    zombie has exited)."""
-    st = _stat(pid)
-    return st is not None and st[1] == started and st[0] not in ("Z", "X")
-
-
 def _named(line: str, site: str, rank: int) -> bool:
     # "site b (rank 1, 127.0.0.1:...)", "the coordinator (site a, rank 0)"
     return re.search(rf"\bsite {re.escape(site)}\W+rank {rank}\b", line) is not None
@@ -246,10 +194,7 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
     record = Trial(victim=victim, victim_site=sites[victim], signal=how.name,
                    delay_fraction=delay_fraction,
                    survivors=[s for r, s in enumerate(sites) if r != victim])
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NETSTORM_", "MASTER_", "TORCHELASTIC_"))
-           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = dict(clean_env(), PYTHONUNBUFFERED="1")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "netstorm", "run", "--topology", str(topology), "--planner",
          planner, "--emulate", "none", "--timeout", str(timeout_s), "--iterations", "1000000",
@@ -257,90 +202,125 @@ def trial(topology: str, victim: int, how: signal.Signals = signal.SIGKILL, *,
          "--mbytes", str(mbytes), "--", sys.executable, "-m", "netstorm.runtime.demo"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=env, start_new_session=True)  # its own process group: killed as one at the end
-    lines = record.lines
-    seen: dict[int, float] = {}  # iteration -> when its line arrived
-    going = threading.Event()
-    pattern = re.compile(r"^\[[^\]]+\] iteration (\d+):")
-    fewer: list[float] = []  # when lines of iterations without every worker arrived
-    back: list[float] = []  # when lines with every worker again arrived (after fewer)
-    workers = len(load_topology(topology).workers)
-    counted = re.compile(r", (\d+) workers")
-
-    def read() -> None:
-        assert launcher.stdout is not None
-        for line in launcher.stdout:
-            lines.append(line.rstrip("\n"))
-            found = pattern.match(line)
-            if found:
-                seen[int(found.group(1))] = time.monotonic()
-                count = counted.search(line)
-                if count and int(count.group(1)) < workers:
-                    fewer.append(time.monotonic())
-                elif count and fewer:
-                    back.append(time.monotonic())
-                if int(found.group(1)) >= after_iteration:
-                    going.set()
-        going.set()  # the output ended: the run is over, whatever it printed
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    output = _Output(launcher, record.lines, after_iteration,
+                     workers=len(load_topology(topology).workers))
     try:
-        going.wait(start_deadline_s)
-        if after_iteration not in seen or launcher.poll() is not None:
+        if not output.going.wait(start_deadline_s) or after_iteration not in output.seen \
+                or launcher.poll() is not None:
             raise TrialError(f"no 'iteration {after_iteration}:' from {topology} within "
                              f"{start_deadline_s:g} s (launcher status {launcher.poll()}):\n"
-                             + "\n".join(lines[-15:]))
-        last = seen[after_iteration]
-        period = last - seen.get(after_iteration - 1, last)
+                             + output.tail())
+        last = output.seen[after_iteration]
+        period = last - output.seen.get(after_iteration - 1, last)
         time.sleep(max(0.0, last + delay_fraction * period - time.monotonic()))
-        pids = children(launcher.pid)
-        by_rank = {r: p for p in pids if (r := rank_of(p)) is not None}
-        if sorted(by_rank) != list(range(len(sites))):
-            raise TrialError(f"launcher's children {pids} have ranks {sorted(by_rank)}, "
-                             f"expected 0..{len(sites) - 1}")
-        pids = [by_rank[r] for r in range(len(sites))]
-        ident = {pid: st[1] for pid in pids if (st := _stat(pid)) is not None}
-        others = [pid for r, pid in enumerate(pids) if r != victim]
+        pids = _sites(launcher.pid, len(sites))
+        started = {pid: start_time(pid) for pid in pids}
         try:
             os.kill(pids[victim], how)
         except ProcessLookupError:
             raise TrialError(f"rank {victim} exited before the signal:\n"
-                             + "\n".join(lines[-15:])) from None
-        hit = time.monotonic()
-        deadline = hit + timeout_s + GRACE_S + STOP_S + 15
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            if elastic and fewer and (back or not rejoin):
-                record.recovered_s = fewer[0] - hit
-                record.rejoined_s = back[0] - hit if back else None
-                break
-            if record.others_stopped_s is None and not any(
-                    _alive(p, ident.get(p, -1)) for p in others):
-                record.others_stopped_s = now - hit
-            if launcher.poll() is not None:
-                record.launcher_exit_s = now - hit
-                break
-            time.sleep(0.01)
-        if launcher.poll() is not None:
-            record.status = launcher.returncode
-            if record.others_stopped_s is None and not any(
-                    _alive(p, ident.get(p, -1)) for p in others):
-                record.others_stopped_s = record.launcher_exit_s
-            record.left_behind = [p for p in pids if _alive(p, ident.get(p, -1))]
+                             + output.tail()) from None
+        _follow(record, launcher, output, pids, started, elastic=elastic, rejoin=rejoin,
+                limit=launcher_grace(timeout_s) + STOP_GRACE_S + 15)
     finally:
-        end_group(launcher)
-        reader.join(10)
-        if launcher.stdout is not None:
-            launcher.stdout.close()
-    said = [ln for ln in lines if ln.startswith("netstorm run:")]
+        kill_groups([launcher])
+        output.close()
+    said = [ln for ln in record.lines if ln.startswith("netstorm run:")]
     record.launcher_line = said[-1] if said else None
     for name in record.survivors:
-        mine = [ln for ln in lines if ln.startswith(f"[{name}] stopped:")]
+        mine = [ln for ln in record.lines if ln.startswith(f"[{name}] stopped:")]
         if mine:
             record.stopped[name] = mine[-1][len(f"[{name}] "):]
             if _named(mine[-1], record.victim_site, victim):
                 record.named_by.append(name)
     return record
+
+
+class _Output:
+    """The launcher's output, read on a thread: every line, when each iteration's line
+    came, and when lines of iterations with fewer workers (and then all again) came."""
+
+    PATTERN = re.compile(r"^\[[^\]]+\] iteration (\d+):")
+    COUNTED = re.compile(r", (\d+) workers")
+
+    def __init__(self, launcher: subprocess.Popen[str], lines: list[str], after: int, *,
+                 workers: int) -> None:
+        self.launcher = launcher
+        self.lines = lines
+        self.after = after
+        self.workers = workers
+        self.seen: dict[int, float] = {}  # iteration -> when its line arrived
+        self.fewer: list[float] = []  # lines of iterations without every worker
+        self.back: list[float] = []  # lines with every worker again (after fewer)
+        self.going = threading.Event()  # iteration ``after`` printed, or the output ended
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.launcher.stdout is not None
+        for line in self.launcher.stdout:
+            self.lines.append(line.rstrip("\n"))
+            found = self.PATTERN.match(line)
+            if not found:
+                continue
+            now = time.monotonic()
+            self.seen[int(found.group(1))] = now
+            count = self.COUNTED.search(line)
+            if count and int(count.group(1)) < self.workers:
+                self.fewer.append(now)
+            elif count and self.fewer:
+                self.back.append(now)
+            if int(found.group(1)) >= self.after:
+                self.going.set()
+        self.going.set()  # the output ended: the run is over, whatever it printed
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-15:])
+
+    def close(self) -> None:
+        self.thread.join(10)
+        if self.launcher.stdout is not None:
+            self.launcher.stdout.close()
+
+
+def _sites(launcher: int, n: int) -> list[int]:
+    """The launcher's site processes, by rank."""
+    pids = children(launcher)
+    by_rank = {r: p for p in pids if (r := rank_of(p)) is not None}
+    if sorted(by_rank) != list(range(n)):
+        raise TrialError(f"launcher's children {pids} have ranks {sorted(by_rank)}, "
+                         f"expected 0..{n - 1}")
+    return [by_rank[r] for r in range(n)]
+
+
+def _follow(record: Trial, launcher: subprocess.Popen[str], output: _Output, pids: list[int],
+            started: dict[int, int | None], *, elastic: bool, rejoin: bool,
+            limit: float) -> None:
+    """After the signal: until the run recovered (elastic) or the launcher exited, or
+    ``limit`` seconds; fills ``record``'s timings, status and processes left behind."""
+    hit = time.monotonic()
+    others = [pid for r, pid in enumerate(pids) if r != record.victim]
+
+    def all_gone() -> bool:
+        return not any(alive(p, started[p]) for p in others)
+
+    while time.monotonic() < hit + limit:
+        now = time.monotonic()
+        if elastic and output.fewer and (output.back or not rejoin):
+            record.recovered_s = output.fewer[0] - hit
+            record.rejoined_s = output.back[0] - hit if output.back else None
+            break
+        if record.others_stopped_s is None and all_gone():
+            record.others_stopped_s = now - hit
+        if launcher.poll() is not None:
+            record.launcher_exit_s = now - hit
+            break
+        time.sleep(0.01)
+    if launcher.poll() is not None:
+        record.status = launcher.returncode
+        if record.others_stopped_s is None and all_gone():
+            record.others_stopped_s = record.launcher_exit_s
+        record.left_behind = [p for p in pids if alive(p, started[p])]
 
 
 def _summary(trials: list[Trial], sig: str, errors: int) -> dict[str, Any]:
