@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -70,12 +71,10 @@ def _cloud(kind: str, count: int | None, seed: int) -> NetworkView:
         rng = np.random.default_rng(seed)
         keep = sorted(rng.choice(keep, size=count, replace=False).tolist(),
                       key=lambda i: grid.sites[i])
-    sites = tuple(grid.sites[i] for i in keep)
-    capped = np.array([np.inf if not s.startswith("aws:") else _AWS_CAP for s in sites])
     label = f"cloud:{kind}" + (f":{count}:{seed}" if count is not None else "")
-    sub = np.ix_(keep, keep)
-    return NetworkView(sites=sites, capacity=grid.capacity[sub], latency=grid.latency[sub],
-                       egress=capped, ingress=capped, name=label)
+    view = grid.restricted(keep, name=label)
+    capped = np.array([np.inf if not s.startswith("aws:") else _AWS_CAP for s in view.sites])
+    return replace(view, egress=capped, ingress=capped, _graph_cache={})
 
 
 def _cities() -> NetworkView:

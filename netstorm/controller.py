@@ -26,8 +26,9 @@ from .view import NetworkView
 
 __all__ = ["Controller", "MakePlan", "Switch"]
 
-#: ``make_plan(view) -> Plan``: the planner, with its job, seed, state and options bound.
-MakePlan = Callable[[NetworkView], Plan]
+#: ``make_plan(view, job) -> Plan``: the planner with its seed, state and options bound
+#: (:meth:`netstorm.registry.PlannerInfo.planner_call` makes one).
+MakePlan = Callable[[NetworkView, Job], Plan]
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class Controller:
     job
         The job every plan is made and compiled for.
     make_plan
-        ``make_plan(view) -> Plan``; called for the first plan and for every candidate.
+        ``make_plan(view, job) -> Plan``; called for the first plan and for every
+        candidate, with ``job``.
     policy
         When to switch (:mod:`netstorm.awareness`); ``None`` with an estimator: never.
     estimator
@@ -98,7 +100,7 @@ class Controller:
         self._judged = view
         self.switches: list[Switch] = []
         self._last_switch = -math.inf
-        self.plan = dataclasses.replace(make_plan(view), version=1)
+        self.plan = dataclasses.replace(make_plan(view, job), version=1)
         self.programs = self._compile()
 
     @property
@@ -128,7 +130,7 @@ class Controller:
 
         def candidate() -> Plan:
             started = self.timer()
-            made = self.make_plan(fit)
+            made = self.make_plan(fit, self.job)
             spent.append(self.timer() - started)
             if fit is not judge:  # the policy reads a plan's prediction: make it on judge
                 made = made.with_prediction(predict(made, judge, self.job).time_s)

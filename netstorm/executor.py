@@ -177,6 +177,11 @@ class Executor:
         """Every step that must fire has fired (optional relay steps aside)."""
         return self.remaining == 0
 
+    def awaiting(self) -> list[Message]:
+        """The messages this site's program expects that have not arrived."""
+        prog = self.prog
+        return [m for m, k in prog.slot.items() if not self._got[k] and m in prog.program.expects]
+
     def start(self) -> tuple[Outgoing, ...]:
         """Fire the steps that wait for nothing (e.g. a root with no children that is not a
         worker); call once, before or after other events."""

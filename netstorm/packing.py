@@ -289,25 +289,14 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     def left() -> float:
         return deadline - _clock()
 
-    columns: list[tuple[int, np.ndarray, np.ndarray]] = []
-    seen: set[bytes] = set()
-
-    def add(r: int, up: np.ndarray, down: np.ndarray) -> bool:
-        key = up.tobytes() + down.tobytes()
-        if key in seen:
-            return False
-        seen.add(key)
-        columns.append((r, up, down))
-        master.add(res.usage(_edges(up, True) + _edges(down, False)))
-        return True
-
+    columns = _Columns(master, res)
     for masks in variants:
         for r in roots:
-            if columns and left() <= 0:
+            if columns.pairs and left() <= 0:
                 break
-            add(r, *_trees(start_cost, r, keep, steiner, masks)[:2])
+            columns.add(r, *_trees(start_cost, r, keep, steiner, masks)[:2])
             if _star(view, r, keep, masks):  # direct stars: often optimal on dense meshes
-                add(r, *_star_tree(keep, r))
+                columns.add(r, *_star_tree(keep, r))
     upper, center, rounds = np.inf, None, 0
     feasible: np.ndarray | None = None
     cut_short = False
@@ -323,31 +312,15 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
         dual_cost = res.edge_cost(duals)
         for prices in ([duals] if center is None else
                        [smoothing * center + (1 - smoothing) * duals, duals]):
-            cost = res.edge_cost(prices)
-            improving: list[tuple[float, int, int, np.ndarray, np.ndarray]] = []
-            for masks in variants:
-                priced = []
-                for r in roots:
-                    if left() <= 0:
-                        break
-                    priced.append((r, *_trees(cost, r, keep, steiner, masks)))
-                if len(priced) < len(roots):
-                    cut_short = True
-                    break
-                cheapest = min(c for *_, c in priced)
-                if masks is None and cheapest > 0:  # only unrestricted prices bound the LP
-                    bound_here = float(res.capacity @ prices) / cheapest
-                    if bound_here < upper:
-                        upper, center, feasible = bound_here, prices, prices / cheapest
-                for r, up, down, _ in priced:
-                    reduced = tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down)
-                    if reduced < 1 - 1e-9:
-                        improving.append((reduced, len(improving), r, up, down))
+            improving, bound, cut_short = _price(res, prices, dual_cost, roots, keep, steiner,
+                                                 variants, left)
+            if bound is not None and bound[0] < upper:
+                upper, center, feasible = bound[0], prices, prices / bound[1]
             if cut_short:
                 break
             # the most improving columns, at most one per root's worth: keeps the master small
             for *_, r, up, down in sorted(improving, key=lambda c: c[:2])[:len(roots)]:
-                entered |= add(r, up, down)
+                entered |= columns.add(r, up, down)
             if entered:
                 break
         if not entered and not cut_short:  # no column improves the master: it is optimal
@@ -356,11 +329,63 @@ def pack_trees(view: NetworkView, roots: list[int] | None = None, *, tol: float 
     rate, x = master.vertex(left())
     upper = max(upper, rate)  # inf when no prices ever certified a bound
     pool = tuple(TreePair(r, up, down, float(x[i] * scale))
-                 for i, (r, up, down) in enumerate(columns))
+                 for i, (r, up, down) in enumerate(columns.pairs))
     return Packing(rate=rate * scale, upper_bound=upper * scale,
                    certified=not steiner and tuple(variants) == (None,),
                    columns=_used(pool), rounds=rounds, pool=pool,
                    prices=None if feasible is None or steiner else feasible)
+
+
+class _Columns:
+    """The master LP's columns, each tree pair once."""
+
+    def __init__(self, master: _Master, res: _Resources) -> None:
+        self.master = master
+        self.res = res
+        self.pairs: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._seen: set[bytes] = set()
+
+    def add(self, r: int, up: np.ndarray, down: np.ndarray) -> bool:
+        """Add root ``r``'s pair (in-tree ``up``, out-tree ``down``) unless it is there."""
+        key = up.tobytes() + down.tobytes()
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.pairs.append((r, up, down))
+        self.master.add(self.res.usage(_edges(up, True) + _edges(down, False)))
+        return True
+
+
+def _price(res: _Resources, prices: np.ndarray, dual_cost: np.ndarray, roots: list[int],
+           keep: np.ndarray, steiner: bool, variants: Sequence[Variant],
+           left: Callable[[], float],
+           ) -> tuple[list[tuple[float, int, int, np.ndarray, np.ndarray]],
+                      tuple[float, float] | None, bool]:
+    """One pricing pass: every root's cheapest tree pair at ``prices`` under each variant.
+
+    Returns the pairs whose reduced cost under the master's duals (``dual_cost``) is below
+    1, as ``(reduced cost, order, root, up, down)``; the upper bound these prices certify
+    (unrestricted pricing only) with the cheapest pair's cost, or ``None``; and whether
+    the time ran out before every root was priced (the pairs are then not to be used)."""
+    cost = res.edge_cost(prices)
+    improving: list[tuple[float, int, int, np.ndarray, np.ndarray]] = []
+    bound = None
+    for masks in variants:
+        priced = []
+        for r in roots:
+            if left() <= 0:
+                break
+            priced.append((r, *_trees(cost, r, keep, steiner, masks)))
+        if len(priced) < len(roots):
+            return improving, bound, True
+        cheapest = min(c for *_, c in priced)
+        if masks is None and cheapest > 0:  # only unrestricted prices bound the LP
+            bound = (float(res.capacity @ prices) / cheapest, cheapest)
+        for r, up, down, _ in priced:
+            reduced = tree_cost(dual_cost.T, up) + tree_cost(dual_cost, down)
+            if reduced < 1 - 1e-9:
+                improving.append((reduced, len(improving), r, up, down))
+    return improving, bound, False
 
 
 def _used(columns: tuple[TreePair, ...] | list[TreePair]) -> tuple[TreePair, ...]:

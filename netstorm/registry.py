@@ -19,20 +19,23 @@ A planner may bring two things that the loop driving it (:class:`netstorm.Contro
 simulator and the runtime) needs: ``make_state(seed)``, a fresh state object for a run, and
 ``default_policy``, the re-plan policy it runs under unless the user picks one. An
 entry-point planner gives them as attributes of its function (``f.make_state``,
-``f.default_policy``).
+``f.default_policy``). Both drivers bind them the same way, through
+:meth:`PlannerInfo.planner_call` and :meth:`PlannerInfo.run_policy`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from .awareness import Policy, ReplanPolicy, policy_named
+from .awareness import Policy, ReplanPolicy, StaticPolicy, policy_named
 from .check import check_plan
+from .controller import MakePlan
 from .cost import predict
 from .errors import PlanError
 from .job import Job
@@ -77,6 +80,56 @@ class PlannerInfo:
         if chosen is None:
             return ReplanPolicy()
         return policy_named(chosen) if isinstance(chosen, str) else chosen
+
+    def run_policy(self, policy: Policy | str | None = None, *, aware: bool = True,
+                   noise: float = 0.0) -> Policy:
+        """The re-plan policy of one run.
+
+        Parameters
+        ----------
+        policy
+            A policy, or its name; ``None``: the planner's default.
+        aware
+            ``False``: the run never re-plans (:class:`~netstorm.awareness.StaticPolicy`).
+        noise
+            The relative scatter of the link timings the run sees (0 for exact timings):
+            a default hysteresis below it is raised to it, so that measurements on a real
+            network do not switch plans on their noise. A policy the user chose is kept.
+        """
+        if not aware:
+            return StaticPolicy()
+        if policy is not None and not isinstance(policy, str):
+            return policy
+        rule = self.policy(policy)
+        if policy is None and isinstance(rule, ReplanPolicy) and noise > rule.threshold:
+            rule = dataclasses.replace(rule, threshold=noise)
+        return rule
+
+    def planner_call(self, *, seed: int | None = None,
+                     options: Mapping[str, Any] | None = None,
+                     fresh_state: bool = False) -> MakePlan:
+        """The planner as a run calls it: ``make_plan(view, job) -> Plan`` (through
+        :func:`plan`: checked, with its prediction), seed and options bound.
+
+        Notes
+        -----
+        The planner's state (``make_state(seed)``) lives for one run: made here, passed to
+        every call, so a stateful planner learns from the versions before. That suits the
+        simulator, which plans every version of a run in one process, in order. With
+        ``fresh_state`` every call gets a new state instead, and a plan is a function of
+        its view and job alone: the runtime needs that, since every site plans every
+        (version, size) by itself, in an order of its own (on demand, ahead in the
+        background, the coordinator's candidates), and all must make the same plan.
+        """
+        bound = dict(options or {})
+        state = None if fresh_state else self.new_state(seed)
+        target: str | Planner = self.name if _registry.get(self.name) is self else self.func
+
+        def make_plan(view: NetworkView, job: Job) -> Plan:
+            return plan(view, job, target, seed=seed,
+                        state=self.new_state(seed) if fresh_state else state, **bound)
+
+        return make_plan
 
 
 _registry: dict[str, PlannerInfo] = {}

@@ -186,6 +186,29 @@ class NetworkView:
         """A copy of this view with a new capacity matrix (e.g. after a measurement)."""
         return replace(self, capacity=capacity, _graph_cache={})
 
+    def restricted(self, keep: Sequence[int], name: str | None = None) -> NetworkView:
+        """The view of the sites ``keep`` alone, in that order: their links, latencies,
+        caps and confidence; the workers among them stay workers (renumbered).
+
+        Raises
+        ------
+        TopologyError
+            ``keep`` is empty, repeats a site, or names one that is not here, or none of
+            the sites kept is a worker.
+        """
+        keep = [int(i) for i in keep]
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= i < self.n for i in keep):
+            raise TopologyError(f"restricted: {keep} is not a list of distinct sites of "
+                                f"{self.name!r} (0..{self.n - 1})")
+        index = np.ix_(keep, keep)
+        renumber = {old: new for new, old in enumerate(keep)}
+        return NetworkView(
+            sites=tuple(self.sites[i] for i in keep), capacity=self.capacity[index],
+            latency=self.latency[index], egress=self.egress[keep], ingress=self.ingress[keep],
+            workers=tuple(sorted(renumber[w] for w in self.workers if w in renumber)),
+            confidence=None if self.confidence is None else self.confidence[index],
+            name=self.name if name is None else name)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NetworkView):
             return NotImplemented

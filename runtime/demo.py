@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from . import init
 from .exits import main_of
+from .start import init
 
 __all__ = ["main"]
 

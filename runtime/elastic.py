@@ -2,18 +2,20 @@
 
 ``NETSTORM_ELASTIC=1`` (``netstorm run --elastic``) makes :func:`netstorm.runtime.init` return
 an :class:`ElasticSite`: the same calls as :class:`~netstorm.runtime.Site`, over a site that
-is rebuilt whenever the membership changes.
+is rebuilt whenever the membership changes. It reaches each membership's site only through
+the calls :class:`Member` declares, and the site reaches it through
+:class:`~netstorm.runtime.site.Membership`.
 
 How the survivors agree, and on what
 ------------------------------------
 - Rank 0's coordinator decides that a site left: its control connection closed (a killed
-  process) or it sent nothing for :func:`~netstorm.runtime.control.silence_limit` of the
-  timeout (a stopped process, a cut link). It tells every other site ``lost`` and its part
+  process) or it sent nothing for :func:`~netstorm.runtime.deadlines.silence_limit` of the
+  timeout (a stopped process, a cut link). It tells every other site ``Lost`` and its part
   in that membership ends. A site's own error (a peer's data connection gone) is held
   until that verdict, and fails the run only when none comes.
 - In an elastic run a collective's result becomes the caller's only once the coordinator
   confirms it finished on *every* site (one more control message per collective). The
-  coordinator's messages reach every site in one order, so when ``lost`` arrives every
+  coordinator's messages reach every site in one order, so when ``Lost`` arrives every
   survivor holds the same set of confirmed collectives: no survivor ever used a result that
   another survivor lacks.
 - Every survivor then redoes, in call order, each collective it called that was not
@@ -21,21 +23,21 @@ How the survivors agree, and on what
   without the lost ranks (ranks renumbered in order; rank 0, the coordinator, stays rank 0
   on its port). Results are the exact mean over the surviving workers, bit-identical on
   each. A lost relay is re-planned around the same way (a topology it disconnects fails
-  with the planner's error).
+  with the planner's error). The next membership is a pure function of the last and of the
+  change (:func:`next_membership`); the rebuild is the only step with I/O.
 - The coordinator itself is not replaced: if rank 0 dies, every site stops, naming it.
   Two sites lost in one moment: the second is found missing when the survivors meet again,
   which fails the run after the timeout.
 
-How a site joins
-----------------
+How a site joins (:mod:`netstorm.runtime.door`)
+------------------------------------------------
 - A site of the run's topology that is not in the run (it left, or it was restarted:
-  ``NETSTORM_JOIN=1``, ``netstorm run --rejoin``) knocks at rank 0 with an ``enter``
-  hello on the authenticated port. Rank 0 keeps it waiting and the coordinator announces it
-  on every ``horizon``.
+  ``NETSTORM_JOIN=1``, ``netstorm run --rejoin``) knocks at rank 0. Rank 0 keeps it waiting
+  and the coordinator announces it on every horizon.
 - The workers call :meth:`ElasticSite.admit` between iterations. Every worker there has
   every result confirmed, so every worker holds the same announcements (they come on the
-  confirmations): all stop at the same boundary, or none. When every worker has said
-  ``admit``, rank 0 admits the waiting sites, and every site starts over on the grown
+  confirmations): all stop at the same boundary, or none. When every worker has said it is
+  ready, rank 0 admits the waiting sites, and every site starts over on the grown
   membership (sites in the topology's order, rank 0 first, as after a loss).
 - One old worker (the first) then sends its state, the ``state`` its training loop passed,
   to the newcomers through the coordinator (checked with a CRC); a newcomer's first
@@ -48,34 +50,78 @@ trip before a result is released, and one at each boundary where a site waits to
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import queue
 import threading
 import time
-import zlib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
-from netstorm.errors import NetstormError, PeerError, SiteLost, SitesJoined
+from netstorm.errors import NetstormError, SiteLost, SitesJoined
 from netstorm.plan import Plan
 from netstorm.view import NetworkView
 
 from .collective import flat_float32
 from .config import RuntimeConfig
-from .control import silence_limit
-from .links import Connection, connect
-from .site import Handle, Site, _warm_kernels, fingerprint
+from .control import fingerprint
+from .deadlines import recovery_limit
+from .door import Entrance, knock, receive_state, send_state
+from .engine import warm_kernels
+from .messages import Message, Ready, State
+from .site import Door, Membership
 
-__all__ = ["ElasticHandle", "ElasticSite", "among", "without"]
-
-#: A newcomer's state travels in control frames of at most this many bytes (before base64).
-STATE_PART = 16 << 20
+__all__ = ["ElasticHandle", "ElasticSite", "Member", "next_membership", "without"]
 
 log = logging.getLogger("netstorm.runtime")
+
+
+class Handle(Protocol):
+    """A member's outstanding all-reduce (:class:`~netstorm.runtime.site.Handle`)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+    def add_done_callback(self, fn: Callable[[BaseException | None], None]) -> None: ...
+
+
+class Member(Protocol):
+    """What an elastic run needs of each membership's site (:class:`~netstorm.runtime.Site`
+    is one): the caller's calls, and the few an elastic run adds."""
+
+    view: NetworkView
+    rank: int
+    name: str
+    is_worker: bool
+    log_base: int  #: added to collective numbers in the site's log
+
+    @property
+    def plan(self) -> Plan | None: ...
+
+    @property
+    def next_seq(self) -> int: ...
+
+    def allreduce_async(self, array: Any) -> Handle: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def attach(self, membership: Membership) -> None: ...
+
+    def send(self, msg: Message) -> None: ...
+
+    def announce(self, entering: tuple[int, ...]) -> None: ...
+
+    def record(self, rec: dict[str, Any]) -> None: ...
+
+    def wait_end(self) -> BaseException | None: ...
+
+    def abandon(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def without(view: NetworkView, ranks: tuple[int, ...]) -> NetworkView:
@@ -85,44 +131,34 @@ def without(view: NetworkView, ranks: tuple[int, ...]) -> NetworkView:
     ------
     NetstormError
         Every site left, or a worker can no longer reach another."""
-    return among(view, [i for i in range(view.n) if i not in set(ranks)])
+    return _among(view, [i for i in range(view.n) if i not in set(ranks)])
 
 
-def among(view: NetworkView, keep: Sequence[int]) -> NetworkView:
-    """The sites ``keep`` of ``view`` (ascending): their links and caps, in their order.
-
-    Raises
-    ------
-    NetstormError
-        ``keep`` is empty, or a worker in it cannot reach another."""
-    keep = list(keep)
+def _among(view: NetworkView, keep: list[int]) -> NetworkView:
+    """The sites ``keep`` of ``view``, checked (every survivor finds this alike, before they
+    try to meet)."""
     if not keep:
         raise NetstormError(f"every site of {view.name!r} left the run")
     if len(keep) == view.n:
         return view
-    ranks = [i for i in range(view.n) if i not in set(keep)]
-    index = np.ix_(keep, keep)
-    renumber = {old: new for new, old in enumerate(keep)}
-    less = NetworkView(
-        sites=tuple(view.sites[i] for i in keep), capacity=view.capacity[index],
-        latency=view.latency[index],
-        egress=None if view.egress is None else view.egress[keep],
-        ingress=None if view.ingress is None else view.ingress[keep],
-        workers=tuple(renumber[w] for w in view.workers if w in renumber),
-        name=f"{view.name} without {', '.join(view.sites[r] for r in sorted(ranks))}")
-    for w in less.workers:  # every survivor finds this alike, before they try to meet
-        seen, todo = {w}, [w]
-        while todo:
-            u = todo.pop()
-            for v in np.nonzero(less.capacity[u] > 0)[0].tolist():
-                if v not in seen:
-                    seen.add(v)
-                    todo.append(v)
-        cut = [less.sites[v] for v in less.workers if v not in seen]
-        if cut:
-            raise NetstormError(f"without {', '.join(view.sites[r] for r in ranks)}, worker "
-                                f"{less.sites[w]} cannot reach {', '.join(cut)}")
+    gone = ", ".join(view.sites[r] for r in range(view.n) if r not in set(keep))
+    less = view.restricted(keep, name=f"{view.name} without {gone}")
+    cut = less.unreachable_workers()
+    if cut:
+        src = cut[0][0]
+        names = ", ".join(less.sites[v] for u, v in cut if u == src)
+        raise NetstormError(f"without {gone}, worker {less.sites[src]} cannot reach {names}")
     return less
+
+
+def next_membership(members: tuple[int, ...],
+                    change: SiteLost | SitesJoined) -> tuple[int, ...]:
+    """The membership after ``change``: ``members`` (indices into the run's first topology)
+    without the lost ranks (ranks of ``members``), or the grown one."""
+    if isinstance(change, SitesJoined):
+        return tuple(change.members)
+    gone = {members[r] for r in change.ranks}
+    return tuple(m for m in members if m not in gone)
 
 
 class _Call:
@@ -149,7 +185,7 @@ class _Call:
 
 
 class ElasticHandle:
-    """An outstanding :meth:`ElasticSite.allreduce_async` (the :class:`Handle` contract)."""
+    """An outstanding :meth:`ElasticSite.allreduce_async` (the ``Handle`` contract)."""
 
     def __init__(self, call: _Call, timeout_s: float) -> None:
         self._call = call
@@ -157,19 +193,45 @@ class ElasticHandle:
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the result is in the array (redone after a loss if need be)."""
-        if not self._call.done.wait(self._timeout_s * 3 if timeout is None else timeout):
+        limit = recovery_limit(self._timeout_s) if timeout is None else timeout
+        if not self._call.done.wait(limit):
             raise NetstormError("elastic all-reduce not done: the run is stuck recovering")
         if self._call.error is not None:
             raise self._call.error
 
     def add_done_callback(self, fn: Callable[[BaseException | None], None]) -> None:
-        """Call ``fn(error)`` once the result is final (see :meth:`Handle.add_done_callback`)."""
+        """Call ``fn(error)`` once the result is final (see the site's handle)."""
         call = self._call
         with call.lock:
             if not call.done.is_set():
                 call.callbacks.append(fn)
                 return
         fn(call.error)
+
+
+class _Membership:
+    """One membership's site as the elastic run sees it (the site's
+    :class:`~netstorm.runtime.site.Membership`)."""
+
+    def __init__(self, run: ElasticSite, epoch: int, door: Door | None) -> None:
+        self.run = run
+        self.epoch = epoch
+        self.door = door
+        self.entering: tuple[int, ...] = ()  # as last announced
+        self.inbox: queue.Queue[State] = queue.Queue()  # a newcomer's state
+
+    def failed(self, error: BaseException) -> None:  # on the failing site's thread
+        if isinstance(error, SiteLost | SitesJoined):
+            threading.Thread(target=self.run._recover, args=(self.epoch, error), daemon=True,
+                             name="recover").start()
+        else:
+            self.run._give_up(error)
+
+    def announced(self, sites: tuple[int, ...]) -> None:
+        self.entering = sites
+
+    def state(self, msg: State) -> None:
+        self.inbox.put(msg)
 
 
 class ElasticSite:
@@ -182,10 +244,13 @@ class ElasticSite:
         This process's settings and the run's topology (``config.rank`` indexes it). With
         ``config.join``, this site enters a run under way (see the module notes).
     make_site
-        ``make_site(config, view) -> Site`` with the run's planner, policy and options bound.
+        ``make_site(config, view) -> Member`` with the run's planner, policy and options
+        bound (a :class:`~netstorm.runtime.Site`).
 
     Attributes
     ----------
+    site
+        The current membership's site.
     losses
         One record per loss: the sites lost, when, and how long the new membership took to
         meet (``recovery_s``).
@@ -194,7 +259,7 @@ class ElasticSite:
     """
 
     def __init__(self, config: RuntimeConfig, view: NetworkView,
-                 make_site: Callable[[RuntimeConfig, NetworkView], Site]) -> None:
+                 make_site: Callable[[RuntimeConfig, NetworkView], Member]) -> None:
         self._make = make_site
         self._config = config
         self._topology = view  # as first loaded: memberships are subsets of it
@@ -209,13 +274,17 @@ class ElasticSite:
         self._error: BaseException | None = None
         #: the collectives and switches of the memberships before the current one
         self._history: dict[str, list[dict[str, Any]]] = {"collectives": [], "switches": []}
-        self._waiting: dict[int, Connection] = {}  # rank 0: sites knocking, by index
         self._newcomer = config.join
+        printed = fingerprint(view, config.wire)
+        self._door = None if self._me != 0 else Entrance(
+            view, printed, config.timeout_s, changed=self._changed,
+            members=lambda: self._members, announce=lambda w: self.site.announce(w))
         if config.join:  # the workers wait for it once admitted: load the kernels first
-            _warm_kernels()
-        self._members = self._enter() if config.join else tuple(range(view.n))
-        self.site = self._watch(make_site(self._config_for(self._members),
-                                          among(view, self._members)))
+            warm_kernels()
+        self._members = knock(config, view, printed) if config.join else tuple(range(view.n))
+        self.site: Member
+        self._now: _Membership
+        self._meet(self._members)
 
     # what callers read from a Site
     @property
@@ -242,7 +311,13 @@ class ElasticSite:
     def waiting(self) -> list[str]:
         """Rank 0: the sites waiting to join, in topology order (empty elsewhere)."""
         with self._lock:
-            return [self._topology.sites[r] for r in sorted(self._waiting)]
+            ranks = sorted(self._door.waiting) if self._door is not None else []
+            return [self._topology.sites[r] for r in ranks]
+
+    @property
+    def newcomer(self) -> bool:
+        """This site joined a run under way and has not had its first boundary yet."""
+        return self._newcomer
 
     def stats(self) -> dict[str, Any]:
         """:meth:`Site.stats` over every membership so far (collectives and switches of the
@@ -272,11 +347,6 @@ class ElasticSite:
         """Replace ``array`` by the mean of every surviving worker's ``array``, in place."""
         self.allreduce_async(array).wait()
 
-    @property
-    def newcomer(self) -> bool:
-        """This site joined a run under way and has not had its first boundary yet."""
-        return self._newcomer
-
     def admit(self, state: Any | Callable[[], Any], step: int) -> int:
         """An iteration boundary: let waiting sites in. Every worker calls it at the same
         boundaries, with no all-reduce of its own outstanding.
@@ -301,7 +371,12 @@ class ElasticSite:
 
         if self._newcomer:
             self._newcomer = False
-            return self._receive(flat())
+            got = receive_state(self._now.inbox, flat(), name=self.name,
+                                timeout_s=self._config.timeout_s, failed=lambda: self._error)
+            self.site.log_base = got.log_base
+            log.warning("site %s: joined at step %d with the workers' state", self.name,
+                        got.step)
+            return got.step
         with self._lock:
             calls = list(self._calls)
         for call in calls:
@@ -309,16 +384,17 @@ class ElasticSite:
         with self._lock:
             if self._error is not None:
                 raise self._error
-            site, epoch = self.site, self._epoch
-        if not site.entering:
+            site, now, epoch = self.site, self._now, self._epoch
+        if not now.entering:
             return step
         try:
-            site.send_control({"type": "admit", "step": step})
-        except NetstormError:
-            pass  # this membership is ending anyway: its recovery decides
+            site.send(Ready(step))
+        except NetstormError as exc:  # this membership is ending anyway: its recovery decides
+            log.info("site %s: could not say it is ready (%s); the recovery decides",
+                     self.name, exc)
         with self._lock:
             if not self._changed.wait_for(lambda: self._epoch != epoch or self._error
-                                          is not None, self._config.timeout_s * 3):
+                                          is not None, recovery_limit(self._config.timeout_s)):
                 raise NetstormError(f"site {self.name}: sites waited to join, but the "
                                     "workers never met at the boundary")
             if self._error is not None:
@@ -332,81 +408,34 @@ class ElasticSite:
                     joined: tuple[int, ...]) -> None:
         """The first old worker sends ``state()`` to the workers among ``joined``."""
         view, members = self.site.view, self._members
-        to = [members.index(j) for j in joined if members.index(j) in view.workers]
+        to = tuple(members.index(j) for j in joined if members.index(j) in view.workers)
         donor = next(w for w in view.workers if members[w] not in joined)
         if not to or self.rank != donor:
             return
         flat = state()
-        data = flat.view(np.uint8)
-        parts = max(1, -(-data.size // STATE_PART))
-        crc = zlib.crc32(data.data)
-        for i in range(parts):
-            chunk = data[i * STATE_PART:(i + 1) * STATE_PART]
-            self.site.send_control({"type": "state", "to": to, "step": step,
-                                    "numel": flat.size, "crc": crc, "part": i,
-                                    "parts": parts, "log_base": self.site.log_base,
-                                    "data": base64.b64encode(chunk.tobytes()).decode()})
-        log.info("site %s: sent %d bytes of state to %s", self.name, data.size,
+        send_state(self.site.send, flat, to=to, step=step, log_base=self.site.log_base)
+        log.info("site %s: sent %d bytes of state to %s", self.name, flat.nbytes,
                  ", ".join(view.sites[r] for r in to))
-
-    def _receive(self, flat: np.ndarray) -> int:
-        """A newcomer's first boundary: the workers' state into ``flat``; their step."""
-        site = self.site
-        got: dict[int, bytes] = {}
-        deadline = time.monotonic() + self._config.timeout_s * 3
-        while True:
-            if self._error is not None:
-                raise self._error
-            try:
-                msg = site.inbox.get(timeout=0.2)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise PeerError(f"site {self.name}: joined, but no worker sent its "
-                                    "state") from None
-                continue
-            if int(msg["numel"]) != flat.size:
-                raise NetstormError(f"site {self.name}: the workers' state has "
-                                    f"{msg['numel']} elements, this site's {flat.size} "
-                                    "(a different model or optimizer?)")
-            got[int(msg["part"])] = base64.b64decode(msg["data"])
-            if len(got) == int(msg["parts"]):
-                break
-        data = b"".join(got[i] for i in range(len(got)))
-        if zlib.crc32(data) != int(msg["crc"]) or len(data) != flat.nbytes:
-            raise PeerError(f"site {self.name}: the workers' state arrived damaged")
-        flat[:] = np.frombuffer(data, dtype=np.float32)
-        site.log_base = int(msg["log_base"])
-        log.warning("site %s: joined at step %d with the workers' state", self.name,
-                 int(msg["step"]))
-        return int(msg["step"])
 
     def _issue(self, call: _Call) -> None:
         call.inner = self.site.allreduce_async(call.flat)
         call.inner.add_done_callback(lambda error: self._done(call, error))
 
-    def _config_for(self, members: tuple[int, ...]) -> RuntimeConfig:
-        return dataclasses.replace(self._config, rank=members.index(self._me),
-                                   world_size=len(members))
-
-    def _watch(self, site: Site) -> Site:
-        epoch = self._epoch
-
-        def failed(error: BaseException) -> None:  # on the failing site's thread
-            if isinstance(error, (SiteLost, SitesJoined)):
-                threading.Thread(target=self._recover, args=(epoch, error), daemon=True,
-                                 name=f"{site.name}:recover").start()
-            else:
-                self._give_up(error)
-
-        site.on_failure = failed
-        if self._me == 0:
-            site.door = self
-            self._announce(site)
-        return site
+    def _meet(self, members: tuple[int, ...]) -> None:
+        """Start this site's part of membership ``members`` (the lock held, or in the
+        constructor)."""
+        config = dataclasses.replace(self._config, rank=members.index(self._me),
+                                     world_size=len(members))
+        site = self._make(config, _among(self._topology, list(members)))
+        now = _Membership(self, self._epoch, self._door)
+        self._members, self.site, self._now = members, site, now
+        site.attach(now)
+        if self._door is not None:
+            site.announce(tuple(sorted(self._door.waiting)))
 
     def _done(self, call: _Call, error: BaseException | None) -> None:
         """``call``'s collective ended (on its site's engine thread); a failed one is redone
-        or given up by the site's failure (:meth:`_watch`)."""
+        or given up by the site's failure (:meth:`_Membership.failed`)."""
         if error is None:
             with self._lock:
                 if call in self._calls:
@@ -430,158 +459,48 @@ class ElasticSite:
                 return  # already recovered from this change, or gave up
             started = time.monotonic()
             old = self.site
-            if isinstance(change, SiteLost):
-                if old.rank in change.ranks:
-                    self._give_up(NetstormError(f"site {old.name} was taken for lost by the "
-                                                f"coordinator ({change}); it leaves the run"))
-                    return
-                gone = {self._members[r] for r in change.ranks}
-                members = tuple(m for m in self._members if m not in gone)
-            else:
-                members = change.members
+            if isinstance(change, SiteLost) and old.rank in change.ranks:
+                self._give_up(NetstormError(f"site {old.name} was taken for lost by the "
+                                            f"coordinator ({change}); it leaves the run"))
+                return
             self._epoch += 1  # before the new site: its failures belong to the new membership
             done = old.stats()
             for key in self._history:
                 self._history[key] += done[key]
+            redone = [c.inner.seq for c in self._calls if c.inner is not None]
             try:
                 old.abandon()
-                view = among(self._topology, members)
-                self._members = members
-                self.site = self._watch(self._make(self._config_for(members), view))
-                redone = [c.inner._coll.seq for c in self._calls if c.inner is not None]
-                self.site.log_base = old.log_base + min(redone, default=old._next_seq)
-            except BaseException as exc:  # any failure to meet again ends the run: say why
-                self._give_up(NetstormError(f"site {old.name}: the run cannot go on ({change})"
-                                            f": {type(exc).__name__}: {exc}"))
-                return
-            try:
+                self._meet(next_membership(self._members, change))
+                self.site.log_base = old.log_base + min(redone, default=old.next_seq)
                 for call in self._calls:
                     call.flat[:] = call.kept
                     self._issue(call)
-            except BaseException as exc:  # e.g. the survivors cannot be planned for
+            except BaseException as exc:  # any failure to meet again ends the run: say why
                 self._give_up(NetstormError(f"site {old.name}: the run cannot go on ({change})"
                                             f": {type(exc).__name__}: {exc}"))
                 return
             self._change = change
             self._changed.notify_all()
-            took = time.monotonic() - started
-            if isinstance(change, SitesJoined):
-                record: dict[str, Any] = {
-                    "joined": [self._topology.sites[r] for r in change.joined],
-                    "recovery_s": took, "workers": len(view.workers)}
-                self.joins.append(record)
-                self.site._write({"site": self.name, "joined": record})
-                log.warning("site %s: %s joined; %d workers (%.2f s)", self.name,
-                            ", ".join(record["joined"]), len(view.workers), took)
-                return
-            record = {"lost": [old.view.sites[r] for r in change.ranks], "reason": str(change),
-                      "redone": len(self._calls), "recovery_s": took,
-                      "workers": len(view.workers)}
-            self.losses.append(record)
-            self.site._write({"site": self.name, "lost": record})
-            log.warning("site %s: %s; %d collectives redone on %d workers (%.2f s)",
-                        self.name, change, len(self._calls), len(view.workers), took)
+            self._note(change, old, time.monotonic() - started)
 
-    # -- joining ------------------------------------------------------------------------------
-    @property
-    def _fingerprint(self) -> str:
-        return f"{fingerprint(self._topology)}/{self._config.wire}"
-
-    def _enter(self) -> tuple[int, ...]:
-        """A newcomer: knock at rank 0 and wait for the workers' next boundary. Returns the
-        membership it joins. Knocks again (for ``timeout_s``) when rank 0 is between
-        memberships; waits for the boundary as long as rank 0 keeps the connection."""
-        cfg, topo = self._config, self._topology
-        me = f"site {topo.sites[self._me]} (rank {self._me})"
-        deadline = time.monotonic() + cfg.timeout_s
-        while True:
-            conn = connect((cfg.master_addr, cfg.master_port), rank=self._me,
-                           secret=cfg.secret, timeout=cfg.timeout_s,
-                           name=f"the coordinator (site {topo.sites[0]}, rank 0)",
-                           retry_until=deadline, tls=cfg.tls)
-            try:
-                conn.send_control({"type": "enter", "fingerprint": self._fingerprint,
-                                   "name": topo.name})
-                header = conn.read_header(max_length=1 << 20)
-                msg = None if header is None else conn.read_control(header)
-            except NetstormError:
-                msg = None
-            finally:
-                conn.close()
-            if msg is not None and msg.get("type") == "abort":
-                raise PeerError(f"{me}: refused by rank 0: {msg.get('reason')}")
-            if msg is not None and msg.get("type") == "admit":
-                log.info("%s: admitted", me)
-                return tuple(int(r) for r in msg["members"])
-            if time.monotonic() > deadline:
-                raise PeerError(f"{me}: could not join: rank 0 closed every knock for "
-                                f"{cfg.timeout_s:g} s (the run over, or not elastic?)")
-            time.sleep(0.2)
-
-    def _announce(self, site: Site | None = None) -> None:
-        """Rank 0: the current coordinator (``site``'s) announces the sites waiting to join."""
-        coordinator = (site or self.site).coordinator
-        if coordinator is not None:
-            coordinator.entering = tuple(sorted(self._waiting))
-
-    def knock(self, conn: Connection, hello: dict[str, Any]) -> None:
-        """Rank 0 (the :class:`~netstorm.runtime.site.Door`): a site asks to join. It waits,
-        on this thread, until admitted or gone."""
-        topo, who = self._topology, conn.peer
-        with self._lock:
-            problem = None
-            if hello.get("fingerprint") != self._fingerprint:
-                problem = (f"it loaded another topology or wire encoding "
-                           f"({hello.get('name')!r}, rank 0 {topo.name!r})")
-            elif not 0 < who < topo.n:
-                problem = f"rank {who} is not a site of {topo.name!r} other than rank 0"
-            elif not self._changed.wait_for(lambda: who not in self._members,
-                                            silence_limit(self._config.timeout_s) + 2):
-                # a restarted site may knock before its old self is found gone: as long
-                # as that takes; a site still in the run after it is a second copy
-                problem = f"site {topo.sites[who]} is in the run"
-            elif who in self._waiting:
-                problem = f"site {topo.sites[who]} is waiting to join already"
-            if problem is None:
-                self._waiting[who] = conn
-                self._announce()
-        if problem is not None:
-            log.warning("site %s: refused %s: %s", self.name, conn.name, problem)
-            try:
-                conn.send_control({"type": "abort", "reason": problem})
-            except NetstormError:
-                pass
-            conn.close()
+    def _note(self, change: SiteLost | SitesJoined, old: Member, took: float) -> None:
+        """Record and log a membership change that took ``took`` seconds."""
+        workers = len(self.site.view.workers)
+        if isinstance(change, SitesJoined):
+            record: dict[str, Any] = {
+                "joined": [self._topology.sites[r] for r in change.joined],
+                "recovery_s": took, "workers": workers}
+            self.joins.append(record)
+            self.site.record({"site": self.name, "joined": record})
+            log.warning("site %s: %s joined; %d workers (%.2f s)", self.name,
+                        ", ".join(record["joined"]), workers, took)
             return
-        log.warning("site %s: site %s waits to join", self.name, topo.sites[who])
-        try:  # a newcomer says nothing more: this returns when it goes (or is admitted)
-            conn.read_header(max_length=1 << 20)
-        except NetstormError:
-            pass
-        with self._lock:
-            if self._waiting.get(who) is conn:
-                del self._waiting[who]
-                self._announce()
-                log.warning("site %s: site %s stopped waiting to join", self.name,
-                            topo.sites[who])
-        conn.close()
-
-    def grow(self) -> tuple[list[int], list[int]]:
-        """Rank 0 (the :class:`~netstorm.runtime.site.Door`): every worker is at the
-        boundary; tell the waiting sites the next membership."""
-        with self._lock:
-            joined = sorted(self._waiting)
-            members = sorted(set(self._members) | set(joined))
-            for who in list(joined):
-                conn = self._waiting.pop(who)
-                try:
-                    conn.send_control({"type": "admit", "members": members})
-                except NetstormError as exc:  # gone since it knocked: not admitted
-                    log.warning("site %s: site %s left before it was admitted: %s",
-                                self.name, self._topology.sites[who], exc)
-                    members.remove(who)
-                    joined.remove(who)
-        return members, joined
+        record = {"lost": [old.view.sites[r] for r in change.ranks], "reason": str(change),
+                  "redone": len(self._calls), "recovery_s": took, "workers": workers}
+        self.losses.append(record)
+        self.site.record({"site": self.name, "lost": record})
+        log.warning("site %s: %s; %d collectives redone on %d workers (%.2f s)",
+                    self.name, change, len(self._calls), workers, took)
 
     def serve(self) -> None:
         """Relay until the workers are done, across membership changes (relay-only rank)."""
@@ -589,7 +508,7 @@ class ElasticSite:
             with self._lock:
                 site, epoch = self.site, self._epoch
             error = site.wait_end()
-            if not isinstance(error, (SiteLost, SitesJoined)):
+            if not isinstance(error, SiteLost | SitesJoined):
                 site.close()
                 if error is not None:
                     raise error

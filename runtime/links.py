@@ -17,6 +17,7 @@ import errno
 import functools
 import heapq
 import itertools
+import logging
 import math
 import select
 import socket
@@ -26,16 +27,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from netstorm.errors import PeerError, ProtocolError
+from netstorm.errors import NetstormError, PeerError, ProtocolError
 
 from . import wire
 from .auth import client_handshake, server_handshake
 from .emulate import Shaper
+from .messages import Message, decode, encode
 
 if TYPE_CHECKING:
     from .config import TlsContexts
 
-__all__ = ["Connection", "Frame", "OutLink", "accept", "connect"]
+__all__ = ["Connection", "Frame", "OutLink", "accept", "connect", "tell"]
+
+log = logging.getLogger("netstorm.runtime")
 
 
 class Connection:
@@ -149,6 +153,18 @@ class Connection:
         with self._send_lock:
             self.write(frame)
 
+    def send(self, msg: Message) -> None:
+        """Send one control message, thread-safe (:mod:`~netstorm.runtime.messages`)."""
+        self.send_control(encode(msg))
+
+    def read_message(self, header: wire.Header) -> Message:
+        """The control message of the frame whose header was just read."""
+        obj = self.read_control(header)
+        try:
+            return decode(obj)
+        except ProtocolError as exc:
+            raise self._refuse(exc) from exc
+
     def _fill(self, view: memoryview) -> int:
         """Read into ``view`` until it is full or the peer closes; return the bytes read."""
         got = 0
@@ -198,6 +214,19 @@ class Connection:
             except OSError:
                 pass
             self.sock.close()
+
+
+def tell(conn: Connection, msg: Message, why: str) -> bool:
+    """Send ``msg`` on ``conn`` where a failure changes nothing this side must act on (the
+    connection's reader sees its end and acts on that); ``why`` says what the message was
+    for. A message that could not be sent is logged, with the reason; returns whether it
+    went."""
+    try:
+        conn.send(msg)
+    except NetstormError as exc:
+        log.info("dropped %s (%s) to %s: %s", type(msg).__name__, why, conn.name, exc)
+        return False
+    return True
 
 
 def _where(address: Any) -> str:

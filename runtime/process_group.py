@@ -48,6 +48,7 @@ from .config import RuntimeConfig, _loopback
 from .ports import free_ports
 from .site import Site
 from .site_group import SiteGroup, check_all_workers, layout
+from .tensors import allreduce_tensor
 
 __all__ = ["BACKEND", "ProcessGroupNetstorm", "register"]
 
@@ -122,8 +123,6 @@ class ProcessGroupNetstorm(dist.ProcessGroup):
         if tensor.dtype != torch.float32 or not tensor.is_contiguous():
             self._allreduce_by_store(tensor, op)
             return _done(list(tensors))
-        from .torch import allreduce_tensor
-
         scale = float(self._world) if op == ReduceOp.SUM else None
         if self.group is not None:  # several processes per site
             started = self.group.allreduce_async(tensor, scale)

@@ -19,6 +19,7 @@ from . import wire
 from .config import TlsContexts
 from .emulate import Shaper
 from .links import Frame, OutLink, connect
+from .messages import Data
 
 __all__ = ["PROBE_AGE_S", "PROBE_BYTES", "Sender"]
 
@@ -88,7 +89,7 @@ class Sender:
                     for c in conns:
                         c.close()
                     raise PeerError(f"{name}: rank {conn.peer} answered at its address")
-                conn.send_control({"type": "data"})
+                conn.send(Data())
             link = self.links[peer] = OutLink(conns, self.shaper, self.on_sent,
                                               self.on_error, self._drained)
         return link

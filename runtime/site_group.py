@@ -25,6 +25,8 @@ from netstorm.errors import NetstormError
 
 from .elastic import ElasticSite
 from .site import Site
+from .start import init
+from .tensors import allreduce_tensor, settled
 
 __all__ = ["Layout", "SiteGroup", "check_all_workers", "join", "layout"]
 
@@ -111,13 +113,9 @@ class SiteGroup:
         broadcasts (both in the background, in call order): the mean over sites of the
         sites' means, which is the mean over processes because every site has as many.
         """
-        from .torch import allreduce_tensor
-
         self.reduce.allreduce([tensor]).wait()  # SUM
         tensor.div_(self.layout.local_size)
         wan = allreduce_tensor(self.site, tensor) if self.site is not None else None
-        from .torch import settled
-
         outcome, fut = settled()
         self._queue.put((tensor, wan, scale, outcome))
         return fut
@@ -153,8 +151,6 @@ def join(**init_kwargs: object) -> Site | ElasticSite | SiteGroup:
     :class:`Site` with one process per site, else a :class:`SiteGroup` (the default
     process group must be initialised; every process calls this, in the same order).
     ``init_kwargs`` go to :func:`netstorm.runtime.init` (the leaders')."""
-    from . import init
-
     where = layout(rank=dist.get_rank(), world_size=dist.get_world_size())
     if where.local_size == 1:
         return init(**init_kwargs)  # type: ignore[arg-type]

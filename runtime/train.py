@@ -207,7 +207,7 @@ def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
     if os.environ.get("NETSTORM_JOIN", "") not in ("", "0"):
         if comm != "hook":
             raise SystemExit("netstorm.runtime.train: a joining site needs --comm hook")
-        from . import init
+        from .start import init
 
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         return init(), None
@@ -218,7 +218,7 @@ def _setup(comm: str) -> tuple[Any, dist.ProcessGroup | None]:
         return dist.distributed_c10d._get_default_group().site, None  # type: ignore[attr-defined]
     from netstorm.topology import load_topology
 
-    from . import init
+    from .start import init
 
     dist.init_process_group("gloo")  # torch's store on MASTER_PORT
     if int(os.environ.get("LOCAL_WORLD_SIZE") or 1) > 1:  # several processes per site

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from netstorm.job import Job
 from netstorm.plan import Plan
 from netstorm.program import Message
 from netstorm.view import NetworkView
+
+from .messages import SwitchNote
 
 __all__ = ["Compiled", "Versions"]
 
@@ -85,19 +87,19 @@ class Versions:
         self._plan_lock = threading.Lock()
         self._sizes: set[int] = set()
 
-    def release(self, horizon: int, switch: dict[str, Any] | None = None) -> None:
-        """The coordinator released collectives below ``horizon``, after a ``switch`` (its
-        control message) if one came with it; a switch is planned at once, in the
-        background, for every size seen."""
+    def release(self, horizon: int, switch: SwitchNote | None = None) -> None:
+        """The coordinator released collectives below ``horizon``, after a ``switch`` if
+        one came with it; a switch is planned at once, in the background, for every size
+        seen."""
         with self._cond:
             if switch is not None:
-                version = int(switch["version"])
-                conf = switch.get("confidence")
+                version = switch.version
+                conf = switch.confidence
                 self._views[version] = dataclasses.replace(
-                    self.view, capacity=np.array(switch["capacity"], dtype=float),
+                    self.view, capacity=np.array(switch.capacity, dtype=float),
                     confidence=None if conf is None else np.array(conf, dtype=float),
                     _graph_cache={})
-                self._switches.append((int(switch["from_seq"]), version))
+                self._switches.append((switch.from_seq, version))
                 with self._plan_lock:  # keep the versions a lagging collective may still use
                     for key in [k for k in self._plans if k[0] < version - KEEP_VERSIONS]:
                         del self._plans[key]  # (one evicted too soon is planned again)

@@ -64,7 +64,6 @@ __all__ = [
     "Header",
     "Kind",
     "checksum",
-    "data_header",
     "pack_control",
     "pack_header",
     "unpack_control",
@@ -347,29 +346,6 @@ def unpack_header(buf: Any, *, max_length: int) -> Header:
 
 _KINDS = frozenset(int(k) for k in Kind)
 _ALGOS = frozenset(int(a) for a in ChecksumAlgo)
-
-
-def data_header(message: Message, payload: Any, *, plan_version: int, seq: int,
-                numel: int) -> Header:
-    """Build the header of a DATA frame carrying ``payload`` for ``message``.
-
-    Parameters
-    ----------
-    message : Message
-        The message identity (tree edge included).
-    payload : bytes-like
-        The payload (C-contiguous; checksummed, not copied).
-    plan_version, seq, numel : int
-        See :class:`Header`.
-
-    Returns
-    -------
-    Header
-        With ``length`` and ``checksum`` computed from ``payload``.
-    """
-    view = _bytes_view(payload)
-    return Header(Kind.DATA, plan_version, seq, numel, message.shard, message.chunk,
-                  message.phase, message.src, message.dst, view.nbytes, checksum(view))
 
 
 def pack_control(obj: dict[str, Any], seq: int = 0, *, plan_version: int = 0) -> bytes:

@@ -14,9 +14,12 @@
   :func:`train_digits` -- outputs and the hybrid accuracy-vs-time loop (torch, lazily).
 """
 
-from .engine import SimResult, Switch, allreduce, simulate
+from netstorm.controller import Switch
+
+from .driver import allreduce, simulate
 from .network import Network
 from .rates import maxmin_rates, maxmin_rates_reference
+from .result import SimResult
 from .trace import chrome_trace, write_trace
 
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .engine import SimResult
+from .result import SimResult
 
 __all__ = ["IterationPlot", "plot_accuracy", "plot_iterations", "plot_scaling"]
 

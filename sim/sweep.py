@@ -155,7 +155,7 @@ def run_scenario(scenario: Scenario) -> dict[str, Any]:
     from netstorm.topology import load_topology
     from netstorm.units import SIZE_UNITS, parse_quantity
 
-    from .engine import simulate
+    from .driver import simulate
 
     started = time.perf_counter()
     view = load_topology(scenario.topology)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .engine import SimResult
+from .result import SimResult
 
 __all__ = ["chrome_trace", "write_trace"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import SimResult
+from .result import SimResult
 
 __all__ = ["train_digits"]
 

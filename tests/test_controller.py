@@ -57,7 +57,7 @@ class Fake:
     def timer(self) -> float:
         return self.tick[0]
 
-    def __call__(self, view: NetworkView) -> Plan:
+    def __call__(self, view: NetworkView, job: Job) -> Plan:
         self.views.append(view)
         root = len(self.views) % len(self.sites)
         star = {s: root for s in range(len(self.sites)) if s != root}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,14 +200,18 @@ def _resolve(target: str, modules: Mapping[str, str]) -> str | None:
     return None
 
 
-def import_cycles(files: Mapping[str, str]) -> list[str]:
-    """Cycles among core modules, run-time imports only (module level or in a function).
+def import_cycles(files: Mapping[str, str],
+                  among: Callable[[str], bool] = lambda module: True) -> list[str]:
+    """Cycles among the modules ``among`` accepts (default: every module of every package),
+    run-time imports only (module level or in a function; ``TYPE_CHECKING`` blocks do not
+    count). Importing a module runs its package's ``__init__`` first; that implicit edge is
+    not counted (every package that re-exports a submodule would be a cycle).
 
     One line per strongly connected component of the import graph, showing one cycle
     through it with the file and line of every import on the way.
     """
     modules, imports, _ = collect(files)
-    edges: dict[str, dict[str, Import]] = {m: {} for m in modules if is_core(m)}
+    edges: dict[str, dict[str, Import]] = {m: {} for m in modules if among(m)}
     for imp in imports:
         if imp.where == "type-checking" or imp.module not in edges:
             continue
@@ -314,6 +318,11 @@ def test_the_core_imports_neither_sim_runtime_cli_nor_torch_at_import(
 
 
 def test_the_core_has_no_import_cycles(files: dict[str, str]) -> None:
+    cycles = import_cycles(files, among=is_core)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_package_has_import_cycles(files: dict[str, str]) -> None:
     cycles = import_cycles(files)
     assert not cycles, "\n".join(cycles)
 
@@ -379,7 +388,7 @@ def test_the_checker_reports_torch_at_the_cores_module_level_only() -> None:
 
 
 @pytest.mark.parametrize(("path", "source", "words"), [
-    ("sim/engine.py", "def run():\n    from netstorm.cli import main\n", "simulator"),
+    ("sim/driver.py", "def run():\n    from netstorm.cli import main\n", "simulator"),
     ("runtime/site.py", "from ..cli.main import main\n", "runtime"),
     ("kernels/api.py", "from netstorm.view import View\n", "kernels"),
     ("kernels/api.py", "from ..errors import NetstormError\n", "kernels"),
@@ -403,6 +412,25 @@ def test_the_checker_reports_a_cycle_through_a_function_level_import() -> None:
     assert cycles[0].startswith("import cycle netstorm.a -> netstorm.b -> netstorm.c -> "
                                 "netstorm.a:")
     assert "netstorm/b.py:2" in cycles[0] and "netstorm/c.py:1" in cycles[0]
+
+
+def test_the_checker_reports_a_lazy_cycle_in_any_package_but_not_in_the_core_alone() -> None:
+    files = {**CLEAN,
+             "runtime/site.py": "def init():\n    from .elastic import ElasticSite\n",
+             "runtime/elastic.py": "from .site import Site\n"}
+    cycles = import_cycles(files)
+    assert len(cycles) == 1 and cycles[0].startswith(
+        "import cycle netstorm.runtime.elastic -> netstorm.runtime.site -> "
+        "netstorm.runtime.elastic:"), cycles
+    assert import_cycles(files, among=is_core) == []
+    via_package = {**CLEAN, "runtime/__init__.py": "from .site import Site\n",
+                   "runtime/site.py": "class Site:\n    pass\n",
+                   "runtime/demo.py": "from . import init\n",
+                   "runtime/start.py": "def go():\n    from .demo import main\n"}
+    assert import_cycles(via_package) == []  # the package's own re-exports are no cycle
+    back = {**via_package, "runtime/site.py": "def f():\n    from netstorm.runtime import x\n"}
+    assert [c.split(":")[0] for c in import_cycles(back)] == [
+        "import cycle netstorm.runtime -> netstorm.runtime.site -> netstorm.runtime"]
 
 
 def test_type_only_imports_and_the_edge_make_no_cycle() -> None:

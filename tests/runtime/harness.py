@@ -8,10 +8,21 @@ from typing import Any
 
 from netstorm.runtime import RuntimeConfig, Site
 from netstorm.runtime.ports import free_ports
+from netstorm.runtime.wire import Header, Kind, checksum
 
 from netstorm import NetworkView
+from netstorm.program import Message
 
-__all__ = ["SECRET", "config", "free_port", "in_threads", "run_sites"]
+__all__ = ["SECRET", "config", "data_header", "free_port", "in_threads", "run_sites"]
+
+
+def data_header(message: Message, payload: Any, *, plan_version: int, seq: int,
+                numel: int) -> Header:
+    """The header of a DATA frame carrying ``payload`` (C-contiguous, checksummed) for
+    ``message``, as a site's link writes it."""
+    view = memoryview(payload).cast("B")
+    return Header(Kind.DATA, plan_version, seq, numel, message.shard, message.chunk,
+                  message.phase, message.src, message.dst, view.nbytes, checksum(view))
 
 
 def free_port() -> int:

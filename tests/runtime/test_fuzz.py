@@ -77,7 +77,7 @@ from netstorm.runtime.wire import HEADER, HEADER_SIZE, MAGIC, PROTOCOL, Header, 
 
 from netstorm import NetstormError, PeerError, ProtocolError
 from netstorm.builtin_topologies import builtin
-from tests.runtime.harness import SECRET, config, free_port, in_threads
+from tests.runtime.harness import SECRET, config, data_header, free_port, in_threads
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -831,7 +831,7 @@ def corrupt_data_connection(damage: str, seed: int) -> tuple[str, str]:
             compiled = live.sites[0].versions.compiled(1, NUMEL)
             message, (_, elems) = sorted(compiled.offsets.items())[0]
             payload = np.random.default_rng(seed).standard_normal(elems, dtype=np.float32)
-            header = wire.data_header(message, payload, plan_version=1, seq=0, numel=NUMEL)
+            header = data_header(message, payload, plan_version=1, seq=0, numel=NUMEL)
             frame = corrupt(packed(header) + payload.tobytes(), damage, seed)
             sock = dial(live.address(0))
             assert client_handshake(sock, SECRET, 1, timeout=5) == 0

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from netstorm.runtime.control import Coordinator
+from netstorm.runtime.control import Broadcast, Coordination
+from netstorm.runtime.messages import Horizon, Report
 
 from netstorm.awareness import ReplanPolicy
 from netstorm.builtin_topologies import builtin
@@ -22,16 +23,16 @@ NUMEL = 16 << 20  # 64 MB
 
 
 def drive(boundaries: int, *, noisy: bool, seed: int, drop_at: int | None = None
-          ) -> tuple[list[int], tuple[int, int] | None, Coordinator]:
+          ) -> tuple[list[int], tuple[int, int] | None, Coordination]:
     """Boundaries at which the plan switched, and the link dropped to a tenth (if any)."""
     view = builtin("netstorm9")
     rng = np.random.default_rng(seed)
     bias = rng.uniform(1.0, 1.6, size=view.capacity.shape)
-    coord = Coordinator(view, "fp", lambda v, job: plan(v, job, "treepack", seed=0),
-                        ReplanPolicy(threshold=0.2), window=2, workers=view.workers,
-                        noisy=noisy)
-    sent: list[dict[str, Any]] = []
-    coord._broadcast = sent.append  # type: ignore[method-assign]
+    now = [0.0]
+    coord = Coordination(view, "fp", lambda v, job: plan(v, job, "treepack", seed=0),
+                         ReplanPolicy(threshold=0.2), window=2, timeout_s=60.0,
+                         clock=lambda: now[0], wall=lambda: 0.0, noisy=noisy)
+    sent: list[Any] = []
     truth = view.capacity.copy()
     links = [(int(u), int(v)) for u, v in zip(*np.nonzero(truth > 0), strict=True)]
     dropped, switches = None, []
@@ -41,12 +42,14 @@ def drive(boundaries: int, *, noisy: bool, seed: int, drop_at: int | None = None
             load = predict(coord.controller.plan, view, coord.controller.job).link_bytes
             dropped = max(links, key=lambda link: load[link] / truth[link])
             truth[dropped] /= 10
-        timed = [[u, v, float(truth[u, v] * bias[u, v] * rng.lognormal(0, 0.55)), 1.0]
-                 for u, v in links]
+        now[0] += 0.05  # about what a boundary took in real time
+        timed = tuple((u, v, float(truth[u, v] * bias[u, v] * rng.lognormal(0, 0.55)), 1.0)
+                      for u, v in links)
         for rank in range(view.n):  # the receivers report; one report carries them all
-            coord._report(rank, {"seq": b, "numel": NUMEL, "links": [],
-                                 "received": timed if rank == 0 else []})
-        if "switch" in sent[-1]:
+            sent += coord.receive(rank, Report(b, NUMEL, (), timed if rank == 0 else ()))
+        last = sent[-1]
+        assert isinstance(last, Broadcast) and isinstance(last.msg, Horizon)
+        if last.msg.switch is not None:
             switches.append(b)
     return switches, dropped, coord
 

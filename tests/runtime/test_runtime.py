@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from netstorm.runtime import Site, wire
+from netstorm.runtime.engine import ARENA_POOL
 from netstorm.runtime.links import connect
-from netstorm.runtime.site import ARENA_POOL
 from netstorm.runtime.versions import KEEP_VERSIONS
 
 from netstorm import NetworkView
@@ -24,7 +24,7 @@ from netstorm.errors import NetstormError, PeerError
 from netstorm.planners import BUILTIN
 from netstorm.registry import plan
 from netstorm.testing import conformance_views
-from tests.runtime.harness import SECRET, config, free_port, run_sites
+from tests.runtime.harness import SECRET, config, data_header, free_port, run_sites
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,7 +102,7 @@ def test_forced_replans_every_iteration_stay_exact() -> None:
         out = allreduce_loop(view, numel, iterations)(site)
         # what a site keeps must not grow with the versions (a soak of 228 re-plans grew
         # every site by 1-3 GB): a bounded pool of arenas, the last few versions' plans
-        return out, site.stats(), (len(site._arenas), len(site.versions._plans))
+        return out, site.stats(), (len(site.engine.free_arenas), len(site.versions._plans))
 
     results = run_sites(view, "treepack", body,
                         site_kw={"policy": "every-iteration", "window": 2,
@@ -172,7 +172,7 @@ def test_a_bad_frame_fails_the_collective_with_its_cause(damage: str) -> None:
             conn.send_control({"type": "data"})
             message, elems = site_message(site, numel)
             payload = np.ones(elems, np.float32)
-            header = wire.data_header(message, payload, plan_version=1, seq=0, numel=numel)
+            header = data_header(message, payload, plan_version=1, seq=0, numel=numel)
             if damage == "checksum":
                 header = dataclasses.replace(header, checksum=header.checksum ^ 1)
             elif damage == "version":  # a frame of another plan version: never mixed in

@@ -180,9 +180,9 @@ def test_three_sites_all_reduce_exactly_over_tls(pki: Pki, connections: int,
             buf = grads(view, numel, it)[site.rank]
             site.allreduce(buf)
             out.append(buf)
-        socks = [("control", site._control)]
+        socks = [("control", site.client.conn)]
         socks += [("data out", c) for link in site.sender.links.values() for c in link.conns]
-        socks += [("data in", c) for c in site._inbound]
+        socks += [("data in", c) for c in site.inbound.connections]
         seen = []
         for kind, conn in socks:
             assert isinstance(conn.sock, ssl.SSLSocket), f"{kind} {conn.name}: not TLS"

@@ -218,7 +218,7 @@ def test_a_relay_in_torchs_default_group_is_warned_about(
     import logging
 
     import torch.distributed as dist
-    from netstorm.runtime import site as site_module
+    from netstorm.runtime import start as site_module
     from netstorm.runtime import torch as nt
 
     store = dist.HashStore()

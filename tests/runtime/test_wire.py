@@ -22,7 +22,6 @@ from netstorm.runtime.wire import (
     Header,
     Kind,
     checksum,
-    data_header,
     pack_control,
     pack_header,
     unpack_control,
@@ -31,6 +30,7 @@ from netstorm.runtime.wire import (
 )
 
 from netstorm import Message, ProtocolError
+from tests.runtime.harness import data_header
 
 LIMIT = 1 << 40
 

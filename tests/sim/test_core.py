@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netstorm.sim import heaps, simulate
-from netstorm.sim.engine import SimResult
+from netstorm.sim import SimResult, heaps, simulate
 
 from netstorm import Job, NetworkView, QueueRule, plan, planner_names
 from netstorm.awareness import BandwidthEstimator
@@ -146,7 +145,7 @@ def test_random_capped_meshes_with_changes_mid_iteration(
 
 def test_the_compiled_engine_is_the_default_and_record_takes_the_executor(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import netstorm.sim.engine as engine
+    import netstorm.sim.driver as engine
 
     view, job = builtin("netstorm9"), Job.from_model("resnet50")
     recorded = simulate(view, job, "ring", iterations=1, record=True)

@@ -110,7 +110,7 @@ def test_payload_catches_a_broken_program(monkeypatch: pytest.MonkeyPatch) -> No
     """The oracle can fail: a program that drops one worker's slice of one chunk is caught."""
     import dataclasses
 
-    import netstorm.sim.engine as engine
+    import netstorm.sim.driver as engine
 
     real = engine.compile
 
