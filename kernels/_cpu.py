@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from . import _bits
 
-__all__ = ["copy_kernel", "pack_kernel", "reduce_kernel", "triad_kernel", "unpack_kernel"]
+__all__ = ["pack_kernel", "reduce_kernel", "unpack_kernel"]
 
 @njit(inline="always")
 def _load_f32(x):
@@ -121,17 +121,3 @@ def unpack_kernel(kind: str, hw_half: bool = _bits.HW_HALF) -> Callable[..., Non
             acc[i] += scale * load(packed[i])
 
     return kernel
-
-
-@njit(parallel=True, nogil=True)
-def copy_kernel(dst, src):
-    """STREAM copy: ``dst = src`` (benchmark baseline)."""
-    for i in prange(src.size):
-        dst[i] = src[i]
-
-
-@njit(parallel=True, nogil=True)
-def triad_kernel(a, b, c, scale):
-    """STREAM triad: ``a = b + scale * c`` (benchmark baseline)."""
-    for i in prange(a.size):
-        a[i] = b[i] + scale * c[i]

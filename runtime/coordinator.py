@@ -70,9 +70,10 @@ class Coordinator:
                          name=f"control<-{conn.peer}").start()
 
     def announce(self, entering: tuple[int, ...]) -> None:
-        """Elastic rank 0: the sites waiting to join, announced on every horizon."""
-        with self._lock:
-            self.decide.entering = entering
+        """Elastic rank 0: the sites waiting to join, announced on every horizon. (No lock:
+        the door calls this holding the elastic run's lock, which :class:`~.control.
+        AdmitWaiting` takes under this one; swapping a tuple is atomic.)"""
+        self.decide.entering = entering
 
     def close(self) -> None:
         with self._lock:

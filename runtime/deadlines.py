@@ -15,9 +15,9 @@ handling relies on holds by construction:
 
 from __future__ import annotations
 
-__all__ = ["ELASTIC_GRACE_S", "HEARTBEAT_S", "KNOCK_RETRY_S", "LAUNCH_GRACE_S",
-           "STOP_GRACE_S", "VERDICT_HOLD_S", "WATCHDOG_S", "launcher_grace", "member_gone_limit",
-           "recovery_limit", "silence_limit", "verdict_hold"]
+__all__ = ["ELASTIC_GRACE_S", "HEARTBEAT_S", "KNOCK_RETRY_S", "LAUNCH_GRACE_S", "LINK_STOP_S",
+           "STOP_GRACE_S", "THREAD_STOP_S", "VERDICT_HOLD_S", "WATCHDOG_S", "launcher_grace",
+           "member_gone_limit", "recovery_limit", "silence_limit", "verdict_hold"]
 
 #: Sites and the coordinator send each other a heartbeat this often, seconds.
 HEARTBEAT_S = 1.0
@@ -36,6 +36,11 @@ LAUNCH_GRACE_S = 5.0
 STOP_GRACE_S = 5.0
 #: Seconds between a joining site's knocks while rank 0 is between memberships.
 KNOCK_RETRY_S = 0.2
+#: Seconds a stopping site waits for each of its threads (they end at once unless stuck).
+THREAD_STOP_S = 2.0
+#: Seconds a closing link waits for its senders (one may be blocked writing to a stopped
+#: peer: closing the connection afterwards unblocks it).
+LINK_STOP_S = 5.0
 
 
 def silence_limit(timeout_s: float) -> float:

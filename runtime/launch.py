@@ -33,7 +33,7 @@ from netstorm.topology import load_topology
 from netstorm.view import NetworkView
 
 from .config import EMULATE_MODES, WIRE_DTYPES
-from .deadlines import launcher_grace
+from .deadlines import THREAD_STOP_S, launcher_grace
 from .netns import NetnsWAN, check_available
 from .ports import free_ports
 from .procs import describe_exit, pump, shell_status, stop
@@ -256,7 +256,7 @@ class _Launch:
             finally:
                 stop(self.procs)  # before the namespaces go (ExitStack unwinds after this)
                 for thread in self.pumps:
-                    thread.join(timeout=2)
+                    thread.join(timeout=THREAD_STOP_S)
         doc = summary(self.view.sites, self.logs, config.plan or config.planner,
                       time.perf_counter() - started)
         if failure is not None:

@@ -31,6 +31,7 @@ from netstorm.errors import NetstormError, PeerError, ProtocolError
 
 from . import wire
 from .auth import client_handshake, server_handshake
+from .deadlines import LINK_STOP_S
 from .emulate import Shaper
 from .messages import Message, decode, encode
 
@@ -209,10 +210,8 @@ class Connection:
 
     def close(self) -> None:
         with self._tls_lock or contextlib.nullcontext():  # not inside another thread's call
-            try:
+            with contextlib.suppress(OSError):  # the peer reset it first: nothing to shut
                 self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.sock.close()
 
 
@@ -492,6 +491,6 @@ class OutLink:
         with self._cond:
             self._cond.notify_all()
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=LINK_STOP_S)
         for conn in self.conns:
             conn.close()

@@ -30,6 +30,7 @@ from .collective import Collective, flat_float32
 from .config import RuntimeConfig
 from .control import Coordination, fingerprint
 from .coordinator import Coordinator
+from .deadlines import THREAD_STOP_S
 from .emulate import Shaper
 from .engine import Engine, Start, Stop, warm_kernels
 from .failure import Failure
@@ -457,7 +458,7 @@ class Site:
             self._log.close()
         for t in self._threads:
             if t is not threading.current_thread():
-                t.join(timeout=2)
+                t.join(timeout=THREAD_STOP_S)
 
     def __enter__(self) -> Site:
         return self

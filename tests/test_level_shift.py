@@ -121,7 +121,7 @@ def test_the_controller_plans_on_one_half_and_judges_on_the_other() -> None:
     view = pair(10.0)
     seen: list[NetworkView] = []
 
-    def make(v: NetworkView) -> Plan:
+    def make(v: NetworkView, job: Job) -> Plan:
         seen.append(v)
         return Plan(1, "fake", v.sites, (Shard(1.0, 0, {1: 0}, {1: 0}),))
 

@@ -20,11 +20,26 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numba import njit, prange
 
-from netstorm.kernels import _cpu, reference
+from netstorm.kernels import reference
 from netstorm.kernels.api import fused_reduce, pack, unpack_accumulate
 
 __all__ = ["codec_errors", "run"]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def copy_kernel(dst, src):  # type: ignore[no-untyped-def]
+    """STREAM copy: ``dst = src`` (the bandwidth baseline)."""
+    for i in prange(src.size):
+        dst[i] = src[i]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def triad_kernel(a, b, c, scale):  # type: ignore[no-untyped-def]
+    """STREAM triad: ``a = b + scale * c`` (the bandwidth baseline)."""
+    for i in prange(a.size):
+        a[i] = b[i] + scale * c[i]
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
@@ -71,8 +86,8 @@ def _cpu_results(n: int, k: int, repeat: int) -> list[dict[str, Any]]:
     s = np.float32(1.0 / k)
     f4 = 4 * n
 
-    t_copy = _best(lambda: _cpu.copy_kernel(out, xs[0]), repeat)
-    t_triad = _best(lambda: _cpu.triad_kernel(out, xs[0], xs[1 % k], s), repeat)
+    t_copy = _best(lambda: copy_kernel(out, xs[0]), repeat)
+    t_triad = _best(lambda: triad_kernel(out, xs[0], xs[1 % k], s), repeat)
     triad_gbps = 3 * f4 / t_triad / 1e9
 
     def numpy_sum(arrays: list[np.ndarray]) -> np.ndarray:
