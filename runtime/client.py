@@ -8,7 +8,6 @@ silent for :func:`~.deadlines.silence_limit` of the timeout.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -41,12 +40,14 @@ class ControlClient:
         it (``ending()`` false).
     ending
         True once the site expects the connection to end (shut down, or stopping).
+    spawn
+        ``spawn(target, name)`` starts the reader thread (the site joins it when it stops).
     """
 
     def __init__(self, config: RuntimeConfig, coordinator_name: str, *,
                  on_message: Callable[[Message], None],
                  on_lost: Callable[[BaseException], None],
-                 ending: Callable[[], bool]) -> None:
+                 ending: Callable[[], bool], spawn: Callable[..., None]) -> None:
         self.config = config
         self.who = (f"the coordinator (site {coordinator_name}, rank 0, "
                     f"{config.master_addr}:{config.master_port})")
@@ -54,9 +55,9 @@ class ControlClient:
         self.on_message = on_message
         self.on_lost = on_lost
         self.ending = ending
+        self.spawn = spawn
         self.conn: Connection | None = None
         self.heard = time.monotonic()
-        self.thread: threading.Thread | None = None
 
     def join(self, msg: Join) -> None:
         """Connect (retrying within the timeout: rank 0 may still be starting), send
@@ -67,8 +68,7 @@ class ControlClient:
                             retry_until=time.monotonic() + cfg.timeout_s, tls=cfg.tls)
         self.conn.send(msg)
         self.heard = time.monotonic()
-        self.thread = threading.Thread(target=self._read, daemon=True, name="control")
-        self.thread.start()
+        self.spawn(self._read, "control")
 
     def send(self, msg: Message) -> None:
         """Send ``msg`` to the coordinator (raises :class:`~netstorm.PeerError`)."""

@@ -188,7 +188,8 @@ class Site:
                                stopping=self._stop, ending=self._shutdown)
         self.port = self.inbound.port
         self.client = ControlClient(config, view.sites[0], on_message=self._on_message,
-                                    on_lost=self.failure, ending=self._ending)
+                                    on_lost=self.failure, ending=self._ending,
+                                    spawn=self._spawn)
         warm_kernels()
         rule = self._rule(info, policy)
         # probing unused links only serves re-planning (and would disturb netstorm measure)
