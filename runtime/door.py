@@ -144,12 +144,13 @@ class Entrance:
         except NetstormError as exc:
             log.info("site %s: the knocking site %s went: %s", name, self.topology.sites[who],
                      exc)
-        with self.changed:
-            if self.waiting.get(who) is conn:
-                del self.waiting[who]
-                self.announce(tuple(sorted(self.waiting)))
-                log.warning("site %s: site %s stopped waiting to join", name,
-                            self.topology.sites[who])
+        if self.waiting.get(who) is conn:  # not admitted (the test again under the lock):
+            with self.changed:  # an admitted site's thread must not wait for the lock,
+                if self.waiting.get(who) is conn:  # which the recovery holds while it
+                    del self.waiting[who]  # stops the old site's threads, this one too
+                    self.announce(tuple(sorted(self.waiting)))
+                    log.warning("site %s: site %s stopped waiting to join", name,
+                                self.topology.sites[who])
         conn.close()
 
     def grow(self) -> tuple[list[int], list[int]]:

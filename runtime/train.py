@@ -257,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, default=None,
                         help="write the final parameters to DIR/RANK.pt")
     args = parser.parse_args(argv)
+    # the model, the data and the compute time first: a site that joins a run under way
+    # then starts its first step as soon as it has the workers' state (they are waiting)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))
+                              % torch.cuda.device_count())
+    model = make_model(args.width, args.seed).to(device)
+    data = digits(args.seed, device)
+    compute_s = measure_compute(make_model(args.width, args.seed).to(device), data,
+                                args.batch)
     site, group = _setup(args.comm)
     workers = dist.get_world_size(group)
     me = dist.get_rank(group)
@@ -267,13 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         topology = load_topology(os.environ["NETSTORM_TOPOLOGY"])
         workers = len(topology.workers)
         me = topology.workers.index(int(os.environ["RANK"]))
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))
-                              % torch.cuda.device_count())
-    model = make_model(args.width, args.seed).to(device)
     ddp = DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb, process_group=group)
-    data = digits(args.seed, device)
     if elastic is not None and elastic.newcomer:
         # the workers' buckets are rebuilt ones: warm up alone, before the hook (on its group
         # of one), so that its first all-reduce has their layout, not DDP's first guess
@@ -283,8 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         from .torch import comm_hook
 
         ddp.register_comm_hook(site, comm_hook)
-    compute_s = measure_compute(make_model(args.width, args.seed).to(device), data,
-                                args.batch)
     log = open(os.environ["NETSTORM_LOG"], "a") if os.environ.get("NETSTORM_LOG") else None
 
     runtime = getattr(site, "site", site)  # a SiteGroup's leader holds the site
