@@ -10,6 +10,7 @@ from typing import Any
 from netstorm.runtime import launch
 from netstorm.runtime.launch import LaunchConfig
 
+from ..awareness import POLICY_NAMES
 from ..errors import InputError
 from ..registry import planner_info
 from . import experiment
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "built-in training once per planner, time to --target accuracy "
                         "beside the simulator's prediction")
     p.add_argument("--policy", default=None,
-                   choices=["hysteresis", "any-change", "every-iteration", "static"],
+                   choices=POLICY_NAMES,
                    help="when to re-plan (default: the planner's own; NETSTORM_POLICY)")
     p.add_argument("--emulate", default="inprocess", choices=["inprocess", "netns", "none"],
                    help="shape every link as the topology says in the site processes "

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..awareness import POLICY_NAMES
 from ..errors import InputError, PlanError
 from ..job import Job
 from ..plan_files import fixed_planner, load_plan
@@ -79,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "trace:FILE.csv, a YAML/JSON file or {kind: ...}; default: the "
                         "topology file's dynamics, else static")
     p.add_argument("--policy", default=None,
-                   choices=["hysteresis", "any-change", "every-iteration", "static"],
+                   choices=POLICY_NAMES,
                    help="re-plan policy (default: each planner's faithful one)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of randomised planners (tsengine; default 0)")
