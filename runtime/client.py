@@ -16,12 +16,9 @@ from netstorm.errors import PeerError
 from .config import RuntimeConfig
 from .deadlines import silence_limit
 from .links import Connection, connect, tell
-from .messages import Beat, Join, Message
+from .messages import MAX_CONTROL, Beat, Join, Message
 
 __all__ = ["ControlClient"]
-
-#: Largest control frame a site accepts from the coordinator (see coordinator.MAX_CONTROL).
-MAX_CONTROL = 1 << 26
 
 
 class ControlClient:

@@ -27,15 +27,11 @@ from .control import (
     Send,
 )
 from .links import Connection, tell
-from .messages import Abort, Join
+from .messages import MAX_CONTROL, Abort, Join
 
 __all__ = ["Coordinator"]
 
 log = logging.getLogger("netstorm.runtime")
-
-#: Largest control frame a site may send the coordinator (a newcomer's state travels in
-#: parts of 16 MiB, base64).
-MAX_CONTROL = 1 << 26
 
 
 class Coordinator:

@@ -29,7 +29,7 @@ from netstorm.view import NetworkView
 from .config import RuntimeConfig
 from .deadlines import KNOCK_RETRY_S, member_gone_limit, recovery_limit
 from .links import Connection, connect, tell
-from .messages import Abort, Admitted, Enter, Message, State
+from .messages import MAX_HELLO, Abort, Admitted, Enter, Message, State
 
 __all__ = ["STATE_PART", "Entrance", "knock", "receive_state", "send_state"]
 
@@ -37,8 +37,6 @@ log = logging.getLogger("netstorm.runtime")
 
 #: A newcomer's state travels in control frames of at most this many bytes (before base64).
 STATE_PART = 16 << 20
-#: Largest frame a knocking site reads from rank 0.
-MAX_ANSWER = 1 << 20
 
 
 def knock(config: RuntimeConfig, topology: NetworkView, fingerprint: str) -> tuple[int, ...]:
@@ -63,7 +61,7 @@ def knock(config: RuntimeConfig, topology: NetworkView, fingerprint: str) -> tup
         answer: Message | None = None
         try:
             conn.send(Enter(fingerprint, topology.name))
-            header = conn.read_header(max_length=MAX_ANSWER)
+            header = conn.read_header(max_length=MAX_HELLO)
             answer = None if header is None else conn.read_message(header)
         except NetstormError as exc:
             log.info("%s: a knock went unanswered (%s); knocking again", me, exc)
@@ -140,7 +138,7 @@ class Entrance:
             return
         log.warning("site %s: site %s waits to join", name, self.topology.sites[who])
         try:  # a newcomer says nothing more: this returns when it goes (or is admitted)
-            conn.read_header(max_length=MAX_ANSWER)
+            conn.read_header(max_length=MAX_HELLO)
         except NetstormError as exc:
             log.info("site %s: the knocking site %s went: %s", name, self.topology.sites[who],
                      exc)

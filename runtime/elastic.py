@@ -78,7 +78,7 @@ __all__ = ["ElasticHandle", "ElasticSite", "Member", "next_membership", "without
 log = logging.getLogger("netstorm.runtime")
 
 
-class Handle(Protocol):
+class MemberHandle(Protocol):
     """A member's outstanding all-reduce (:class:`~netstorm.runtime.site.Handle`)."""
 
     @property
@@ -105,7 +105,7 @@ class Member(Protocol):
     @property
     def next_seq(self) -> int: ...
 
-    def allreduce_async(self, array: Any) -> Handle: ...
+    def allreduce_async(self, array: Any) -> MemberHandle: ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -167,7 +167,7 @@ class _Call:
     def __init__(self, flat: np.ndarray) -> None:
         self.flat = flat
         self.kept = flat.copy()
-        self.inner: Handle | None = None
+        self.inner: MemberHandle | None = None
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.callbacks: list[Callable[[BaseException | None], None]] = []

@@ -34,15 +34,17 @@ from .deadlines import WATCHDOG_S
 from .sender import Sender
 from .versions import Versions
 
-__all__ = ["ARENA_POOL", "WIRE_NUMPY", "Arrive", "Engine", "Event", "Sent", "Start", "Stop",
-           "warm_kernels"]
+__all__ = ["ARENA_POOL", "WINDOW", "WIRE_NUMPY", "Arrive", "Engine", "Event", "Sent", "Start",
+           "Stop", "warm_kernels"]
 
 log = logging.getLogger("netstorm.runtime")
 
 #: numpy element types of the wire encodings (bf16 travels as uint16 bit patterns).
 WIRE_NUMPY: dict[str, Any] = {"fp32": None, "fp16": np.float16, "bf16": np.uint16}
-#: Free arenas a site keeps for reuse (a few per collective in flight; the window is 2).
-ARENA_POOL = 6
+#: Collectives a site may start ahead of the last one finished everywhere (the default).
+WINDOW = 2
+#: Free arenas a site keeps for reuse (a few per collective in flight).
+ARENA_POOL = 2 * (WINDOW + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class Engine:
 
     Parameters
     ----------
+    name, sites
+        This site's name and every site's (for errors).
     versions
         The plan of every collective (waits for the coordinator to release it).
     sender
@@ -108,11 +112,13 @@ class Engine:
         Called every :data:`~.deadlines.WATCHDOG_S` (the control plane's heartbeat).
     """
 
-    def __init__(self, versions: Versions, sender: Sender, *, wire_encoding: str,
+    def __init__(self, name: str, sites: tuple[str, ...], versions: Versions, sender: Sender,
+                 *, wire_encoding: str,
                  timeout_s: float, waits_for_caller: bool,
                  on_done: Callable[[Collective], None],
                  on_error: Callable[[BaseException], None],
                  on_watch: Callable[[], None]) -> None:
+        self.name, self.sites = name, sites
         self.versions = versions
         self.sender = sender
         self.encoding = None if wire_encoding == "fp32" else wire_encoding
@@ -178,13 +184,12 @@ class Engine:
         with self.lock:
             return list(self.collectives.values())
 
-    def stalled(self, coll: Collective, limit: float, name: str,
-                sites: tuple[str, ...]) -> PeerError:
-        """The error of ``coll`` not done after ``limit`` seconds at site ``name``, naming
-        the sites whose messages it still waits for."""
+    def stalled(self, coll: Collective, limit: float) -> PeerError:
+        """The error of ``coll`` not done after ``limit`` seconds, naming the sites whose
+        messages it still waits for."""
         missing = sorted({m.src for m in coll.executor.awaiting()})
-        names = ", ".join(sites[s] for s in missing) or "none"
-        return PeerError(f"site {name}: collective {coll.seq} not done after {limit:g} s "
+        names = ", ".join(self.sites[s] for s in missing) or "none"
+        return PeerError(f"site {self.name}: collective {coll.seq} not done after {limit:g} s "
                          f"(still waiting for messages of tree edges from: {names})")
 
     def late(self) -> Collective | None:

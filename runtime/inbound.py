@@ -29,15 +29,12 @@ from .config import RuntimeConfig
 from .emulate import Shaper
 from .engine import WIRE_NUMPY, Arrive, Engine
 from .links import Connection, accept
-from .messages import Data, Enter, Join
+from .messages import MAX_HELLO, Data, Enter, Join
 from .sender import PROBE_BYTES
 
 __all__ = ["Inbound"]
 
 log = logging.getLogger("netstorm.runtime")
-
-#: Largest hello frame.
-MAX_HELLO = 1 << 20
 
 
 class Inbound:
@@ -257,9 +254,10 @@ class Inbound:
             seen[2] = end
 
     # -- measurements -------------------------------------------------------------------
-    def take_received(self, rank: int, scale: float) -> list[tuple[int, int, float, float]]:
-        """``(src, rank, bytes, busy seconds)`` per link into this site since the last call
-        (unpaced links only), in the topology's time."""
+    def take_received(self, scale: float) -> list[tuple[int, int, float, float]]:
+        """``(src, this site, bytes, busy seconds)`` per link into this site since the last
+        call (unpaced links only), in the topology's time."""
+        rank = self.config.rank
         with self._lock:
             rows = [(src, rank, b, sec * scale) for src, (b, sec) in self._received.items()
                     if b > 0]

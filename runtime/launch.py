@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netstorm.dynamics import parse_dynamics
+from netstorm.dynamics import Dynamics, parse_dynamics
 from netstorm.errors import InputError
 from netstorm.plan_files import load_plan
 from netstorm.registry import planner_info
@@ -141,7 +141,7 @@ def run(config: LaunchConfig) -> tuple[int, dict[str, Any]]:
             logs = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="netstorm-")))
         for name in view.sites:
             (logs / f"{name}.jsonl").unlink(missing_ok=True)
-        status, doc = _Launch(config, view, logs).run()
+        status, doc = _Launch(config, view, logs, dynamics).run()
         if not config.log_dir:
             doc["log_dir"] = None
         return status, doc
@@ -178,10 +178,12 @@ def _base_env(config: LaunchConfig, view: NetworkView) -> dict[str, str]:
 class _Launch:
     """One launch: its processes, what it saw of them, and the summary."""
 
-    def __init__(self, config: LaunchConfig, view: NetworkView, logs: Path) -> None:
+    def __init__(self, config: LaunchConfig, view: NetworkView, logs: Path,
+                 dynamics: Dynamics | None) -> None:
         self.config = config
         self.view = view
         self.logs = logs
+        self.dynamics = dynamics  # (the kernel's links follow them under netns)
         self.command = list(config.command) or [sys.executable, *BUILTIN_TRAINING]
         self.layout = list(itertools.product(range(view.n), range(config.procs_per_site)))
         self.names = [f"site {self._label(rank)} (rank {rank})"
@@ -240,9 +242,8 @@ class _Launch:
                 halt = threading.Event()
                 stack.callback(halt.set)
                 self.procs = [self.start(rank) for rank in range(len(self.layout))]
-                dynamics = parse_dynamics(config.dynamics)
-                if self.wan is not None and dynamics is not None:
-                    self.wan.follow(dynamics, time.time(), halt)
+                if self.wan is not None and self.dynamics is not None:
+                    self.wan.follow(self.dynamics, time.time(), halt)
                 failure = _watch(self.procs, self.names,
                                  grace=launcher_grace(config.timeout_s),
                                  lost=self.lost if config.elastic else None,

@@ -33,9 +33,15 @@ from typing import Any, ClassVar
 
 from netstorm.errors import ProtocolError
 
-__all__ = ["Abort", "Admitted", "Beat", "Bye", "Data", "Enter", "Error", "Grow", "Horizon",
-           "Join", "LinkTiming", "Lost", "Message", "Ready", "Report", "Shutdown", "State",
-           "SwitchNote", "Table", "decode", "encode"]
+__all__ = ["MAX_CONTROL", "MAX_HELLO", "Abort", "Admitted", "Beat", "Bye", "Data", "Enter",
+           "Error", "Grow", "Horizon", "Join", "LinkTiming", "Lost", "Message", "Ready", "Report",
+           "Shutdown", "State", "SwitchNote", "Table", "decode", "encode"]
+
+#: Largest control frame a site or the coordinator reads (a newcomer's state travels in
+#: parts of 16 MiB, base64: :data:`netstorm.runtime.door.STATE_PART`).
+MAX_CONTROL = 1 << 26
+#: Largest hello, and largest answer to a knock.
+MAX_HELLO = 1 << 20
 
 #: ``(src, dst, bytes, busy seconds)`` of one link, in the topology's time.
 LinkTiming = tuple[int, int, float, float]

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .deadlines import STOP_GRACE_S
 
@@ -60,8 +60,7 @@ def stop(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S
             p.wait()
 
 
-def kill_groups(procs: Sequence[subprocess.Popen[bytes]] | Sequence[subprocess.Popen[str]],
-                ) -> None:
+def kill_groups(procs: Sequence[subprocess.Popen[Any]]) -> None:
     """SIGKILL the process group of each process (started with ``start_new_session``: the
     process and whatever it started), then reap them. A group whose leader exited may
     still hold its children; an empty group is skipped (the kernel keeps a pid that names

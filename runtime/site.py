@@ -32,7 +32,7 @@ from .control import Coordination, fingerprint
 from .coordinator import Coordinator
 from .deadlines import THREAD_STOP_S
 from .emulate import Shaper
-from .engine import Engine, Start, Stop, warm_kernels
+from .engine import WINDOW, Engine, Start, Stop, warm_kernels
 from .failure import Failure
 from .inbound import Inbound
 from .links import Connection
@@ -55,12 +55,10 @@ from .messages import (
 from .sender import PROBE_AGE_S, Sender
 from .versions import Versions
 
-__all__ = ["WINDOW", "Door", "Handle", "Membership", "Site"]
+__all__ = ["Door", "Handle", "Membership", "Site"]
 
 log = logging.getLogger("netstorm.runtime")
 
-#: Collectives a site may start ahead of the last one finished everywhere.
-WINDOW = 2
 #: The default re-plan threshold on links whose timing is noisy (not emulated in-process).
 NOISY_THRESHOLD = 0.2
 
@@ -111,7 +109,7 @@ class Handle:
         coll, site = self._coll, self._site
         limit = site.config.timeout_s if timeout is None else timeout
         if not coll.done.wait(limit):
-            raise site.engine.stalled(coll, limit, site.name, site.view.sites)
+            raise site.engine.stalled(coll, limit)
         if coll.error is not None:
             raise coll.error
 
@@ -180,7 +178,8 @@ class Site:
                              timeout=config.timeout_s, shaper=self.shaper,
                              on_sent=lambda coll: self.engine.sent(coll), on_error=self.failure,
                              connections=config.connections, tls=config.tls)
-        self.engine = Engine(self.versions, self.sender, wire_encoding=config.wire,
+        self.engine = Engine(self.name, view.sites, self.versions, self.sender,
+                             wire_encoding=config.wire,
                              timeout_s=config.timeout_s, waits_for_caller=self.is_worker,
                              on_done=self._done, on_error=self.failure, on_watch=self._watch)
         self.inbound = Inbound(config, view, self.name, engine=self.engine,
@@ -304,14 +303,13 @@ class Site:
                 return
         late = self.engine.late()
         if late is not None:
-            self.failure(self.engine.stalled(late, self.config.timeout_s, self.name,
-                                           self.view.sites))
+            self.failure(self.engine.stalled(late, self.config.timeout_s))
 
     def _done(self, coll: Collective) -> None:
         """Collective ``coll`` is done here (the engine's thread): log it, report it, probe."""
         scale = self.config.time_scale  # reports are in the topology's time
         links = self.sender.measurements(scale)
-        received = self.inbound.take_received(self.rank, scale)
+        received = self.inbound.take_received(scale)
         row = {"seq": coll.seq, "time_s": coll.t_end - coll.t_start,
                "plan_version": coll.version, "numel": coll.numel}
         with self._lock:

@@ -16,7 +16,8 @@ from netstorm.view import NetworkView
 
 from .config import RuntimeConfig
 from .elastic import ElasticSite
-from .site import WINDOW, Site
+from .engine import WINDOW
+from .site import Site
 
 __all__ = ["init"]
 

@@ -1,7 +1,8 @@
 """torch tensors through the runtime: the all-reduce of a tensor as a torch future (the
 hook, the backend and several processes per site all go through it)."""
 
-# no "from __future__ import annotations": DDP checks the hook's annotations as objects
+from __future__ import annotations
+
 import torch
 
 from .elastic import ElasticSite

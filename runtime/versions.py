@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from netstorm.compiler import compile
+from netstorm.controller import MakePlan
 from netstorm.errors import PeerError
 from netstorm.executor import SiteProgram
 from netstorm.job import Job
@@ -71,7 +71,7 @@ class Versions:
     """
 
     def __init__(self, view: NetworkView, rank: int,
-                 make_plan: Callable[[NetworkView, Job], Plan], *, chunk_bytes: int,
+                 make_plan: MakePlan, *, chunk_bytes: int,
                  timeout: float) -> None:
         self.view = view
         self.rank = rank
